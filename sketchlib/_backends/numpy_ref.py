@@ -1,0 +1,151 @@
+"""Plain NumPy reference backend: slow, obviously right, the oracle of the others.
+
+Every function works a row at a time and, for long vectors, a chunk of
+coordinates at a time, so temporaries stay bounded.  Estimates use
+``numpy.median`` over rows: for an even number of rows, the mean of the two
+middle values.
+"""
+import numpy as np
+
+from .._hash import buckets_and_signs
+
+NAME = "numpy"
+ARRAY_LIBRARY = "numpy"
+DEVICE_KIND = "cpu"
+CHUNK = 1 << 20
+
+
+def available():
+    """Always usable: NumPy is the one hard dependency."""
+    return True
+
+
+def array_module():
+    """The array module of this backend."""
+    return np
+
+
+def device_of(array):
+    """Host arrays live on the CPU."""
+    return "cpu"
+
+
+def zeros(shape, dtype):
+    """A zero table."""
+    return np.zeros(shape, dtype=dtype)
+
+
+def to_numpy(array):
+    """The array itself (already on the host)."""
+    return np.asarray(array)
+
+
+def from_numpy(array):
+    """A contiguous host array."""
+    return np.ascontiguousarray(array)
+
+
+def all_finite(x):
+    """True when no element is NaN or infinite."""
+    return bool(np.isfinite(x).all())
+
+
+def _chunks(n):
+    """Start/stop pairs covering ``range(n)``."""
+    for start in range(0, n, CHUNK):
+        yield start, min(n, start + CHUNK)
+
+
+def _scatter(table_row, indices, values, key, cols):
+    """Add ``sign * value`` of each coordinate into its bucket of one row."""
+    buckets, signs = buckets_and_signs(indices, key[0], key[1], cols)
+    table_row += np.bincount(buckets, weights=signs * values.astype(np.float64),
+                             minlength=cols).astype(table_row.dtype)
+
+
+def insert_dense(table, x, keys):
+    """``table += S(x)`` for a dense vector ``x`` of length d."""
+    rows, cols = table.shape
+    for start, stop in _chunks(x.shape[0]):
+        idx = np.arange(start, stop, dtype=np.int64)
+        for j in range(rows):
+            _scatter(table[j], idx, x[start:stop], keys[j], cols)
+
+
+def insert_sparse(table, indices, values, keys):
+    """``table += S(v)`` where ``v`` is zero except ``v[indices] += values``."""
+    rows, cols = table.shape
+    for start, stop in _chunks(indices.shape[0]):
+        for j in range(rows):
+            _scatter(table[j], indices[start:stop], values[start:stop], keys[j], cols)
+
+
+def insert_stack_sum(table, stack, keys):
+    """``table += S(stack[0] + ... + stack[n-1])``, one vector at a time."""
+    for x in stack:
+        insert_dense(table, x, keys)
+
+
+def insert_stack_each(tables, stack, keys):
+    """``tables[i] += S(stack[i])`` for every i."""
+    for table, x in zip(tables, stack):
+        insert_dense(table, x, keys)
+
+
+def _row_values(table, indices, keys):
+    """``(rows, n)`` array of ``s_j(i) * T[j, h_j(i)]``."""
+    rows, cols = table.shape
+    out = np.empty((rows, indices.shape[0]), dtype=table.dtype)
+    for j in range(rows):
+        buckets, signs = buckets_and_signs(indices, keys[j, 0], keys[j, 1], cols)
+        out[j] = table[j, buckets] * signs
+    return out
+
+
+def query(table, indices, keys):
+    """Median-over-rows estimates of the given coordinates."""
+    if indices.shape[0] == 0:
+        return np.zeros(0, dtype=table.dtype)
+    return np.median(_row_values(table, indices, keys), axis=0).astype(table.dtype)
+
+
+def estimate_all(table, d, keys):
+    """Estimates of all d coordinates."""
+    out = np.empty(d, dtype=table.dtype)
+    for start, stop in _chunks(d):
+        out[start:stop] = query(table, np.arange(start, stop, dtype=np.int64), keys)
+    return out
+
+
+def _order_by_magnitude(indices, values):
+    """Sort by |value| descending, ties by index ascending."""
+    order = np.lexsort((indices, -np.abs(values)))
+    return indices[order], values[order]
+
+
+def topk(table, d, k, keys):
+    """The k coordinates of largest |estimate|, by |estimate| descending."""
+    est = estimate_all(table, d, keys)
+    idx = np.argpartition(-np.abs(est), k - 1)[:k].astype(np.int64)
+    return _order_by_magnitude(idx, est[idx])
+
+
+def heavy(table, d, threshold, keys):
+    """Coordinates with ``|estimate| >= threshold``, ascending."""
+    est = estimate_all(table, d, keys)
+    idx = np.flatnonzero(np.abs(est) >= threshold).astype(np.int64)
+    return idx, est[idx]
+
+
+def zero_buckets(table, indices, keys):
+    """Zero, in every row, each bucket that one of ``indices`` hashes to."""
+    rows, cols = table.shape
+    for j in range(rows):
+        buckets, _ = buckets_and_signs(indices, keys[j, 0], keys[j, 1], cols)
+        table[j, buckets] = 0
+
+
+def l2_estimate(table):
+    """``sqrt(median_j sum_b T[j, b]**2)``."""
+    row_sq = np.einsum("ij,ij->i", table.astype(np.float64), table.astype(np.float64))
+    return float(np.sqrt(np.median(row_sq)))

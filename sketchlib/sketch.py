@@ -1,0 +1,468 @@
+"""The CountSketch class: parameters, validation, linear algebra and queries.
+
+The arithmetic lives in a backend (see ``sketchlib._backends``); this module
+validates every input once at the edge, so a bad call raises before anything
+is modified and the kernels can trust what they get.
+"""
+import numbers
+import operator
+
+import numpy as np
+
+from . import _backends
+from ._hash import HASH_VERSION, row_keys
+from .errors import IncompatibleSketches, SketchError
+
+__all__ = ["CountSketch", "MAX_ROWS", "SUPPORTED_DTYPES"]
+
+MAX_ROWS = 32
+MAX_COLS = 2**31 - 1
+SUPPORTED_DTYPES = ("float32", "float64")
+
+
+def _positive_int(value, name, upper=None):
+    """Validate a positive integer parameter."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise SketchError(f"{name} must be an integer, got {value!r}")
+    value = int(value)
+    if value <= 0:
+        raise SketchError(f"{name} must be positive, got {value}")
+    if upper is not None and value > upper:
+        raise SketchError(f"{name} must be at most {upper}, got {value}")
+    return value
+
+
+class CountSketch:
+    """A Count Sketch of a d-dimensional vector: ``rows`` x ``cols`` table of floats.
+
+    Coordinates are hashed on the fly from ``(index, row key)``; nothing per
+    coordinate is stored.  Two sketches with the same ``(d, rows, cols, seed,
+    hash_version, dtype)`` use the same hashes wherever they were built, and
+    combine linearly.
+
+    Parameters
+    ----------
+    d : int
+        Dimension of the sketched vectors (may exceed 2**31; indices are int64).
+    rows : int
+        Number of independent hash rows, 1 to ``MAX_ROWS`` (32).
+    cols : int
+        Buckets per row, 1 to 2**31 - 1.
+    seed : int, default 0
+        Hash seed in ``[0, 2**64)``.  The default is fixed so that sketches made
+        in different processes merge unless told otherwise.
+    dtype : {"float32", "float64"}, default "float32"
+        Table dtype.
+    backend : {"auto", "numpy", "numba", "cupy"}, default "auto"
+        Where the table lives.  ``"auto"`` picks the GPU (CuPy) when a CUDA
+        device is usable, else Numba, else the NumPy reference; the choice is
+        in :attr:`backend`.
+
+    Notes
+    -----
+    Estimates are the median over rows of ``s_j(i) * T[j, h_j(i)]``; with an
+    even number of rows it is the mean of the two middle values.  Inputs with
+    NaN or infinity are rejected (``SketchError``) unless ``check_finite=False``
+    is passed to the insert, in which case they poison the buckets they touch.
+    """
+
+    __slots__ = ("_d", "_rows", "_cols", "_seed", "_dtype", "_backend", "_keys", "_table")
+
+    def __init__(self, d, rows, cols, *, seed=0, dtype="float32", backend="auto"):
+        d = _positive_int(d, "d", upper=2**62)
+        rows = _positive_int(rows, "rows", upper=MAX_ROWS)
+        cols = _positive_int(cols, "cols", upper=MAX_COLS)
+        if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= seed < 2**64:
+            raise SketchError(f"seed must be an integer in [0, 2**64), got {seed!r}")
+        try:
+            dtype = np.dtype(dtype)
+        except TypeError as exc:
+            raise SketchError(f"dtype must be one of {SUPPORTED_DTYPES}, got {dtype!r}") from exc
+        if dtype.name not in SUPPORTED_DTYPES:
+            raise SketchError(f"dtype must be one of {SUPPORTED_DTYPES}, got {dtype.name!r}")
+        name = _backends.auto_backend() if backend == "auto" else backend
+        self._backend = _backends.get_backend(name)
+        self._d, self._rows, self._cols, self._seed, self._dtype = d, rows, cols, int(seed), dtype
+        self._keys = row_keys(self._seed, rows)
+        self._table = self._backend.zeros((rows, cols), dtype)
+
+    # ------------------------------------------------------------------ identity
+    d = property(lambda self: self._d, doc="Dimension of the sketched vectors.")
+    rows = property(lambda self: self._rows, doc="Number of hash rows.")
+    cols = property(lambda self: self._cols, doc="Buckets per row.")
+    seed = property(lambda self: self._seed, doc="Hash seed.")
+    dtype = property(lambda self: self._dtype, doc="Table dtype (numpy.dtype).")
+    hash_version = property(lambda self: HASH_VERSION, doc="Version of the hash family.")
+    backend = property(lambda self: self._backend.NAME, doc="Name of the backend holding the table.")
+
+    @property
+    def device(self):
+        """Where the table lives: ``"cpu"`` or ``"cuda:N"``."""
+        return self._backend.device_of(self._table)
+
+    @property
+    def table(self):
+        """The ``(rows, cols)`` table as an array of the backend, without a copy."""
+        return self._table
+
+    @property
+    def keys(self):
+        """Per-row hash keys, a ``(rows, 2)`` uint32 NumPy array (read-only copy)."""
+        keys = self._keys.copy()
+        keys.flags.writeable = False
+        return keys
+
+    @property
+    def nbytes(self):
+        """Size of the table in bytes (what a client uploads)."""
+        return self._rows * self._cols * self._dtype.itemsize
+
+    def signature(self):
+        """The tuple that must match for two sketches to combine."""
+        return (self._d, self._rows, self._cols, self._seed, HASH_VERSION, self._dtype.name)
+
+    def __repr__(self):
+        return (f"CountSketch(d={self._d}, rows={self._rows}, cols={self._cols}, seed={self._seed}, "
+                f"dtype={self._dtype.name!r}, backend={self.backend!r}, device={self.device!r})")
+
+    # -------------------------------------------------------------- construction
+    def empty_like(self):
+        """A zero sketch with the same parameters and backend."""
+        new = object.__new__(CountSketch)
+        new._d, new._rows, new._cols, new._seed = self._d, self._rows, self._cols, self._seed
+        new._dtype, new._backend, new._keys = self._dtype, self._backend, self._keys
+        new._table = self._backend.zeros((self._rows, self._cols), self._dtype)
+        return new
+
+    def copy(self):
+        """A deep copy (same backend)."""
+        new = self.empty_like()
+        new._table[...] = self._table
+        return new
+
+    def to(self, backend):
+        """A copy of this sketch on another backend (``"numpy"``, ``"numba"``, ``"cupy"``).
+
+        This is the one explicit way to move a sketch between devices; nothing
+        is ever transferred implicitly.
+        """
+        target = _backends.get_backend(backend)
+        new = object.__new__(CountSketch)
+        new._d, new._rows, new._cols, new._seed = self._d, self._rows, self._cols, self._seed
+        new._dtype, new._backend, new._keys = self._dtype, target, self._keys
+        new._table = target.from_numpy(self._backend.to_numpy(self._table).copy())
+        return new
+
+    @classmethod
+    def from_table(cls, table, d, *, seed=0, backend=None):
+        """Wrap an existing ``(rows, cols)`` table (no copy) as a sketch.
+
+        The table's array type picks the backend unless ``backend`` names one
+        that holds the same kind of array.
+        """
+        name = backend or _backends.backend_for_array(table)
+        lib = _backends.array_library_of(table)
+        if _backends.library_of_backend(name) != lib:
+            raise SketchError(f"a table from {lib!r} cannot back a {name!r} sketch")
+        if getattr(table, "ndim", None) != 2:
+            raise SketchError(f"table must be 2-D (rows, cols), got shape {getattr(table, 'shape', None)}")
+        rows, cols = table.shape
+        new = cls(d, rows, cols, seed=seed, dtype=table.dtype, backend=name)
+        if not table.flags.c_contiguous:
+            raise SketchError("table must be C-contiguous")
+        new._table = table
+        return new
+
+    # ----------------------------------------------------------------- validation
+    def _check_array(self, x, what):
+        """Reject arrays of another library or device than the table's."""
+        lib = _backends.array_library_of(x)
+        mine = self._backend.ARRAY_LIBRARY
+        if not (hasattr(x, "shape") and hasattr(x, "dtype")):
+            raise SketchError(f"{what} must be a {mine} array, got {type(x).__name__}")
+        if lib != mine:
+            raise SketchError(
+                f"{what} is a {lib!r} array but this sketch lives on backend {self.backend!r} "
+                f"({mine} arrays, device {self.device}); move one explicitly (sketch.to(...))")
+        if self._backend.device_of(x) != self.device:
+            raise SketchError(f"{what} is on {self._backend.device_of(x)} but the sketch is on {self.device}")
+
+    def _floating(self, x, what, shape, check_finite):
+        """Validate a floating input of the given shape; return it in the table dtype."""
+        self._check_array(x, what)
+        if x.dtype.kind != "f":
+            raise SketchError(f"{what} must have a floating dtype, got {x.dtype}")
+        if tuple(x.shape) != tuple(shape):
+            raise SketchError(f"{what} must have shape {tuple(shape)}, got {tuple(x.shape)}")
+        if check_finite and not self._backend.all_finite(x):
+            raise SketchError(f"{what} contains NaN or infinity; the sketch is unchanged")
+        xp = self._backend.array_module()
+        return xp.ascontiguousarray(x, dtype=self._dtype)
+
+    def _indices(self, indices, what="indices"):
+        """Validate coordinate indices; return them as contiguous int64."""
+        self._check_array(indices, what)
+        if indices.ndim != 1:
+            raise SketchError(f"{what} must be 1-D, got shape {tuple(indices.shape)}")
+        if indices.dtype.kind not in "iu":
+            raise SketchError(f"{what} must have an integer dtype, got {indices.dtype}")
+        xp = self._backend.array_module()
+        if indices.shape[0]:
+            lo, hi = int(indices.min()), int(indices.max())
+            if lo < 0 or hi >= self._d:
+                raise SketchError(f"{what} must lie in [0, {self._d}), got values in [{lo}, {hi}]")
+        return xp.ascontiguousarray(indices, dtype=xp.int64)
+
+    def _same_kind(self, other):
+        """Raise unless ``other`` is a sketch this one can combine with."""
+        if not isinstance(other, CountSketch):
+            raise IncompatibleSketches(f"expected a CountSketch, got {type(other).__name__}")
+        if other.signature() != self.signature():
+            names = ("d", "rows", "cols", "seed", "hash_version", "dtype")
+            diff = [f"{n}: {a!r} != {b!r}" for n, a, b in zip(names, self.signature(), other.signature()) if a != b]
+            raise IncompatibleSketches("sketches differ in " + ", ".join(diff))
+        if other._backend.ARRAY_LIBRARY != self._backend.ARRAY_LIBRARY or other.device != self.device:
+            raise IncompatibleSketches(
+                f"sketches live on different devices/backends ({self.backend} on {self.device} vs "
+                f"{other.backend} on {other.device}); move one with .to(...)")
+
+    # -------------------------------------------------------------------- inserts
+    def insert(self, x, *, check_finite=True):
+        """Add the sketch of a dense vector: ``S += S(x)``.
+
+        Parameters
+        ----------
+        x : array of shape (d,)
+            Floating array of the sketch's array library and device.
+        check_finite : bool, default True
+            Reject NaN/inf (the sketch stays unchanged).
+
+        Returns
+        -------
+        CountSketch
+            ``self``, for chaining.
+        """
+        x = self._floating(x, "x", (self._d,), check_finite)
+        self._backend.insert_dense(self._table, x, self._keys)
+        return self
+
+    def insert_sparse(self, indices, values, *, check_finite=True):
+        """Add the sketch of a sparse vector given as ``(indices, values)``.
+
+        Duplicated indices accumulate, as ``numpy.add.at`` would.
+
+        Parameters
+        ----------
+        indices : integer array of shape (n,)
+            Coordinates in ``[0, d)``.
+        values : floating array of shape (n,)
+        check_finite : bool, default True
+        """
+        if getattr(indices, "shape", None) is None or getattr(values, "shape", None) is None:
+            raise SketchError("indices and values must be arrays")
+        idx = self._indices(indices)
+        vals = self._floating(values, "values", (idx.shape[0],), check_finite)
+        if idx.shape[0]:
+            self._backend.insert_sparse(self._table, idx, vals, self._keys)
+        return self
+
+    def insert_batch(self, stack, *, check_finite=True):
+        """Add the sketch of the sum of the rows of an ``(n, d)`` stack, in one call.
+
+        By linearity this equals inserting each row in turn.
+        """
+        stack = self._floating(stack, "stack", (getattr(stack, "shape", (0,))[0], self._d), check_finite)
+        self._backend.insert_stack_sum(self._table, stack, self._keys)
+        return self
+
+    def sketch_each(self, stack, *, check_finite=True):
+        """Sketch each row of an ``(n, d)`` stack into its own new sketch, in one call.
+
+        Returns
+        -------
+        list of CountSketch
+            n sketches with this sketch's parameters; their tables are views of
+            one ``(n, rows, cols)`` array (``result[0].table.base``).
+        """
+        stack = self._floating(stack, "stack", (getattr(stack, "shape", (0,))[0], self._d), check_finite)
+        tables = self._backend.zeros((stack.shape[0], self._rows, self._cols), self._dtype)
+        self._backend.insert_stack_each(tables, stack, self._keys)
+        out = []
+        for table in tables:
+            new = self.empty_like()
+            new._table = table
+            out.append(new)
+        return out
+
+    # ---------------------------------------------------------- linear algebra
+    def zero(self):
+        """Set every bucket to zero (in place); returns ``self``."""
+        self._table[...] = 0
+        return self
+
+    def merge(self, other):
+        """Add another sketch into this one (in place): the sketch of the sum."""
+        return self.add_scaled(other, 1.0)
+
+    def add_scaled(self, other, alpha):
+        """``S += alpha * other`` in place; ``alpha`` a finite real scalar."""
+        self._same_kind(other)
+        alpha = self._scalar(alpha)
+        if alpha == 1.0:
+            self._table += other._table
+        else:
+            self._table += other._table * self._dtype.type(alpha)
+        return self
+
+    def scale(self, alpha):
+        """``S *= alpha`` in place; returns ``self``."""
+        alpha = self._scalar(alpha)
+        self._table *= self._dtype.type(alpha)
+        return self
+
+    @staticmethod
+    def _scalar(alpha):
+        """Validate a finite real scalar."""
+        if isinstance(alpha, bool) or not isinstance(alpha, numbers.Real) or not np.isfinite(alpha):
+            raise SketchError(f"scalar must be a finite real number, got {alpha!r}")
+        return float(alpha)
+
+    def _binary(self, other, op):
+        """New sketch ``op(self, other)`` for + and -."""
+        self._same_kind(other)
+        new = self.empty_like()
+        new._table = op(self._table, other._table)
+        return new
+
+    def __add__(self, other):
+        if not isinstance(other, CountSketch):
+            return NotImplemented
+        return self._binary(other, operator.add)
+
+    def __sub__(self, other):
+        if not isinstance(other, CountSketch):
+            return NotImplemented
+        return self._binary(other, operator.sub)
+
+    def __iadd__(self, other):
+        if not isinstance(other, CountSketch):
+            return NotImplemented
+        return self.merge(other)
+
+    def __isub__(self, other):
+        if not isinstance(other, CountSketch):
+            return NotImplemented
+        return self.add_scaled(other, -1.0)
+
+    def __mul__(self, alpha):
+        if not isinstance(alpha, numbers.Real):
+            return NotImplemented
+        return self.copy().scale(alpha)
+
+    __rmul__ = __mul__
+
+    def __imul__(self, alpha):
+        if not isinstance(alpha, numbers.Real):
+            return NotImplemented
+        return self.scale(alpha)
+
+    def __neg__(self):
+        return self * -1.0
+
+    # ------------------------------------------------------------------ queries
+    def query(self, indices):
+        """Point estimates of the given coordinates (median over rows).
+
+        Parameters
+        ----------
+        indices : integer array of shape (n,)
+
+        Returns
+        -------
+        array of shape (n,), the table dtype
+        """
+        idx = self._indices(indices)
+        return self._backend.query(self._table, idx, self._keys)
+
+    def estimate_all(self):
+        """Estimates of all d coordinates as one d-length array."""
+        return self._backend.estimate_all(self._table, self._d, self._keys)
+
+    def _k(self, k):
+        """Validate a top-k count."""
+        if isinstance(k, bool) or not isinstance(k, numbers.Integral) or not 0 < k <= self._d:
+            raise SketchError(f"k must be an integer in [1, d={self._d}], got {k!r}")
+        return int(k)
+
+    def _threshold(self, threshold):
+        """Validate a heavy-hitter threshold."""
+        if isinstance(threshold, bool) or not isinstance(threshold, numbers.Real) or not (
+                np.isfinite(threshold) and threshold >= 0):
+            raise SketchError(f"threshold must be a finite number >= 0, got {threshold!r}")
+        return float(threshold)
+
+    def topk(self, k):
+        """The k coordinates with the largest ``|estimate|``.
+
+        Returns
+        -------
+        indices : int64 array of shape (k,)
+            Sorted by ``|estimate|`` descending (ties in any order).
+        values : array of shape (k,)
+            Their estimates, signs included.
+        """
+        return self._backend.topk(self._table, self._d, self._k(k), self._keys)
+
+    def heavy_hitters(self, threshold):
+        """Coordinates with ``|estimate| >= threshold``, as ``(indices, values)``.
+
+        Indices come in ascending order; negative heavy hitters are included.
+        """
+        return self._backend.heavy(self._table, self._d, self._threshold(threshold), self._keys)
+
+    def unsketch(self, k=None, *, threshold=None):
+        """Dense d-vector holding only the heavy hitters (top-k or by threshold)."""
+        if (k is None) == (threshold is None):
+            raise SketchError("give exactly one of k or threshold")
+        idx, vals = self.topk(k) if threshold is None else self.heavy_hitters(threshold)
+        out = self._backend.zeros((self._d,), self._dtype)
+        out[idx] = vals
+        return out
+
+    def l2_estimate(self):
+        """Estimate of the l2 norm of the sketched vector: ``sqrt(median_j sum_b T[j,b]^2)``."""
+        return self._backend.l2_estimate(self._table)
+
+    def zero_coordinates(self, indices):
+        """Zero, in every row, each bucket that one of ``indices`` hashes to (in place).
+
+        This is the reference FetchSGD code's way of removing an update from the
+        error sketch (it also clears whatever else shares those buckets).
+        """
+        idx = self._indices(indices)
+        if idx.shape[0]:
+            self._backend.zero_buckets(self._table, idx, self._keys)
+        return self
+
+    # ------------------------------------------------------------ serialization
+    def to_bytes(self):
+        """Serialize to bytes (versioned header, table, CRC32). See ``sketchlib.serialize``."""
+        from .serialize import sketch_to_bytes
+        return sketch_to_bytes(self)
+
+    @classmethod
+    def from_bytes(cls, data, *, backend="auto"):
+        """Rebuild a sketch from :meth:`to_bytes` output; bad bytes raise ``SerializationError``."""
+        from .serialize import sketch_from_bytes
+        return sketch_from_bytes(data, backend=backend)
+
+    def save(self, path):
+        """Write the sketch to a file atomically (temporary file + rename)."""
+        from .serialize import save
+        save(self, path)
+
+    @classmethod
+    def load(cls, path, *, backend="auto"):
+        """Read a sketch written by :meth:`save`."""
+        from .serialize import load
+        return load(path, backend=backend)
