@@ -1,0 +1,401 @@
+"""Numba kernels of the CPU backend (imported only when the backend is used).
+
+Hashes are computed in the kernels and are bit-identical to ``sketchlib._hash``:
+Numba widens integer arithmetic to 64 bits, so every value lives in a uint64
+and is masked back to 32 bits after each multiply.  All constants, shift
+amounts included, are uint64: mixing int64 and uint64 in Numba gives float64.
+
+Scatter-adds would race under ``prange``, so parallel work is split by table
+row (and, when there are fewer rows than threads, by part of the coordinate
+range, each extra part adding into a private copy of its row that is reduced
+afterwards).
+"""
+import numpy as np
+from numba import njit, prange
+
+M32 = np.uint64(0xFFFFFFFF)
+C1 = np.uint64(0x7FEB352D)
+C2 = np.uint64(0x846CA68B)
+S15 = np.uint64(15)
+S16 = np.uint64(16)
+S32 = np.uint64(32)
+ONE = np.uint64(1)
+BLOCK = 2048          # coordinates per block: a (rows, BLOCK) scratch stays in L1/L2
+NBINS = 1 << 15       # histogram bins over the high bits of |estimate|
+
+
+@njit(cache=True)
+def _mix(x):
+    """lowbias32 on a uint64 holding a 32-bit word."""
+    x = x ^ (x >> S16)
+    x = (x * C1) & M32
+    x = x ^ (x >> S15)
+    x = (x * C2) & M32
+    return x ^ (x >> S16)
+
+
+@njit(cache=True)
+def _hash(i, a, b):
+    """The 32-bit hash of int64 coordinate ``i`` under row keys ``a, b`` (uint64)."""
+    u = np.uint64(i)
+    return _mix(_mix((u & M32) ^ a) ^ (u >> S32) ^ b)
+
+
+@njit(cache=True)
+def hash_many(indices, a, b, cols):
+    """Buckets (int64) and signs (int8) of ``indices`` in one row (for tests)."""
+    n = indices.shape[0]
+    buckets = np.empty(n, np.int64)
+    signs = np.empty(n, np.int8)
+    ua, ub, uc = np.uint64(a), np.uint64(b), np.uint64(cols)
+    for k in range(n):
+        h = _hash(indices[k], ua, ub)
+        buckets[k] = np.int64((h * uc) >> S32)
+        signs[k] = 1 - 2 * np.int8(h & ONE)
+    return buckets, signs
+
+
+# ------------------------------------------------------------------- inserts
+@njit(cache=True)
+def _scatter_range(out, x, lo, hi, a, b, ucols, sgn):
+    """``out[h(i)] += s(i) * x[i]`` for i in [lo, hi)."""
+    for i in range(lo, hi):
+        h = _hash(i, a, b)
+        out[np.int64((h * ucols) >> S32)] += sgn[h & ONE] * x[i]
+
+
+@njit(parallel=True, cache=True)
+def insert_dense(table, x, keys, bufs, parts):
+    """``table += S(x)``; row j's part p > 0 adds into ``bufs[j, p-1]``."""
+    rows, cols = table.shape
+    d = x.shape[0]
+    ucols = np.uint64(cols)
+    sgn = np.array([1.0, -1.0], dtype=table.dtype)
+    for t in prange(rows * parts):
+        j = t // parts
+        p = t % parts
+        lo = d * p // parts
+        hi = d * (p + 1) // parts
+        if p == 0:
+            _scatter_range(table[j], x, lo, hi, keys[j, 0], keys[j, 1], ucols, sgn)
+        else:
+            _scatter_range(bufs[j, p - 1], x, lo, hi, keys[j, 0], keys[j, 1], ucols, sgn)
+    if parts > 1:
+        _reduce_parts(table, bufs)
+
+
+@njit(parallel=True, cache=True)
+def _reduce_parts(table, bufs):
+    """``table[j] += sum_p bufs[j, p]``, parallel over column blocks."""
+    rows, cols = table.shape
+    nb = (cols + 4095) // 4096
+    for t in prange(rows * nb):
+        j = t // nb
+        lo = (t % nb) * 4096
+        hi = min(cols, lo + 4096)
+        for p in range(bufs.shape[1]):
+            for c in range(lo, hi):
+                table[j, c] += bufs[j, p, c]
+
+
+@njit(cache=True)
+def _scatter_sum_range(out, stack, lo, hi, a, b, ucols, sgn):
+    """``out[h(i)] += s(i) * sum_n stack[n, i]`` for i in [lo, hi)."""
+    n = stack.shape[0]
+    for i in range(lo, hi):
+        v = 0.0
+        for m in range(n):
+            v += stack[m, i]
+        h = _hash(i, a, b)
+        out[np.int64((h * ucols) >> S32)] += sgn[h & ONE] * v
+
+
+@njit(parallel=True, cache=True)
+def insert_stack_sum(table, stack, keys, bufs, parts):
+    """``table += S(sum of the rows of stack)`` without materializing the sum."""
+    rows, cols = table.shape
+    d = stack.shape[1]
+    ucols = np.uint64(cols)
+    sgn = np.array([1.0, -1.0], dtype=table.dtype)
+    for t in prange(rows * parts):
+        j = t // parts
+        p = t % parts
+        lo = d * p // parts
+        hi = d * (p + 1) // parts
+        if p == 0:
+            _scatter_sum_range(table[j], stack, lo, hi, keys[j, 0], keys[j, 1], ucols, sgn)
+        else:
+            _scatter_sum_range(bufs[j, p - 1], stack, lo, hi, keys[j, 0], keys[j, 1], ucols, sgn)
+    if parts > 1:
+        _reduce_parts(table, bufs)
+
+
+@njit(parallel=True, cache=True)
+def insert_stack_each(tables, stack, keys):
+    """``tables[n] += S(stack[n])``; one task per (vector, row) pair, so no races."""
+    n = stack.shape[0]
+    rows, cols = tables.shape[1], tables.shape[2]
+    d = stack.shape[1]
+    ucols = np.uint64(cols)
+    sgn = np.array([1.0, -1.0], dtype=tables.dtype)
+    for t in prange(n * rows):
+        m = t // rows
+        j = t % rows
+        _scatter_range(tables[m, j], stack[m], 0, d, keys[j, 0], keys[j, 1], ucols, sgn)
+
+
+@njit(parallel=True, cache=True)
+def insert_sparse(table, indices, values, keys):
+    """``table += S(v)``, ``v[indices] += values`` (duplicates accumulate); by row."""
+    rows, cols = table.shape
+    ucols = np.uint64(cols)
+    sgn = np.array([1.0, -1.0], dtype=table.dtype)
+    for j in prange(rows):
+        a, b = keys[j, 0], keys[j, 1]
+        for k in range(indices.shape[0]):
+            h = _hash(indices[k], a, b)
+            table[j, np.int64((h * ucols) >> S32)] += sgn[h & ONE] * values[k]
+
+
+@njit(parallel=True, cache=True)
+def zero_buckets(table, indices, keys):
+    """Zero, in every row, the buckets that ``indices`` hash to."""
+    rows, cols = table.shape
+    ucols = np.uint64(cols)
+    for j in prange(rows):
+        a, b = keys[j, 0], keys[j, 1]
+        for k in range(indices.shape[0]):
+            h = _hash(indices[k], a, b)
+            table[j, np.int64((h * ucols) >> S32)] = 0
+
+
+# ----------------------------------------------------------------- estimates
+@njit(cache=True)
+def _median_col(scratch, k, rows, tmp):
+    """numpy.median of ``scratch[:rows, k]`` (mean of the middle two if rows is even)."""
+    if rows == 1:
+        return scratch[0, k]
+    if rows == 3:
+        x, y, z = scratch[0, k], scratch[1, k], scratch[2, k]
+        return max(min(x, y), min(max(x, y), z))
+    if rows == 5:
+        a, b, c, d, e = scratch[0, k], scratch[1, k], scratch[2, k], scratch[3, k], scratch[4, k]
+        f = max(min(a, b), min(c, d))
+        g = min(max(a, b), max(c, d))
+        return max(min(e, f), min(max(e, f), g))
+    for j in range(rows):
+        v = scratch[j, k]
+        q = j
+        while q > 0 and tmp[q - 1] > v:
+            tmp[q] = tmp[q - 1]
+            q -= 1
+        tmp[q] = v
+    m = rows // 2
+    if rows % 2:
+        return tmp[m]
+    return (tmp[m - 1] + tmp[m]) / 2
+
+
+@njit(cache=True)
+def _estimate_block(table, keys, indices, use_idx, base, n, out, off, scratch, tmp):
+    """Estimates of n coordinates into ``out[off:off+n]``, one table row at a time.
+
+    Coordinates are ``indices[base:base+n]`` if ``use_idx`` else ``base..base+n-1``.
+    """
+    rows, cols = table.shape
+    ucols = np.uint64(cols)
+    for j in range(rows):
+        a, b = keys[j, 0], keys[j, 1]
+        trow = table[j]
+        for k in range(n):
+            i = indices[base + k] if use_idx else base + k
+            h = _hash(i, a, b)
+            v = trow[np.int64((h * ucols) >> S32)]
+            scratch[j, k] = -v if h & ONE else v
+    for k in range(n):
+        out[off + k] = _median_col(scratch, k, rows, tmp)
+
+
+@njit(parallel=True, cache=True)
+def query(table, indices, keys, out):
+    """Median-over-rows estimates of ``indices`` into ``out``."""
+    rows = table.shape[0]
+    n = indices.shape[0]
+    nb = (n + BLOCK - 1) // BLOCK
+    for t in prange(nb):
+        scratch = np.empty((rows, BLOCK), table.dtype)
+        tmp = np.empty(rows, table.dtype)
+        lo = t * BLOCK
+        _estimate_block(table, keys, indices, True, lo, min(BLOCK, n - lo), out, lo, scratch, tmp)
+
+
+@njit(parallel=True, cache=True)
+def estimate_all(table, keys, out):
+    """Estimates of coordinates 0..len(out)-1 into ``out``."""
+    rows = table.shape[0]
+    d = out.shape[0]
+    dummy = np.empty(1, np.int64)
+    nb = (d + BLOCK - 1) // BLOCK
+    for t in prange(nb):
+        scratch = np.empty((rows, BLOCK), table.dtype)
+        tmp = np.empty(rows, table.dtype)
+        lo = t * BLOCK
+        _estimate_block(table, keys, dummy, False, lo, min(BLOCK, d - lo), out, lo, scratch, tmp)
+
+
+# -------------------------------------------------------------- top-k / heavy
+@njit(cache=True)
+def _abs_key(bits, absmask, shift):
+    """Histogram bin of a float's bit pattern: high bits of |value|, monotone in |value|."""
+    return np.int64((bits & absmask) >> shift)
+
+
+@njit(parallel=True, cache=True)
+def est_hist(table, keys, d, ntasks, est_bits, store, absmask, shift):
+    """Per-task histograms of the bins of |estimate| over [0, d).
+
+    With ``store`` the estimates are kept in ``est_bits`` (a d-length buffer,
+    viewed as unsigned ints of the float's width); otherwise nothing per
+    coordinate is written.
+    """
+    rows = table.shape[0]
+    hist = np.zeros((ntasks, NBINS), np.int64)
+    dummy = np.empty(1, np.int64)
+    for t in prange(ntasks):
+        scratch = np.empty((rows, BLOCK), table.dtype)
+        tmp = np.empty(rows, table.dtype)
+        vals = np.empty(BLOCK, table.dtype)
+        bits = vals.view(est_bits.dtype)
+        lo = d * t // ntasks
+        hi = d * (t + 1) // ntasks
+        for c0 in range(lo, hi, BLOCK):
+            n = min(BLOCK, hi - c0)
+            _estimate_block(table, keys, dummy, False, c0, n, vals, 0, scratch, tmp)
+            for k in range(n):
+                hist[t, _abs_key(bits[k], absmask, shift)] += 1
+            if store:
+                for k in range(n):
+                    est_bits[c0 + k] = bits[k]
+    return hist
+
+
+@njit(parallel=True, cache=True)
+def gather_bins(table, keys, d, ntasks, est_bits, stored, absmask, shift, min_bin, offsets,
+                out_idx, out_bits):
+    """Coordinates whose |estimate| bin is >= ``min_bin``, task t writing from ``offsets[t]``.
+
+    Reads the stored estimates if ``stored``, else recomputes them.  Output
+    indices come out ascending.
+    """
+    rows = table.shape[0]
+    dummy = np.empty(1, np.int64)
+    for t in prange(ntasks):
+        lo = d * t // ntasks
+        hi = d * (t + 1) // ntasks
+        pos = offsets[t]
+        if stored:
+            for i in range(lo, hi):
+                if _abs_key(est_bits[i], absmask, shift) >= min_bin:
+                    out_idx[pos] = i
+                    out_bits[pos] = est_bits[i]
+                    pos += 1
+        else:
+            scratch = np.empty((rows, BLOCK), table.dtype)
+            tmp = np.empty(rows, table.dtype)
+            vals = np.empty(BLOCK, table.dtype)
+            bits = vals.view(est_bits.dtype)
+            for c0 in range(lo, hi, BLOCK):
+                n = min(BLOCK, hi - c0)
+                _estimate_block(table, keys, dummy, False, c0, n, vals, 0, scratch, tmp)
+                for k in range(n):
+                    if _abs_key(bits[k], absmask, shift) >= min_bin:
+                        out_idx[pos] = c0 + k
+                        out_bits[pos] = bits[k]
+                        pos += 1
+
+
+@njit(parallel=True, cache=True)
+def count_above(table, keys, d, ntasks, est, store, threshold):
+    """Per-task counts of |estimate| >= threshold (estimates kept in ``est`` if ``store``)."""
+    rows = table.shape[0]
+    counts = np.zeros(ntasks, np.int64)
+    dummy = np.empty(1, np.int64)
+    for t in prange(ntasks):
+        scratch = np.empty((rows, BLOCK), table.dtype)
+        tmp = np.empty(rows, table.dtype)
+        vals = np.empty(BLOCK, table.dtype)
+        lo = d * t // ntasks
+        hi = d * (t + 1) // ntasks
+        c = 0
+        for c0 in range(lo, hi, BLOCK):
+            n = min(BLOCK, hi - c0)
+            _estimate_block(table, keys, dummy, False, c0, n, vals, 0, scratch, tmp)
+            for k in range(n):
+                c += abs(vals[k]) >= threshold
+            if store:
+                for k in range(n):
+                    est[c0 + k] = vals[k]
+        counts[t] = c
+    return counts
+
+
+@njit(parallel=True, cache=True)
+def gather_above(table, keys, d, ntasks, est, stored, threshold, offsets, out_idx, out_val):
+    """Coordinates with |estimate| >= threshold, ascending, task t writing from ``offsets[t]``."""
+    rows = table.shape[0]
+    dummy = np.empty(1, np.int64)
+    for t in prange(ntasks):
+        lo = d * t // ntasks
+        hi = d * (t + 1) // ntasks
+        pos = offsets[t]
+        if stored:
+            for i in range(lo, hi):
+                if abs(est[i]) >= threshold:
+                    out_idx[pos] = i
+                    out_val[pos] = est[i]
+                    pos += 1
+        else:
+            scratch = np.empty((rows, BLOCK), table.dtype)
+            tmp = np.empty(rows, table.dtype)
+            vals = np.empty(BLOCK, table.dtype)
+            for c0 in range(lo, hi, BLOCK):
+                n = min(BLOCK, hi - c0)
+                _estimate_block(table, keys, dummy, False, c0, n, vals, 0, scratch, tmp)
+                for k in range(n):
+                    if abs(vals[k]) >= threshold:
+                        out_idx[pos] = c0 + k
+                        out_val[pos] = vals[k]
+                        pos += 1
+
+
+# --------------------------------------------------------------------- misc
+@njit(parallel=True, cache=True)
+def all_finite(x, ntasks):
+    """True when no element of the flat array ``x`` is NaN or infinite."""
+    n = x.shape[0]
+    bad = np.zeros(ntasks, np.bool_)
+    for t in prange(ntasks):
+        lo = n * t // ntasks
+        hi = n * (t + 1) // ntasks
+        for c0 in range(lo, hi, 65536):
+            acc = 0.0
+            for i in range(c0, min(hi, c0 + 65536)):
+                acc += x[i] * 0.0  # NaN or inf times zero is NaN: one branch per block
+            if acc != 0.0:
+                bad[t] = True
+                break
+    return not bad.any()
+
+
+@njit(parallel=True, cache=True)
+def row_sq_sums(table):
+    """Per-row sum of squares in float64."""
+    rows, cols = table.shape
+    out = np.zeros(rows, np.float64)
+    for j in prange(rows):
+        s = 0.0
+        for c in range(cols):
+            v = np.float64(table[j, c])
+            s += v * v
+        out[j] = s
+    return out

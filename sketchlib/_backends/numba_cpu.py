@@ -1,0 +1,224 @@
+"""Numba CPU backend: parallel kernels with hashes computed on the fly.
+
+Same contract as ``numpy_ref`` (see ``sketchlib._backends``); tables are NumPy
+arrays.  Numba is imported only when a kernel is first needed, so this module
+imports without it and :func:`available` says whether it can run.
+
+Results agree with the reference: bucket/sign assignments and estimates from a
+given table are bit-identical; tables built by inserts differ only by float
+rounding, because additions happen in another order (the reference sums each
+bucket in float64 with ``bincount``, the kernels add into the table's dtype).
+
+Top-k and threshold queries never sort d values: one parallel pass computes the
+estimates and a histogram over the high bits of ``|estimate|`` (the bit pattern
+of a non-negative float is monotone in its value), which gives the bin holding
+the k-th largest; a second pass gathers the few coordinates at or above it and
+an exact selection among those candidates finishes.
+"""
+import numpy as np
+
+NAME = "numba"
+ARRAY_LIBRARY = "numpy"
+DEVICE_KIND = "cpu"
+# Whether top-k/heavy keep a d-length estimate buffer between their two passes
+# (faster) or recompute estimates in the second pass (no per-coordinate memory).
+STORE_ESTIMATES = True
+_MAX_PART_BYTES = 256 << 20   # cap on the private row copies of the parallel insert
+
+_kernels = None
+
+
+def available():
+    """True when numba imports."""
+    try:
+        import numba  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _k():
+    """The compiled-kernel module (imports numba on first use)."""
+    global _kernels
+    if _kernels is None:
+        from . import _numba_kernels
+        _kernels = _numba_kernels
+    return _kernels
+
+
+def _threads():
+    """Number of threads Numba's parallel loops use now."""
+    import numba
+    return numba.get_num_threads()
+
+
+def array_module():
+    """The array module of this backend."""
+    return np
+
+
+def device_of(array):
+    """Host arrays live on the CPU."""
+    return "cpu"
+
+
+def zeros(shape, dtype):
+    """A zero table."""
+    return np.zeros(shape, dtype=dtype)
+
+
+def to_numpy(array):
+    """The array itself (already on the host)."""
+    return np.asarray(array)
+
+
+def from_numpy(array):
+    """A contiguous host array."""
+    return np.ascontiguousarray(array)
+
+
+def _keys64(keys):
+    """Row keys widened to uint64, the kernels' integer type."""
+    return np.ascontiguousarray(keys, dtype=np.uint64)
+
+
+def all_finite(x):
+    """True when no element is NaN or infinite."""
+    flat = np.ascontiguousarray(x).reshape(-1)
+    if flat.shape[0] < (1 << 16):
+        return bool(np.isfinite(flat).all())
+    return bool(_k().all_finite(flat, _threads()))
+
+
+def _parts(table, work):
+    """How many parts to split each row's coordinates into, and their private buffers.
+
+    With fewer rows than threads, or a row count that does not divide evenly
+    among threads, rows are split into parts so every thread gets the same
+    number of (row, part) tasks; part 0 adds into the table, the others into
+    private row copies that are summed in afterwards.
+    """
+    rows, cols = table.shape
+    threads = _threads()
+    parts = 1
+    if threads > 1 and work >= (1 << 16):
+        parts = threads // np.gcd(rows, threads)
+        max_parts = 1 + _MAX_PART_BYTES // max(1, rows * cols * table.itemsize)
+        parts = int(min(parts, max_parts, 8))
+    bufs = np.zeros((rows, max(parts - 1, 0), cols), dtype=table.dtype)
+    return parts, bufs
+
+
+def insert_dense(table, x, keys):
+    """``table += S(x)`` for a dense vector ``x`` of length d."""
+    parts, bufs = _parts(table, x.shape[0])
+    _k().insert_dense(table, x, _keys64(keys), bufs, parts)
+
+
+def insert_sparse(table, indices, values, keys):
+    """``table += S(v)`` where ``v`` is zero except ``v[indices] += values``."""
+    _k().insert_sparse(table, indices, values, _keys64(keys))
+
+
+def insert_stack_sum(table, stack, keys):
+    """``table += S(stack[0] + ... + stack[n-1])`` in one fused pass (sum never stored)."""
+    if stack.shape[0] == 0:
+        return
+    parts, bufs = _parts(table, stack.shape[1])
+    _k().insert_stack_sum(table, stack, _keys64(keys), bufs, parts)
+
+
+def insert_stack_each(tables, stack, keys):
+    """``tables[i] += S(stack[i])`` for every i."""
+    if stack.shape[0] == 0:
+        return
+    _k().insert_stack_each(tables, stack, _keys64(keys))
+
+
+def query(table, indices, keys):
+    """Median-over-rows estimates of the given coordinates."""
+    out = np.empty(indices.shape[0], dtype=table.dtype)
+    if indices.shape[0]:
+        _k().query(table, indices, _keys64(keys), out)
+    return out
+
+
+def estimate_all(table, d, keys):
+    """Estimates of all d coordinates."""
+    out = np.empty(d, dtype=table.dtype)
+    _k().estimate_all(table, _keys64(keys), out)
+    return out
+
+
+def _bits_layout(dtype):
+    """Unsigned view dtype, mask clearing the sign bit, and shift giving 15-bit bins."""
+    if dtype == np.float32:
+        return np.uint32, np.uint32(0x7FFFFFFF), np.uint32(16)
+    return np.uint64, np.uint64(0x7FFFFFFFFFFFFFFF), np.uint64(48)
+
+
+def _order_by_magnitude(indices, values):
+    """Sort by |value| descending, ties by index ascending."""
+    order = np.lexsort((indices, -np.abs(values)))
+    return indices[order], values[order]
+
+
+def _ntasks(d):
+    """Parallel tasks for a pass over d coordinates (a few per thread, for balance)."""
+    return int(max(1, min(4 * _threads(), d // 4096)))
+
+
+def topk(table, d, k, keys):
+    """The k coordinates of largest |estimate|, by |estimate| descending."""
+    kern = _k()
+    keys64 = _keys64(keys)
+    ubits, absmask, shift = _bits_layout(table.dtype)
+    ntasks = _ntasks(d)
+    est_bits = np.empty(d if STORE_ESTIMATES else 1, dtype=ubits)
+    hist = kern.est_hist(table, keys64, d, ntasks, est_bits, STORE_ESTIMATES, absmask, shift)
+    total = hist.sum(axis=0)
+    from_top = np.cumsum(total[::-1])
+    # Highest bin b such that bins >= b hold at least k coordinates.
+    min_bin = int(total.shape[0] - 1 - np.searchsorted(from_top, k))
+    per_task = hist[:, min_bin:].sum(axis=1)
+    offsets = np.zeros(ntasks, dtype=np.int64)
+    np.cumsum(per_task[:-1], out=offsets[1:])
+    n = int(per_task.sum())
+    cand_idx = np.empty(n, dtype=np.int64)
+    cand_bits = np.empty(n, dtype=ubits)
+    kern.gather_bins(table, keys64, d, ntasks, est_bits, STORE_ESTIMATES, absmask, shift,
+                     min_bin, offsets, cand_idx, cand_bits)
+    del est_bits
+    cand_val = cand_bits.view(table.dtype)
+    if n > k:
+        keep = np.argpartition(-np.abs(cand_val), k - 1)[:k]
+        cand_idx, cand_val = cand_idx[keep], cand_val[keep]
+    return _order_by_magnitude(cand_idx, cand_val)
+
+
+def heavy(table, d, threshold, keys):
+    """Coordinates with ``|estimate| >= threshold``, ascending."""
+    kern = _k()
+    keys64 = _keys64(keys)
+    ntasks = _ntasks(d)
+    est = np.empty(d if STORE_ESTIMATES else 1, dtype=table.dtype)
+    # Compared in the table's dtype, as NumPy does for the reference's float32 array.
+    thr = table.dtype.type(threshold)
+    counts = kern.count_above(table, keys64, d, ntasks, est, STORE_ESTIMATES, thr)
+    offsets = np.zeros(ntasks, dtype=np.int64)
+    np.cumsum(counts[:-1], out=offsets[1:])
+    n = int(counts.sum())
+    idx = np.empty(n, dtype=np.int64)
+    vals = np.empty(n, dtype=table.dtype)
+    kern.gather_above(table, keys64, d, ntasks, est, STORE_ESTIMATES, thr, offsets, idx, vals)
+    return idx, vals
+
+
+def zero_buckets(table, indices, keys):
+    """Zero, in every row, each bucket that one of ``indices`` hashes to."""
+    _k().zero_buckets(table, indices, _keys64(keys))
+
+
+def l2_estimate(table):
+    """``sqrt(median_j sum_b T[j, b]**2)``."""
+    return float(np.sqrt(np.median(_k().row_sq_sums(table))))
