@@ -1,0 +1,3 @@
+"""Federated learning simulator for FetchSGD and its baselines."""
+
+__all__ = []

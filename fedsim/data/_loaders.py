@@ -1,0 +1,78 @@
+"""`load_dataset`: one entry point for every dataset by name."""
+from __future__ import annotations
+
+from ._dataset import Dataset
+
+DATASETS = ("digits", "mnist", "femnist", "cifar10", "cifar100",
+            "synthetic_cifar10", "synthetic_cifar100")
+_SYNTHETIC_OPTIONS = ("num_train", "num_test")
+
+
+def load_dataset(name: str, root: str | None = None, *, seed: int = 0, **options) -> Dataset:
+    """Load a dataset by name.
+
+    Parameters
+    ----------
+    name : str
+        One of:
+
+        - ``"digits"``: scikit-learn's embedded 8x8 digits (1797 samples), float32
+          ``(N, 1, 8, 8)`` in [0, 1], stratified 80/20 train/test split drawn with `seed`.
+          Needs no files.
+        - ``"mnist"``: the idx files ``train-images-idx3-ubyte``, ``train-labels-idx1-ubyte``,
+          ``t10k-images-idx3-ubyte``, ``t10k-labels-idx1-ubyte`` (each may be ``.gz``) in
+          `root`, ``root/mnist`` or ``root/MNIST/raw``.
+        - ``"femnist"``: LEAF json files ``train/*.json`` and ``test/*.json`` under `root`
+          (or ``root/data``); ``writers_train`` gives each training sample's writer.
+          Pixels kept as LEAF stores them; 62 classes.
+        - ``"cifar10"``: python batches ``data_batch_1..5`` and ``test_batch`` in `root` or
+          ``root/cifar-10-batches-py``.
+        - ``"cifar100"``: python files ``train`` and ``test`` (fine labels, 100 classes) in
+          `root` or ``root/cifar-100-python``.
+        - ``"synthetic_cifar10"`` / ``"synthetic_cifar100"``: see
+          :func:`fedsim.data.synthetic_cifar`; options ``num_train`` (default 50,000) and
+          ``num_test`` (default 10,000); deterministic from `seed`.
+
+        CIFAR and MNIST pixels are scaled to [0, 1] and then standardized per channel with
+        the training set's mean and standard deviation (applied to both splits).
+    root : str or path, optional
+        Folder of the files; default ``$FEDSIM_DATA`` or ``./data``.
+    seed : int
+        Seed of the digits split and of the synthetic data; file datasets keep their
+        official splits.
+    **options
+        Only for the synthetic datasets: ``num_train``, ``num_test``.
+
+    Returns
+    -------
+    Dataset
+
+    Raises
+    ------
+    ValueError
+        Unknown name or option, or a file that is not in the expected format.
+    FileNotFoundError
+        The files are missing; the message names them and the folders searched.
+    """
+    if name not in DATASETS:
+        raise ValueError(f"unknown dataset {name!r}; valid names: {', '.join(DATASETS)}")
+    synthetic = name.startswith("synthetic_")
+    allowed = _SYNTHETIC_OPTIONS if synthetic else ()
+    unknown = sorted(set(options) - set(allowed))
+    if unknown:
+        raise ValueError(f"dataset {name!r} takes no option(s) {', '.join(unknown)}; "
+                         f"valid options: {', '.join(allowed) or 'none'}")
+    if name == "digits":
+        from ._digits import load_digits_dataset
+        return load_digits_dataset(seed)
+    if name == "mnist":
+        from ._mnist import load_mnist
+        return load_mnist(root)
+    if name == "femnist":
+        from ._femnist import load_femnist
+        return load_femnist(root)
+    if name in ("cifar10", "cifar100"):
+        from ._cifar import load_cifar
+        return load_cifar(name, root)
+    from ._synthetic import synthetic_cifar
+    return synthetic_cifar(num_classes=int(name[len("synthetic_cifar"):]), seed=seed, **options)
