@@ -1,0 +1,269 @@
+"""Run one simulation over several processes with torch.distributed.
+
+Each rank simulates a shard of every round's clients; the partial aggregates
+(sketch tables, or dense vectors for dense rules) are summed with one
+all-reduce, and every rank applies the same server step, so N ranks follow the
+trajectory of one process (up to float summation order).  Gloo on CPU, NCCL on
+GPU.  Launch with torchrun::
+
+    torchrun --nproc-per-node 2 -m fedsim.distributed run --config my.toml
+
+A rank that dies must not leave the others hanging: the process group gets a
+timeout, every collective is wrapped so a failure names the rank, the
+collective and the likely cause, and a watchdog thread ends a process stuck in
+a collective for longer than the timeout (NCCL may not notice a dead peer).
+"""
+from __future__ import annotations
+
+import datetime
+import hashlib
+import os
+import sys
+import threading
+import time
+
+import numpy as np
+
+__all__ = ["TorchDistributedCommunicator", "RankFailure", "main"]
+
+WATCHDOG_EXIT_CODE = 86
+
+
+class RankFailure(RuntimeError):
+    """A collective failed or timed out: another rank probably died or stalled."""
+
+
+def _env_int(name, default=None):
+    """An integer environment variable set by torchrun (or by hand)."""
+    value = os.environ.get(name)
+    if value is None:
+        if default is None:
+            raise RankFailure(f"environment variable {name} is not set: launch with torchrun "
+                              f"(torchrun --nproc-per-node N -m fedsim.distributed run ...) or set "
+                              f"RANK, WORLD_SIZE, MASTER_ADDR and MASTER_PORT")
+        return default
+    try:
+        return int(value)
+    except ValueError as exc:
+        raise RankFailure(f"environment variable {name}={value!r} is not an integer") from exc
+
+
+class _Watchdog:
+    """Ends the process when one collective runs longer than its limit."""
+
+    def __init__(self, limit_s, rank):
+        self.limit_s, self.rank = limit_s, rank
+        self._since, self._what = None, None
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="fedsim-watchdog", daemon=True)
+        self._thread.start()
+
+    def enter(self, what):
+        """Mark the start of a collective."""
+        with self._lock:
+            self._since, self._what = time.monotonic(), what
+
+    def leave(self):
+        """Mark its end."""
+        with self._lock:
+            self._since, self._what = None, None
+
+    def stop(self):
+        """Stop watching."""
+        self._stop.set()
+
+    def _watch(self):
+        """Poll; on overrun print a clear message and exit without cleanup (it would hang)."""
+        tick = min(1.0, self.limit_s / 4)
+        while not self._stop.wait(tick):
+            with self._lock:
+                since, what = self._since, self._what
+            if since is not None and time.monotonic() - since > self.limit_s:
+                sys.stderr.write(
+                    f"\nfedsim.distributed: rank {self.rank}: {what} has waited more than "
+                    f"{self.limit_s:.0f} s; another rank probably died or stalled. Exiting.\n")
+                sys.stderr.flush()
+                os._exit(WATCHDOG_EXIT_CODE)
+
+
+class TorchDistributedCommunicator:
+    """The simulator's communicator over a torch.distributed process group.
+
+    Parameters
+    ----------
+    backend : {"gloo", "nccl"}, optional
+        Default: NCCL when CUDA is usable, else Gloo.
+    timeout_s : float, default 120
+        Limit for one collective (passed to ``init_process_group``); the
+        watchdog ends a process stuck longer than ``timeout_s + grace_s``.
+    grace_s : float, default 10
+    init_method : str, default "env://"
+        Where ranks meet; torchrun sets the environment for ``env://``.
+
+    Notes
+    -----
+    Rank, world size and local rank come from ``RANK``, ``WORLD_SIZE`` and
+    ``LOCAL_RANK``.  With NCCL each rank uses ``cuda:LOCAL_RANK``.
+    """
+
+    def __init__(self, backend=None, *, timeout_s=120.0, grace_s=10.0, init_method="env://"):
+        import torch
+        import torch.distributed as dist
+
+        if not (isinstance(timeout_s, (int, float)) and timeout_s > 0):
+            raise ValueError(f"timeout_s must be a positive number, got {timeout_s!r}")
+        if backend is None:
+            backend = "nccl" if torch.cuda.is_available() else "gloo"
+        if backend not in ("gloo", "nccl"):
+            raise ValueError(f"unknown torch.distributed backend {backend!r}; choose 'gloo' or 'nccl'")
+        if backend == "nccl" and not torch.cuda.is_available():
+            raise RankFailure("backend 'nccl' needs CUDA; use backend 'gloo' on CPU")
+        self._dist = dist
+        self.backend = backend
+        self.timeout_s = float(timeout_s)
+        self.local_rank = _env_int("LOCAL_RANK", 0)
+        self._owns_group = not dist.is_initialized()
+        if self._owns_group:
+            rank, world = _env_int("RANK"), _env_int("WORLD_SIZE")
+            if backend == "nccl":
+                torch.cuda.set_device(self.local_rank)
+            kwargs = {}
+            if backend == "nccl":
+                kwargs["device_id"] = torch.device("cuda", self.local_rank)
+            try:
+                dist.init_process_group(backend, init_method=init_method, rank=rank, world_size=world,
+                                        timeout=datetime.timedelta(seconds=self.timeout_s), **kwargs)
+            except Exception as exc:
+                raise RankFailure(f"rank {rank}: could not join the process group of {world} ranks "
+                                  f"within {self.timeout_s:.0f} s ({type(exc).__name__}: {exc})") from exc
+        self.rank = dist.get_rank()
+        self.world_size = dist.get_world_size()
+        self.device = torch.device("cuda", self.local_rank) if backend == "nccl" else torch.device("cpu")
+        self._count = 0
+        self._watchdog = _Watchdog(self.timeout_s + grace_s, self.rank)
+
+    # ---------------------------------------------------------------- Communicator
+    @property
+    def is_writer(self):
+        """Rank 0 writes checkpoints, logs and reports."""
+        return self.rank == 0
+
+    def shard(self, client_ids):
+        """This rank's contiguous part of the round's clients (same type as given).
+
+        Parts differ in size by at most one; a rank may get none when the round
+        has fewer clients than ranks.
+        """
+        n = len(client_ids)
+        lo = (n * self.rank) // self.world_size
+        hi = (n * (self.rank + 1)) // self.world_size
+        return client_ids[lo:hi]
+
+    def shard_bounds(self, n):
+        """``(lo, hi)``: this rank's slice of ``n`` items, as :meth:`shard` cuts it."""
+        return (n * self.rank) // self.world_size, (n * (self.rank + 1)) // self.world_size
+
+    def allreduce_(self, value):
+        """Sum ``value`` over all ranks, in place, and return it.
+
+        Accepts a torch tensor, a NumPy array (shared with torch, no copy), a
+        CuPy array (through DLPack, no copy) or a CountSketch (its table).
+        """
+        import torch
+
+        table_of = getattr(value, "table", None)
+        target = table_of if table_of is not None and not isinstance(value, torch.Tensor) else value
+        tensor = self._as_tensor(target)
+        staged = tensor
+        if self.backend == "nccl" and tensor.device.type != "cuda":
+            staged = tensor.to(self.device)
+        elif self.backend == "gloo" and tensor.device.type != "cpu":
+            staged = tensor.cpu()
+        self._run("all_reduce", lambda: self._dist.all_reduce(staged, op=self._dist.ReduceOp.SUM))
+        if staged is not tensor:
+            tensor.copy_(staged)
+        return value
+
+    # ------------------------------------------------------------------- helpers
+    def _as_tensor(self, value):
+        """A torch view of an array (no copy)."""
+        import torch
+
+        if isinstance(value, torch.Tensor):
+            return value
+        if isinstance(value, np.ndarray):
+            if not value.flags.writeable:
+                raise ValueError("cannot all-reduce into a read-only NumPy array")
+            return torch.from_numpy(value)
+        if hasattr(value, "__dlpack__"):
+            return torch.from_dlpack(value)
+        raise TypeError(f"cannot all-reduce a {type(value).__name__}; give a tensor or an array")
+
+    def _run(self, what, fn):
+        """Run one collective under the watchdog; turn failures into RankFailure."""
+        self._count += 1
+        label = f"{what} #{self._count}"
+        self._watchdog.enter(label)
+        try:
+            fn()
+        except Exception as exc:
+            raise RankFailure(
+                f"rank {self.rank}/{self.world_size}: {label} failed; another rank probably died or "
+                f"stalled (timeout {self.timeout_s:.0f} s). Cause: {type(exc).__name__}: {exc}") from exc
+        finally:
+            self._watchdog.leave()
+
+    def broadcast_(self, tensor, src=0):
+        """Broadcast a tensor from ``src`` to every rank, in place."""
+        self._run("broadcast", lambda: self._dist.broadcast(tensor, src=src))
+        return tensor
+
+    def barrier(self):
+        """Wait for every rank."""
+        import torch
+
+        # A tiny all-reduce instead of dist.barrier: it honours the timeout on every backend.
+        self.allreduce_(torch.zeros(1, device=self.device))
+
+    def check_same(self, data, what):
+        """Raise on every rank unless all ranks pass the same bytes (e.g. a config hash)."""
+        import torch
+
+        digest = hashlib.sha256(data if isinstance(data, bytes) else str(data).encode()).digest()[:8]
+        mine = torch.tensor(np.frombuffer(digest, dtype=np.int64).copy(), device=self.device)
+        low = mine.clone()
+        high = mine.clone()
+        self._run("check_same(min)", lambda: self._dist.all_reduce(low, op=self._dist.ReduceOp.MIN))
+        self._run("check_same(max)", lambda: self._dist.all_reduce(high, op=self._dist.ReduceOp.MAX))
+        if not bool(torch.equal(low, high)):
+            raise RankFailure(f"rank {self.rank}: the ranks disagree on {what}; every rank must run the "
+                              f"same configuration")
+
+    def close(self):
+        """Leave the process group (if this object created it) and stop the watchdog."""
+        self._watchdog.stop()
+        if self._owns_group and self._dist.is_initialized():
+            self._dist.destroy_process_group()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+        return False
+
+    def __repr__(self):
+        return (f"TorchDistributedCommunicator(backend={self.backend!r}, rank={self.rank}, "
+                f"world_size={self.world_size})")
+
+
+def main(argv=None):
+    """``python -m fedsim.distributed run [fedsim run options]`` under torchrun."""
+    from ._distributed_cli import run_distributed
+
+    return run_distributed(sys.argv[1:] if argv is None else argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,391 @@
+"""Batched client engine: the W clients of a round computed together.
+
+Three paths, all on the device of the flat parameter vector:
+
+* ``gradient_sum`` -- the weighted sum of the clients' gradients.  By linearity
+  of the gradient, ``sum_i w_i grad L_i = grad sum_i w_i L_i``, so the whole
+  round is ONE forward/backward over the concatenated client batches, each
+  sample weighted by ``w_i / n_i``.  Exact (up to float summation order), and
+  what a linear rule (FetchSGD, uncompressed, true top-k) needs: sum, then
+  sketch once.
+* ``gradients`` -- one gradient per client, an ``(W, d)`` stack, from
+  ``torch.func.vmap(torch.func.grad(...))`` over clients (samples padded to the
+  largest client and masked out of the mean).  For rules that need the
+  per-client result (local top-k, per-client clipping).
+* ``local_train`` -- FedAvg's local SGD, every client's parameters stacked and
+  stepped together under ``vmap``.
+
+Memory control: a round is cut into chunks of clients, of at most
+``max_clients_per_chunk`` clients, or as many as fit ``memory_budget_mb`` by a
+measured estimate (the bytes autograd saves for one client's forward, plus the
+per-client gradient rows).  Chunks run one after another; nothing syncs with
+the host per client.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch.func import functional_call, grad, vmap
+from torch.nn import functional as F
+
+__all__ = ["VmapEngine", "chunk_size_for_budget"]
+
+
+@dataclass(frozen=True)
+class _Layout:
+    """Where each parameter sits in the flat vector (``model.parameters()`` order,
+    frozen ones included, as ``adapters.torch.flatten_params`` lays them out)."""
+
+    names: tuple
+    shapes: tuple
+    numels: tuple
+    frozen: tuple
+
+    @property
+    def d(self):
+        return sum(self.numels)
+
+    def frozen_mask(self, device, dtype):
+        """1 on trainable coordinates, 0 on frozen ones (None when nothing is frozen)."""
+        if not any(self.frozen):
+            return None
+        parts = [torch.full((n,), 0.0 if f else 1.0, dtype=dtype, device=device)
+                 for n, f in zip(self.numels, self.frozen)]
+        return torch.cat(parts)
+
+
+def _layout(model):
+    """Flat layout of the model's parameters."""
+    named = list(model.named_parameters())
+    return _Layout(tuple(n for n, _ in named), tuple(tuple(p.shape) for _, p in named),
+                   tuple(p.numel() for _, p in named), tuple(not p.requires_grad for _, p in named))
+
+
+def _unflatten(layout, flat):
+    """Views of ``flat`` shaped as the model's parameters, keyed by name."""
+    out, start = {}, 0
+    for name, shape, n in zip(layout.names, layout.shapes, layout.numels):
+        out[name] = flat[start:start + n].view(shape)
+        start += n
+    return out
+
+
+def _fixed_tensors(model, layout):
+    """Buffers: passed to every call unchanged."""
+    return dict(model.named_buffers())
+
+
+def chunk_size_for_budget(budget_bytes, per_client_bytes, num_clients):
+    """How many clients fit a memory budget (at least one, at most all).
+
+    Parameters
+    ----------
+    budget_bytes : int
+        Memory the engine may use for one chunk.
+    per_client_bytes : int
+        Estimated bytes one client adds to a chunk.
+    num_clients : int
+        Clients in the round.
+
+    Returns
+    -------
+    int
+    """
+    if per_client_bytes <= 0:
+        return max(1, num_clients)
+    return int(max(1, min(num_clients, budget_bytes // per_client_bytes)))
+
+
+class VmapEngine:
+    """Client engine that computes the clients of a round together.
+
+    Parameters
+    ----------
+    max_clients_per_chunk : int, optional
+        Upper bound on clients computed at once.
+    memory_budget_mb : float, optional
+        Memory budget for one chunk; the chunk size is derived from a measured
+        per-client estimate (see :meth:`per_client_bytes`).  With both options
+        the smaller chunk wins; with neither, a round is one chunk.
+    loss : {"cross_entropy"}, default "cross_entropy"
+        Per-sample loss; a client's loss is the mean over its samples.
+
+    Notes
+    -----
+    The model must be free of cross-sample interactions (no batch norm) and of
+    randomness (no dropout) for padding and vmap to be exact; the project's
+    models are.
+    """
+
+    name = "vmap"
+
+    def __init__(self, *, max_clients_per_chunk=None, memory_budget_mb=None, loss="cross_entropy"):
+        if max_clients_per_chunk is not None and (
+                isinstance(max_clients_per_chunk, bool) or not isinstance(max_clients_per_chunk, int)
+                or max_clients_per_chunk <= 0):
+            raise ValueError(f"max_clients_per_chunk must be a positive integer, got {max_clients_per_chunk!r}")
+        if memory_budget_mb is not None and (
+                isinstance(memory_budget_mb, bool) or not isinstance(memory_budget_mb, (int, float))
+                or not math.isfinite(memory_budget_mb) or memory_budget_mb <= 0):
+            raise ValueError(f"memory_budget_mb must be a positive number, got {memory_budget_mb!r}")
+        if loss != "cross_entropy":
+            raise ValueError(f"unknown loss {loss!r}; choose 'cross_entropy'")
+        self.max_clients_per_chunk = max_clients_per_chunk
+        self.memory_budget_mb = memory_budget_mb
+        self.loss = loss
+        self._saved_cache = {}
+
+    def __repr__(self):
+        return (f"VmapEngine(max_clients_per_chunk={self.max_clients_per_chunk}, "
+                f"memory_budget_mb={self.memory_budget_mb})")
+
+    # ------------------------------------------------------------- validation
+    @staticmethod
+    def _check(model, flat_params, batches):
+        """Validate the common arguments; return the layout."""
+        layout = _layout(model)
+        if not isinstance(flat_params, torch.Tensor) or flat_params.ndim != 1:
+            raise ValueError("flat_params must be a 1-D torch tensor")
+        if flat_params.shape[0] != layout.d:
+            raise ValueError(f"flat_params has {flat_params.shape[0]} entries but the model has "
+                             f"{layout.d} parameters")
+        if not flat_params.is_floating_point():
+            raise ValueError(f"flat_params must be floating point, got {flat_params.dtype}")
+        if len(batches) == 0:
+            raise ValueError("no client batches given (a round needs at least one client)")
+        for i, batch in enumerate(batches):
+            if len(batch) != 2:
+                raise ValueError(f"client batch {i} must be an (x, y) pair")
+            x, y = batch
+            if x.shape[0] != y.shape[0]:
+                raise ValueError(f"client batch {i}: {x.shape[0]} inputs but {y.shape[0]} labels")
+            if x.shape[0] == 0:
+                raise ValueError(f"client batch {i} is empty")
+            if tuple(x.shape[1:]) != tuple(batches[0][0].shape[1:]):
+                raise ValueError(f"client batch {i} has sample shape {tuple(x.shape[1:])}, "
+                                 f"client 0 has {tuple(batches[0][0].shape[1:])}")
+        return layout
+
+    def _weights(self, weights, n, flat_params):
+        """Client weights as a tensor on the parameters' device (default 1/W)."""
+        if weights is None:
+            return torch.full((n,), 1.0 / n, dtype=flat_params.dtype, device=flat_params.device)
+        w = torch.as_tensor(weights, dtype=flat_params.dtype).to(flat_params.device)
+        if w.shape != (n,):
+            raise ValueError(f"weights must have shape ({n},), got {tuple(w.shape)}")
+        return w
+
+    # --------------------------------------------------------------- chunking
+    def per_client_bytes(self, model, flat_params, batches):
+        """Estimated bytes one client adds to a chunk of :meth:`gradients`.
+
+        Measured, not guessed: the bytes autograd saves for the forward of one
+        client's (largest) batch, counted with ``saved_tensors_hooks`` and
+        cached per sample shape, plus three d-length rows (the gradient being
+        built, the per-parameter gradient pieces, and the output row).
+        """
+        n_max = max(int(x.shape[0]) for x, _ in batches)
+        x0 = batches[0][0]
+        key = (id(model), tuple(x0.shape[1:]), str(flat_params.device), n_max)
+        if key not in self._saved_cache:
+            saved = [0]
+
+            def pack(t):
+                saved[0] += t.numel() * t.element_size()
+                return t
+
+            layout = _layout(model)
+            fixed = _fixed_tensors(model, layout)
+            probe = flat_params.detach().clone().requires_grad_(True)
+            xs = torch.zeros((n_max,) + tuple(x0.shape[1:]), dtype=x0.dtype, device=flat_params.device)
+            with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+                out = functional_call(model, {**_unflatten(layout, probe), **fixed}, (xs,))
+            del out, probe
+            self._saved_cache[key] = saved[0]
+        return self._saved_cache[key] + 3 * flat_params.numel() * flat_params.element_size()
+
+    def chunk_size(self, model, flat_params, batches):
+        """Clients per chunk for this round under the engine's limits."""
+        n = len(batches)
+        size = n
+        if self.max_clients_per_chunk is not None:
+            size = min(size, self.max_clients_per_chunk)
+        if self.memory_budget_mb is not None:
+            per = self.per_client_bytes(model, flat_params, batches)
+            size = min(size, chunk_size_for_budget(int(self.memory_budget_mb * 2**20), per, n))
+        return max(1, size)
+
+    # ----------------------------------------------------------------- losses
+    def _client_loss(self, model, layout, fixed):
+        """``loss(flat, x, y, mask)``: masked mean cross entropy of one client."""
+        def loss(flat, x, y, mask):
+            logits = functional_call(model, {**_unflatten(layout, flat), **fixed}, (x,))
+            per = F.cross_entropy(logits, y, reduction="none")
+            return (per * mask).sum() / mask.sum()
+        return loss
+
+    @staticmethod
+    def _pad(batches, device, dtype):
+        """Stack client batches padded to the largest; mask marks real samples."""
+        n_max = max(int(x.shape[0]) for x, _ in batches)
+        if all(int(x.shape[0]) == n_max for x, _ in batches):
+            xs = torch.stack([x.to(device, non_blocking=True) for x, _ in batches])
+            ys = torch.stack([y.to(device, non_blocking=True) for _, y in batches])
+            mask = torch.ones(ys.shape, dtype=dtype, device=device)
+            return xs, ys, mask
+        x0, y0 = batches[0]
+        xs = torch.zeros((len(batches), n_max) + tuple(x0.shape[1:]), dtype=x0.dtype, device=device)
+        ys = torch.zeros((len(batches), n_max), dtype=y0.dtype, device=device)
+        mask = torch.zeros((len(batches), n_max), dtype=dtype, device=device)
+        for i, (x, y) in enumerate(batches):
+            n = int(x.shape[0])
+            xs[i, :n] = x.to(device, non_blocking=True)
+            ys[i, :n] = y.to(device, non_blocking=True)
+            mask[i, :n] = 1
+        return xs, ys, mask
+
+    # ------------------------------------------------------------------ paths
+    def gradient_sum(self, model, flat_params, batches, weights=None):
+        """Weighted sum of the clients' gradients, ``sum_i w_i grad L_i``.
+
+        Parameters
+        ----------
+        model : torch.nn.Module
+            Architecture; its own parameter values are ignored.
+        flat_params : torch.Tensor of shape (d,)
+            The point where gradients are taken.
+        batches : sequence of (x, y) tensor pairs
+            One local batch per client.
+        weights : sequence or tensor of shape (W,), optional
+            Client weights; default ``1/W`` each.
+
+        Returns
+        -------
+        torch.Tensor of shape (d,)
+            On ``flat_params``' device and dtype.
+        """
+        layout = self._check(model, flat_params, batches)
+        fixed = _fixed_tensors(model, layout)
+        device = flat_params.device
+        w = self._weights(weights, len(batches), flat_params)
+        step = self.chunk_size(model, flat_params, batches)
+        total = torch.zeros_like(flat_params)
+        flat = flat_params.detach()
+        for start in range(0, len(batches), step):
+            part = batches[start:start + step]
+            x = torch.cat([b[0] for b in part]).to(device, non_blocking=True)
+            y = torch.cat([b[1] for b in part]).to(device, non_blocking=True)
+            counts = torch.tensor([int(b[0].shape[0]) for b in part], device=device)
+            per_sample = torch.repeat_interleave(w[start:start + step] / counts.to(w.dtype), counts)
+
+            def loss(f):
+                logits = functional_call(model, {**_unflatten(layout, f), **fixed}, (x,))
+                return (F.cross_entropy(logits, y, reduction="none") * per_sample).sum()
+
+            total += grad(loss)(flat)
+        return self._mask_frozen(layout, total)
+
+    @staticmethod
+    def _mask_frozen(layout, g):
+        """Zero the gradient of frozen parameters (as a loop over ``.grad`` would leave it)."""
+        mask = layout.frozen_mask(g.device, g.dtype)
+        return g if mask is None else g.mul_(mask)
+
+    def gradients(self, model, flat_params, batches):
+        """One gradient per client (mean loss over its samples), as a ``(W, d)`` stack.
+
+        Parameters are as in :meth:`gradient_sum`.
+        """
+        layout = self._check(model, flat_params, batches)
+        fixed = _fixed_tensors(model, layout)
+        device = flat_params.device
+        step = self.chunk_size(model, flat_params, batches)
+        per_client = vmap(grad(self._client_loss(model, layout, fixed)), in_dims=(None, 0, 0, 0))
+        out = torch.empty((len(batches), layout.d), dtype=flat_params.dtype, device=device)
+        flat = flat_params.detach()
+        for start in range(0, len(batches), step):
+            xs, ys, mask = self._pad(batches[start:start + step], device, flat_params.dtype)
+            out[start:start + xs.shape[0]] = per_client(flat, xs, ys, mask)
+        return self._mask_frozen(layout, out)
+
+    def local_train(self, model, flat_params, batches, *, lr, epochs=1, batch_size=None,
+                    orders=None, weight_decay=0.0):
+        """FedAvg's local training of every client together; returns the ``(W, d)`` deltas.
+
+        Each client starts from ``flat_params`` and runs ``epochs`` passes of
+        plain SGD over its own samples in minibatches of ``batch_size`` (all of
+        them when None), in the sample order ``orders[i][epoch]`` (a permutation
+        of its samples; identity when None).  Clients with fewer minibatches than
+        the largest simply stop stepping (their extra steps are masked to zero).
+
+        Parameters
+        ----------
+        model, flat_params, batches
+            As in :meth:`gradient_sum`; ``batches[i]`` is client i's whole local data.
+        lr : float
+            Local learning rate.
+        epochs : int, default 1
+        batch_size : int, optional
+        orders : sequence of sequences of index tensors, optional
+            ``orders[i][e]``: the permutation client i uses in epoch e.
+        weight_decay : float, default 0.0
+            Added to each local gradient as ``weight_decay * w``.
+
+        Returns
+        -------
+        torch.Tensor of shape (W, d)
+            ``w_i_final - flat_params`` per client.
+        """
+        layout = self._check(model, flat_params, batches)
+        if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs <= 0:
+            raise ValueError(f"epochs must be a positive integer, got {epochs!r}")
+        if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
+            raise ValueError(f"lr must be a positive finite number, got {lr!r}")
+        if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int)
+                                       or batch_size <= 0):
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+        if orders is not None and len(orders) != len(batches):
+            raise ValueError(f"orders has {len(orders)} entries for {len(batches)} clients")
+        fixed = _fixed_tensors(model, layout)
+        device, dtype = flat_params.device, flat_params.dtype
+        step_grad = vmap(grad(self._client_loss(model, layout, fixed)), in_dims=(0, 0, 0, 0))
+        out = torch.empty((len(batches), layout.d), dtype=dtype, device=device)
+        chunk = self.chunk_size(model, flat_params, batches)
+        for start in range(0, len(batches), chunk):
+            part = batches[start:start + chunk]
+            part_orders = None if orders is None else orders[start:start + chunk]
+            out[start:start + len(part)] = self._local_chunk(
+                layout, step_grad, flat_params.detach(), part, part_orders, lr, epochs, batch_size,
+                weight_decay, device, dtype)
+        return out
+
+    @staticmethod
+    def _local_chunk(layout, step_grad, flat, part, orders, lr, epochs, batch_size, weight_decay, device, dtype):
+        """Local SGD of one chunk of clients; returns their deltas."""
+        sizes = [int(x.shape[0]) for x, _ in part]
+        n_max = max(sizes)
+        bs = n_max if batch_size is None else batch_size
+        params = flat.unsqueeze(0).repeat(len(part), 1)
+        frozen = layout.frozen_mask(device, dtype)
+        for epoch in range(epochs):
+            # Each client's samples in this epoch's order, padded to n_max.
+            ordered = []
+            for i, (x, y) in enumerate(part):
+                perm = None if orders is None else torch.as_tensor(orders[i][epoch]).to(x.device)
+                ordered.append((x, y) if perm is None else (x[perm], y[perm]))
+            xs, ys, mask = VmapEngine._pad(ordered, device, dtype)
+            for lo in range(0, n_max, bs):
+                m = mask[:, lo:lo + bs]
+                # A client with no sample left in this step does not move; its
+                # mask becomes all ones only to keep the mean finite.
+                active = m.sum(dim=1) > 0
+                m = torch.where(active.unsqueeze(1), m, torch.ones_like(m))
+                g = step_grad(params, xs[:, lo:lo + bs], ys[:, lo:lo + bs], m)
+                if weight_decay:
+                    g = g + weight_decay * params
+                if frozen is not None:
+                    g = g * frozen
+                params = params - lr * active.to(dtype).unsqueeze(1) * g
+        return params - flat.unsqueeze(0)
