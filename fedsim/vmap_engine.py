@@ -24,57 +24,27 @@ the host per client.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 from torch.func import functional_call, grad, vmap
 from torch.nn import functional as F
 
+from ._flat import fixed_tensors, num_trainable, param_views
+
 __all__ = ["VmapEngine", "chunk_size_for_budget"]
 
 
-@dataclass(frozen=True)
-class _Layout:
-    """Where each parameter sits in the flat vector (``model.parameters()`` order,
-    frozen ones included, as ``adapters.torch.flatten_params`` lays them out)."""
-
-    names: tuple
-    shapes: tuple
-    numels: tuple
-    frozen: tuple
-
-    @property
-    def d(self):
-        return sum(self.numels)
-
-    def frozen_mask(self, device, dtype):
-        """1 on trainable coordinates, 0 on frozen ones (None when nothing is frozen)."""
-        if not any(self.frozen):
-            return None
-        parts = [torch.full((n,), 0.0 if f else 1.0, dtype=dtype, device=device)
-                 for n, f in zip(self.numels, self.frozen)]
-        return torch.cat(parts)
-
-
-def _layout(model):
-    """Flat layout of the model's parameters."""
-    named = list(model.named_parameters())
-    return _Layout(tuple(n for n, _ in named), tuple(tuple(p.shape) for _, p in named),
-                   tuple(p.numel() for _, p in named), tuple(not p.requires_grad for _, p in named))
-
-
-def _unflatten(layout, flat):
-    """Views of ``flat`` shaped as the model's parameters, keyed by name."""
-    out, start = {}, 0
-    for name, shape, n in zip(layout.names, layout.shapes, layout.numels):
-        out[name] = flat[start:start + n].view(shape)
-        start += n
-    return out
-
-
-def _fixed_tensors(model, layout):
-    """Buffers: passed to every call unchanged."""
-    return dict(model.named_buffers())
+def _check_layout(model, flat_params):
+    """Number of trainable parameters; raise unless ``flat_params`` matches it."""
+    d = num_trainable(model)
+    if not isinstance(flat_params, torch.Tensor) or flat_params.ndim != 1:
+        raise ValueError("flat_params must be a 1-D torch tensor")
+    if flat_params.shape[0] != d:
+        raise ValueError(f"flat_params has {flat_params.shape[0]} entries but the model has "
+                         f"{d} trainable parameters")
+    if not flat_params.is_floating_point():
+        raise ValueError(f"flat_params must be floating point, got {flat_params.dtype}")
+    return d
 
 
 def chunk_size_for_budget(budget_bytes, per_client_bytes, num_clients):
@@ -144,15 +114,8 @@ class VmapEngine:
     # ------------------------------------------------------------- validation
     @staticmethod
     def _check(model, flat_params, batches):
-        """Validate the common arguments; return the layout."""
-        layout = _layout(model)
-        if not isinstance(flat_params, torch.Tensor) or flat_params.ndim != 1:
-            raise ValueError("flat_params must be a 1-D torch tensor")
-        if flat_params.shape[0] != layout.d:
-            raise ValueError(f"flat_params has {flat_params.shape[0]} entries but the model has "
-                             f"{layout.d} parameters")
-        if not flat_params.is_floating_point():
-            raise ValueError(f"flat_params must be floating point, got {flat_params.dtype}")
+        """Validate the common arguments; return d."""
+        d = _check_layout(model, flat_params)
         if len(batches) == 0:
             raise ValueError("no client batches given (a round needs at least one client)")
         for i, batch in enumerate(batches):
@@ -166,7 +129,7 @@ class VmapEngine:
             if tuple(x.shape[1:]) != tuple(batches[0][0].shape[1:]):
                 raise ValueError(f"client batch {i} has sample shape {tuple(x.shape[1:])}, "
                                  f"client 0 has {tuple(batches[0][0].shape[1:])}")
-        return layout
+        return d
 
     def _weights(self, weights, n, flat_params):
         """Client weights as a tensor on the parameters' device (default 1/W)."""
@@ -196,12 +159,11 @@ class VmapEngine:
                 saved[0] += t.numel() * t.element_size()
                 return t
 
-            layout = _layout(model)
-            fixed = _fixed_tensors(model, layout)
+            fixed = fixed_tensors(model)
             probe = flat_params.detach().clone().requires_grad_(True)
             xs = torch.zeros((n_max,) + tuple(x0.shape[1:]), dtype=x0.dtype, device=flat_params.device)
             with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-                out = functional_call(model, {**_unflatten(layout, probe), **fixed}, (xs,))
+                out = functional_call(model, {**param_views(model, probe), **fixed}, (xs,))
             del out, probe
             self._saved_cache[key] = saved[0]
         return self._saved_cache[key] + 3 * flat_params.numel() * flat_params.element_size()
@@ -218,10 +180,10 @@ class VmapEngine:
         return max(1, size)
 
     # ----------------------------------------------------------------- losses
-    def _client_loss(self, model, layout, fixed):
+    def _client_loss(self, model, fixed):
         """``loss(flat, x, y, mask)``: masked mean cross entropy of one client."""
         def loss(flat, x, y, mask):
-            logits = functional_call(model, {**_unflatten(layout, flat), **fixed}, (x,))
+            logits = functional_call(model, {**param_views(model, flat), **fixed}, (x,))
             per = F.cross_entropy(logits, y, reduction="none")
             return (per * mask).sum() / mask.sum()
         return loss
@@ -266,8 +228,8 @@ class VmapEngine:
         torch.Tensor of shape (d,)
             On ``flat_params``' device and dtype.
         """
-        layout = self._check(model, flat_params, batches)
-        fixed = _fixed_tensors(model, layout)
+        d = self._check(model, flat_params, batches)
+        fixed = fixed_tensors(model)
         device = flat_params.device
         w = self._weights(weights, len(batches), flat_params)
         step = self.chunk_size(model, flat_params, batches)
@@ -281,34 +243,28 @@ class VmapEngine:
             per_sample = torch.repeat_interleave(w[start:start + step] / counts.to(w.dtype), counts)
 
             def loss(f):
-                logits = functional_call(model, {**_unflatten(layout, f), **fixed}, (x,))
+                logits = functional_call(model, {**param_views(model, f), **fixed}, (x,))
                 return (F.cross_entropy(logits, y, reduction="none") * per_sample).sum()
 
             total += grad(loss)(flat)
-        return self._mask_frozen(layout, total)
-
-    @staticmethod
-    def _mask_frozen(layout, g):
-        """Zero the gradient of frozen parameters (as a loop over ``.grad`` would leave it)."""
-        mask = layout.frozen_mask(g.device, g.dtype)
-        return g if mask is None else g.mul_(mask)
+        return total
 
     def gradients(self, model, flat_params, batches):
         """One gradient per client (mean loss over its samples), as a ``(W, d)`` stack.
 
         Parameters are as in :meth:`gradient_sum`.
         """
-        layout = self._check(model, flat_params, batches)
-        fixed = _fixed_tensors(model, layout)
+        d = self._check(model, flat_params, batches)
+        fixed = fixed_tensors(model)
         device = flat_params.device
         step = self.chunk_size(model, flat_params, batches)
-        per_client = vmap(grad(self._client_loss(model, layout, fixed)), in_dims=(None, 0, 0, 0))
-        out = torch.empty((len(batches), layout.d), dtype=flat_params.dtype, device=device)
+        per_client = vmap(grad(self._client_loss(model, fixed)), in_dims=(None, 0, 0, 0))
+        out = torch.empty((len(batches), d), dtype=flat_params.dtype, device=device)
         flat = flat_params.detach()
         for start in range(0, len(batches), step):
             xs, ys, mask = self._pad(batches[start:start + step], device, flat_params.dtype)
             out[start:start + xs.shape[0]] = per_client(flat, xs, ys, mask)
-        return self._mask_frozen(layout, out)
+        return out
 
     def local_train(self, model, flat_params, batches, *, lr, epochs=1, batch_size=None,
                     orders=None, weight_decay=0.0):
@@ -338,7 +294,7 @@ class VmapEngine:
         torch.Tensor of shape (W, d)
             ``w_i_final - flat_params`` per client.
         """
-        layout = self._check(model, flat_params, batches)
+        d = self._check(model, flat_params, batches)
         if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs <= 0:
             raise ValueError(f"epochs must be a positive integer, got {epochs!r}")
         if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
@@ -348,27 +304,26 @@ class VmapEngine:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
         if orders is not None and len(orders) != len(batches):
             raise ValueError(f"orders has {len(orders)} entries for {len(batches)} clients")
-        fixed = _fixed_tensors(model, layout)
+        fixed = fixed_tensors(model)
         device, dtype = flat_params.device, flat_params.dtype
-        step_grad = vmap(grad(self._client_loss(model, layout, fixed)), in_dims=(0, 0, 0, 0))
-        out = torch.empty((len(batches), layout.d), dtype=dtype, device=device)
+        step_grad = vmap(grad(self._client_loss(model, fixed)), in_dims=(0, 0, 0, 0))
+        out = torch.empty((len(batches), d), dtype=dtype, device=device)
         chunk = self.chunk_size(model, flat_params, batches)
         for start in range(0, len(batches), chunk):
             part = batches[start:start + chunk]
             part_orders = None if orders is None else orders[start:start + chunk]
             out[start:start + len(part)] = self._local_chunk(
-                layout, step_grad, flat_params.detach(), part, part_orders, lr, epochs, batch_size,
+                step_grad, flat_params.detach(), part, part_orders, lr, epochs, batch_size,
                 weight_decay, device, dtype)
         return out
 
     @staticmethod
-    def _local_chunk(layout, step_grad, flat, part, orders, lr, epochs, batch_size, weight_decay, device, dtype):
+    def _local_chunk(step_grad, flat, part, orders, lr, epochs, batch_size, weight_decay, device, dtype):
         """Local SGD of one chunk of clients; returns their deltas."""
         sizes = [int(x.shape[0]) for x, _ in part]
         n_max = max(sizes)
         bs = n_max if batch_size is None else batch_size
         params = flat.unsqueeze(0).repeat(len(part), 1)
-        frozen = layout.frozen_mask(device, dtype)
         for epoch in range(epochs):
             # Each client's samples in this epoch's order, padded to n_max.
             ordered = []
@@ -385,7 +340,5 @@ class VmapEngine:
                 g = step_grad(params, xs[:, lo:lo + bs], ys[:, lo:lo + bs], m)
                 if weight_decay:
                     g = g + weight_decay * params
-                if frozen is not None:
-                    g = g * frozen
                 params = params - lr * active.to(dtype).unsqueeze(1) * g
         return params - flat.unsqueeze(0)

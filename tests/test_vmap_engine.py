@@ -109,15 +109,42 @@ def test_local_train_equals_loop(sizes, epochs, batch_size, shuffle, seed):
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-6)
 
 
-def test_frozen_parameters_get_zero_gradient():
+def test_frozen_parameters_are_left_out_of_the_flat_vector():
+    """Frozen parameters are not in the flat layout (as the simulator lays it out)."""
+    from fedsim.clients import LoopEngine
+
     model = _small_cnn()
     model[0].bias.requires_grad_(False)
-    flat = _flat(model)
+    flat = torch.cat([p.detach().reshape(-1) for p in model.parameters() if p.requires_grad])
     batches = _batches([2, 3], 0)
-    got = VmapEngine().gradients(model, flat, batches)
-    torch.testing.assert_close(got, _loop_gradients(model, flat, batches), rtol=1e-4, atol=1e-6)
-    start = model[0].weight.numel()
-    assert torch.all(got[:, start:start + 4] == 0)
+    torch.testing.assert_close(VmapEngine().gradients(model, flat, batches),
+                               LoopEngine().gradients(model, flat, batches), rtol=1e-4, atol=1e-6)
+    with pytest.raises(ValueError, match="trainable"):
+        VmapEngine().gradients(model, _flat(model), batches)
+
+
+@pytest.mark.parametrize("name", ["mlp", "cnn"])
+def test_equal_to_the_simulators_loop_engine(name):
+    """vmap engine == the simulator's loop engine on the project's models, all three paths."""
+    from fedsim.clients import LoopEngine, make_engine
+    from fedsim.models import build_model
+
+    torch.manual_seed(1)
+    model = build_model(name, (1, 8, 8), 10)
+    flat = _flat(model)
+    batches = _batches([5, 2, 4], 7)
+    loop, vm = LoopEngine(), make_engine("vmap", max_clients_per_chunk=2)
+    assert isinstance(vm, VmapEngine)
+    w = torch.tensor([0.2, 0.5, 0.3])
+    close = dict(rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(vm.gradients(model, flat, batches), loop.gradients(model, flat, batches), **close)
+    torch.testing.assert_close(vm.gradient_sum(model, flat, batches, w),
+                               loop.gradient_sum(model, flat, batches, w), **close)
+    orders = [[torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(i))] for i, (x, _) in
+              enumerate(batches)]
+    kw = dict(lr=0.1, epochs=1, batch_size=2, orders=orders, weight_decay=5e-4)
+    torch.testing.assert_close(vm.local_train(model, flat, batches, **kw),
+                               loop.local_train(model, flat, batches, **kw), **close)
 
 
 def test_memory_budget_sets_chunk_size_and_keeps_results():
