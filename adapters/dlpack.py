@@ -83,11 +83,14 @@ def device_of(obj):
 
 
 def _import_cupy():
-    """Import CuPy or say how to get it."""
+    """Import CuPy, or say what is missing (CuPy itself, or a usable CUDA device)."""
     try:
         import cupy
     except ImportError as exc:
         raise BackendUnavailable(f"this array lives on a CUDA device, which needs CuPy: {_CUPY_HINT}") from exc
+    if "cupy" not in _backends.available_backends():
+        raise BackendUnavailable("this array lives on a CUDA device, but CuPy cannot use a CUDA "
+                                 "device here (no device visible, or driver too old for this CuPy)")
     return cupy
 
 
@@ -159,7 +162,7 @@ def backend_for(obj):
         return _backends.backend_for_array(np.empty(0))
     if device.startswith("cuda:"):
         _import_cupy()
-        return _backends.get_backend("cupy").NAME
+        return "cupy"
     raise SketchError(f"no sketch backend for arrays on {device}; only CPU and CUDA are supported")
 
 

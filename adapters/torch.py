@@ -56,11 +56,14 @@ _CUPY_HINT = ("CUDA tensors need CuPy: pip install 'sketchgrad[cuda12x]' or "
 
 
 def _cupy():
-    """Import CuPy or say how to get it."""
+    """Import CuPy, or say what is missing (CuPy itself, or a usable CUDA device)."""
     try:
         import cupy
     except ImportError as exc:
         raise _backends.BackendUnavailable(_CUPY_HINT) from exc
+    if "cupy" not in _backends.available_backends():
+        raise _backends.BackendUnavailable("CUDA tensors need the CuPy backend, but CuPy cannot use "
+                                           "a CUDA device here (none visible, or driver too old)")
     return cupy
 
 

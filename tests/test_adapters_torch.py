@@ -317,3 +317,12 @@ def test_cuda_device_mismatch_is_refused():
     s = CountSketch(D, ROWS, COLS, backend="numpy")
     with pytest.raises(SketchError, match="cuda"):
         at.insert(s, torch.randn(D, device="cuda"))
+
+
+def test_cuda_device_without_usable_cupy_says_what_is_missing():
+    from sketchlib import BackendUnavailable, available_backends
+    if "cupy" in available_backends():
+        pytest.skip("CuPy can use a CUDA device here")
+    with pytest.raises(BackendUnavailable, match="CuPy"):
+        at.backend_for_device("cuda:0")
+    assert at.backend_for_device("cpu") in ("numba", "numpy")
