@@ -1,0 +1,510 @@
+"""CUDA source of the GPU backend, compiled at run time by CuPy (NVRTC).
+
+One translation unit, no headers, ``extern "C"`` entry points.  Kernel bodies
+are C++ templates over the element type ``T`` (float / double) and, for the
+median, the row count ``R``; the macros at the end instantiate them with names
+``<kernel>_f32`` / ``<kernel>_f64`` (and ``_r<R>``) that ``cupy_gpu`` looks up.
+
+Conventions shared by every kernel:
+
+* grid-stride loops over 64-bit indices, so any ``d`` and any grid size work;
+* the row keys ``(a_j, b_j)`` arrive as a device array of ``2*rows`` uint32 and
+  are copied into shared memory once per block;
+* the hash is hash version 1 of ``sketchlib/_hash.py``, bit for bit;
+* table offsets ``j*cols + bucket`` are 64-bit (``rows*cols`` may pass 2**31);
+* additions into the table are ``red.global.add`` (inline PTX): fire-and-forget
+  atomics, never a returning ``atom``.
+"""
+
+__all__ = []
+
+BLOCK = 256
+MAX_ROWS = 32
+HIST_BITS = 12
+MEDIAN_ROWS = (1, 2, 3, 4, 5, 6, 7, 8)   # rows with a register-only median; others use a generic one
+
+SOURCE = r"""
+#define SK_MAX_ROWS 32
+#define SK_HIST_BITS 12
+#define SK_HIST_SIZE (1 << SK_HIST_BITS)
+
+typedef unsigned int u32;
+typedef unsigned long long u64;
+typedef long long i64;
+
+// ---------------------------------------------------------------- hash (version 1)
+__device__ __forceinline__ u32 sk_mix32(u32 x) {
+    x ^= x >> 16; x *= 0x7feb352dU;
+    x ^= x >> 15; x *= 0x846ca68bU;
+    x ^= x >> 16;
+    return x;
+}
+
+__device__ __forceinline__ u32 sk_hash(i64 i, u32 a, u32 b) {
+    u64 u = (u64)i;
+    return sk_mix32(sk_mix32((u32)u ^ a) ^ (u32)(u >> 32) ^ b);
+}
+
+// Lemire's range map: high word of the 64-bit product h * cols.
+__device__ __forceinline__ u32 sk_bucket(u32 h, u32 cols) { return __umulhi(h, cols); }
+
+__device__ __forceinline__ void sk_load_keys(u32* sk, const u32* __restrict__ keys, int rows) {
+    for (int t = threadIdx.x; t < 2 * rows; t += blockDim.x) sk[t] = keys[t];
+    __syncthreads();
+}
+
+__device__ __forceinline__ i64 sk_tid() { return (i64)blockIdx.x * blockDim.x + threadIdx.x; }
+__device__ __forceinline__ i64 sk_nthreads() { return (i64)gridDim.x * blockDim.x; }
+
+// Fire-and-forget atomic add (RED): the result is never needed.
+__device__ __forceinline__ void sk_red(float* p, float v) {
+    asm volatile("red.global.add.f32 [%0], %1;" :: "l"(__cvta_generic_to_global(p)), "f"(v));
+}
+__device__ __forceinline__ void sk_red(double* p, double v) {
+    asm volatile("red.global.add.f64 [%0], %1;" :: "l"(__cvta_generic_to_global(p)), "d"(v));
+}
+__device__ __forceinline__ void sk_red4(float* p, float a, float b, float c, float d) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("red.global.add.v4.f32 [%0], {%1, %2, %3, %4};"
+                 :: "l"(__cvta_generic_to_global(p)), "f"(a), "f"(b), "f"(c), "f"(d));
+#else
+    sk_red(p, a); sk_red(p + 1, b); sk_red(p + 2, c); sk_red(p + 3, d);
+#endif
+}
+
+// All rows of one coordinate: table[j, h_j(i)] += s_j(i) * v.  Zeros are skipped:
+// they change nothing and sparse gradients are common.
+template <typename T>
+__device__ __forceinline__ void sk_scatter(T* __restrict__ table, const u32* sk, int rows, u32 cols,
+                                           i64 i, T v) {
+    if (v == T(0)) return;
+    for (int j = 0; j < rows; ++j) {
+        u32 h = sk_hash(i, sk[2 * j], sk[2 * j + 1]);
+        sk_red(table + (i64)j * cols + sk_bucket(h, cols), (h & 1u) ? -v : v);
+    }
+}
+
+// 16-byte vector loads: 4 floats or 2 doubles.
+template <typename T> struct SkVec;
+template <> struct SkVec<float> {
+    static const int W = 4;
+    static __device__ __forceinline__ void load(const float* p, i64 c, float* out) {
+        float4 v = __ldg(reinterpret_cast<const float4*>(p) + c);
+        out[0] = v.x; out[1] = v.y; out[2] = v.z; out[3] = v.w;
+    }
+};
+template <> struct SkVec<double> {
+    static const int W = 2;
+    static __device__ __forceinline__ void load(const double* p, i64 c, double* out) {
+        double2 v = __ldg(reinterpret_cast<const double2*>(p) + c);
+        out[0] = v.x; out[1] = v.y;
+    }
+};
+
+// ---------------------------------------------------------------- dense insert variants
+// "simple": one coordinate per thread, every row.
+template <typename T>
+__device__ void sk_insert_simple(const T* __restrict__ x, i64 d, T* __restrict__ table,
+                                 const u32* __restrict__ keys, int rows, u32 cols) {
+    __shared__ u32 sk[2 * SK_MAX_ROWS];
+    sk_load_keys(sk, keys, rows);
+    for (i64 i = sk_tid(); i < d; i += sk_nthreads()) sk_scatter(table, sk, rows, cols, i, x[i]);
+}
+
+// "rowy": blockIdx.y picks the row; x is read once per row (from L2 when it fits).
+template <typename T>
+__device__ void sk_insert_rowy(const T* __restrict__ x, i64 d, T* __restrict__ table,
+                               const u32* __restrict__ keys, int rows, u32 cols) {
+    const int j = blockIdx.y;
+    const u32 a = keys[2 * j], b = keys[2 * j + 1];
+    T* __restrict__ row = table + (i64)j * cols;
+    for (i64 i = sk_tid(); i < d; i += sk_nthreads()) {
+        T v = x[i];
+        if (v == T(0)) continue;
+        u32 h = sk_hash(i, a, b);
+        sk_red(row + sk_bucket(h, cols), (h & 1u) ? -v : v);
+    }
+}
+
+// "vec"/"vec2x": U 16-byte vectors (U*W coordinates) per thread per step; x must be
+// 16-byte aligned (the host checks).  The tail past the last full vector is scalar.
+template <typename T, int U>
+__device__ void sk_insert_vec(const T* __restrict__ x, i64 d, T* __restrict__ table,
+                              const u32* __restrict__ keys, int rows, u32 cols) {
+    __shared__ u32 sk[2 * SK_MAX_ROWS];
+    sk_load_keys(sk, keys, rows);
+    const int W = SkVec<T>::W;
+    const i64 nvec = d / W;
+    const i64 ngroups = nvec / U;
+    for (i64 g = sk_tid(); g < ngroups; g += sk_nthreads()) {
+        T v[U * W];
+#pragma unroll
+        for (int u = 0; u < U; ++u) SkVec<T>::load(x, g * U + u, v + u * W);
+#pragma unroll
+        for (int w = 0; w < U * W; ++w) sk_scatter(table, sk, rows, cols, g * U * W + w, v[w]);
+    }
+    for (i64 i = ngroups * U * W + sk_tid(); i < d; i += sk_nthreads())
+        sk_scatter(table, sk, rows, cols, i, x[i]);
+}
+
+// ---------------------------------------------------------------- sparse insert
+template <typename T>
+__device__ void sk_insert_sparse(const i64* __restrict__ idx, const T* __restrict__ vals, i64 n,
+                                 T* __restrict__ table, const u32* __restrict__ keys, int rows,
+                                 u32 cols) {
+    __shared__ u32 sk[2 * SK_MAX_ROWS];
+    sk_load_keys(sk, keys, rows);
+    for (i64 t = sk_tid(); t < n; t += sk_nthreads()) sk_scatter(table, sk, rows, cols, idx[t], vals[t]);
+}
+
+// ---------------------------------------------------------------- batched inserts
+// Sum of the n rows of a (n, d) stack: sum each coordinate in registers, then one
+// atomic per row (linearity).  Scalar version: any d, any alignment.
+template <typename T>
+__device__ void sk_stack_sum_simple(const T* __restrict__ stack, i64 n, i64 d, T* __restrict__ table,
+                                    const u32* __restrict__ keys, int rows, u32 cols) {
+    __shared__ u32 sk[2 * SK_MAX_ROWS];
+    sk_load_keys(sk, keys, rows);
+    for (i64 i = sk_tid(); i < d; i += sk_nthreads()) {
+        T acc = T(0);
+#pragma unroll 4
+        for (i64 r = 0; r < n; ++r) acc += stack[r * d + i];
+        sk_scatter(table, sk, rows, cols, i, acc);
+    }
+}
+
+// Vector version: needs d % W == 0 and an aligned base so every row is aligned.
+template <typename T>
+__device__ void sk_stack_sum_vec(const T* __restrict__ stack, i64 n, i64 d, T* __restrict__ table,
+                                 const u32* __restrict__ keys, int rows, u32 cols) {
+    __shared__ u32 sk[2 * SK_MAX_ROWS];
+    sk_load_keys(sk, keys, rows);
+    const int W = SkVec<T>::W;
+    const i64 nvec = d / W;
+    for (i64 c = sk_tid(); c < nvec; c += sk_nthreads()) {
+        T acc[W], v[W];
+#pragma unroll
+        for (int w = 0; w < W; ++w) acc[w] = T(0);
+#pragma unroll 4
+        for (i64 r = 0; r < n; ++r) {
+            SkVec<T>::load(stack + r * d, c, v);
+#pragma unroll
+            for (int w = 0; w < W; ++w) acc[w] += v[w];
+        }
+#pragma unroll
+        for (int w = 0; w < W; ++w) sk_scatter(table, sk, rows, cols, c * W + w, acc[w]);
+    }
+}
+
+// Each row of the stack into its own table: tables is (n, rows, cols).  The hash of
+// (i, j) is recomputed per vector: cheaper than the local memory to keep it.
+template <typename T>
+__device__ void sk_stack_each_simple(const T* __restrict__ stack, i64 n, i64 d, T* __restrict__ tables,
+                                     const u32* __restrict__ keys, int rows, u32 cols) {
+    __shared__ u32 sk[2 * SK_MAX_ROWS];
+    sk_load_keys(sk, keys, rows);
+    const i64 rc = (i64)rows * cols;
+    for (i64 i = sk_tid(); i < d; i += sk_nthreads()) {
+        for (i64 r = 0; r < n; ++r) sk_scatter(tables + r * rc, sk, rows, cols, i, stack[r * d + i]);
+    }
+}
+
+// Four rows of the stack at once into an interleaved (rows, cols, 4) scratch table with
+// one 16-byte vector atomic per (coordinate, row) (sm_90: red.global.add.v4.f32).  The
+// scratch is then spread into the four tables by sk_deinterleave.  ng < 4 pads with zeros.
+__device__ void sk_stack_each_v4(const float* __restrict__ stack, i64 n0, int ng, i64 d,
+                                 float* __restrict__ scratch, const u32* __restrict__ keys,
+                                 int rows, u32 cols) {
+    __shared__ u32 sk[2 * SK_MAX_ROWS];
+    sk_load_keys(sk, keys, rows);
+    for (i64 i = sk_tid(); i < d; i += sk_nthreads()) {
+        float v[4];
+#pragma unroll
+        for (int g = 0; g < 4; ++g) v[g] = g < ng ? stack[(n0 + g) * d + i] : 0.0f;
+        if (v[0] == 0.0f && v[1] == 0.0f && v[2] == 0.0f && v[3] == 0.0f) continue;
+        for (int j = 0; j < rows; ++j) {
+            u32 h = sk_hash(i, sk[2 * j], sk[2 * j + 1]);
+            float s = (h & 1u) ? -1.0f : 1.0f;
+            float* p = scratch + ((i64)j * cols + sk_bucket(h, cols)) * 4;
+sk_red4(p, s * v[0], s * v[1], s * v[2], s * v[3]);
+        }
+    }
+}
+
+// tables[n0 + g] += scratch[..., g] for g < ng, and zero the scratch for the next group.
+__device__ void sk_deinterleave(float* __restrict__ scratch, i64 rc, float* __restrict__ tables,
+                                i64 n0, int ng) {
+    float4* s4 = reinterpret_cast<float4*>(scratch);
+    for (i64 e = sk_tid(); e < rc; e += sk_nthreads()) {
+        float4 t = s4[e];
+        s4[e] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+        float v[4] = {t.x, t.y, t.z, t.w};
+        for (int g = 0; g < ng; ++g) tables[(n0 + g) * rc + e] += v[g];
+    }
+}
+
+// ---------------------------------------------------------------- estimates
+// Median over rows of s_j(i) * T[j, h_j(i)]: for even rows the mean of the two middle
+// values computed as (lo + hi) * 0.5 in T, which is what numpy.median gives.
+template <typename T, int R>
+__device__ __forceinline__ T sk_median_fixed(const T* __restrict__ table, const u32* sk, u32 cols, i64 i) {
+    T v[R];
+#pragma unroll
+    for (int j = 0; j < R; ++j) {
+        u32 h = sk_hash(i, sk[2 * j], sk[2 * j + 1]);
+        T t = __ldg(table + (i64)j * cols + sk_bucket(h, cols));
+        v[j] = (h & 1u) ? -t : t;
+    }
+    // Insertion sort as a fixed network of compare-exchanges: stays in registers.
+#pragma unroll
+    for (int a = 1; a < R; ++a) {
+#pragma unroll
+        for (int b = a; b > 0; --b) {
+            T lo = v[b - 1] < v[b] ? v[b - 1] : v[b];
+            T hi = v[b - 1] < v[b] ? v[b] : v[b - 1];
+            v[b - 1] = lo; v[b] = hi;
+        }
+    }
+    return (R & 1) ? v[R / 2] : (v[R / 2 - 1] + v[R / 2]) * T(0.5);
+}
+
+template <typename T>
+__device__ __forceinline__ T sk_median_any(const T* __restrict__ table, const u32* sk, int rows,
+                                           u32 cols, i64 i) {
+    T v[SK_MAX_ROWS];
+    for (int j = 0; j < rows; ++j) {
+        u32 h = sk_hash(i, sk[2 * j], sk[2 * j + 1]);
+        T t = __ldg(table + (i64)j * cols + sk_bucket(h, cols));
+        T x = (h & 1u) ? -t : t;
+        int b = j;
+        while (b > 0 && x < v[b - 1]) { v[b] = v[b - 1]; --b; }
+        v[b] = x;
+    }
+    return (rows & 1) ? v[rows / 2] : (v[rows / 2 - 1] + v[rows / 2]) * T(0.5);
+}
+
+template <typename T, int R>
+__device__ __forceinline__ T sk_estimate(const T* __restrict__ table, const u32* sk, int rows, u32 cols, i64 i) {
+    if (R > 0) return sk_median_fixed<T, (R > 0 ? R : 1)>(table, sk, cols, i);
+    return sk_median_any<T>(table, sk, rows, cols, i);
+}
+
+// |v| as an order-preserving unsigned key (sign bit cleared): 31 bits for float,
+// 63 for double.
+__device__ __forceinline__ u64 sk_key(float v) { return (u64)(__float_as_uint(v) & 0x7fffffffU); }
+__device__ __forceinline__ u64 sk_key(double v) { return (u64)__double_as_longlong(v) & 0x7fffffffffffffffULL; }
+
+// Append to a global list with one atomic per warp.  Every lane of the warp must call it.
+__device__ __forceinline__ i64 sk_warp_append(u64* counter, bool pred) {
+    const u32 m = __ballot_sync(0xffffffffU, pred);
+    if (m == 0) return -1;
+    const int lane = threadIdx.x & 31, leader = __ffs(m) - 1;
+    u64 base = 0;
+    if (lane == leader) base = atomicAdd(counter, (u64)__popc(m));
+    base = __shfl_sync(0xffffffffU, base, leader);
+    return pred ? (i64)(base + __popc(m & ((1U << lane) - 1U))) : -1;
+}
+
+// Estimates of idx[t] (or of t itself when idx is null) for t < n, written to out[t].
+// Optional, in the same pass:
+//   hist != null: histogram of the digit (key >> shift) & (2**width - 1) over the
+//                 estimates whose key >> (shift + width) == prefix (radix select);
+//   count != null: number of estimates with |v| >= thr.
+// Loops are warp-uniform (the warp shares one 32-aligned window) for the ballots.
+template <typename T, int R>
+__device__ void sk_estimates(const T* __restrict__ table, const u32* __restrict__ keys, int rows, u32 cols,
+                             const i64* __restrict__ idx, i64 n, T* __restrict__ out,
+                             u64* __restrict__ hist, u64 prefix, int shift, int width,
+                             u64* __restrict__ count, T thr) {
+    __shared__ u32 sk[2 * SK_MAX_ROWS];
+    __shared__ u32 sh[SK_HIST_SIZE];
+    if (hist != nullptr)
+        for (int t = threadIdx.x; t < SK_HIST_SIZE; t += blockDim.x) sh[t] = 0;
+    sk_load_keys(sk, keys, rows);  // includes __syncthreads
+    const u64 mask = (1ULL << width) - 1ULL;
+    const int lane = threadIdx.x & 31;
+    u64 mine = 0;
+    for (i64 base = sk_tid() - lane; base < n; base += sk_nthreads()) {
+        const i64 t = base + lane;
+        const bool in = t < n;
+        T v = T(0);
+        if (in) {
+            v = sk_estimate<T, R>(table, sk, rows, cols, idx != nullptr ? idx[t] : t);
+            out[t] = v;
+            if (hist != nullptr) {
+                const u64 key = sk_key(v);
+                if ((key >> (shift + width)) == prefix) atomicAdd(&sh[(key >> shift) & mask], 1U);
+            }
+        }
+        if (count != nullptr) mine += __popc(__ballot_sync(0xffffffffU, in && !(v < thr && -v < thr)));
+    }
+    if (count != nullptr && lane == 0 && mine) atomicAdd(count, mine);
+    if (hist != nullptr) {
+        __syncthreads();
+        for (int t = threadIdx.x; t <= (int)mask; t += blockDim.x)
+            if (sh[t]) atomicAdd(hist + t, (u64)sh[t]);
+    }
+}
+
+// Radix-select histogram pass over a stored estimate buffer (no new estimates).
+template <typename T>
+__device__ void sk_radix_hist(const T* __restrict__ est, i64 n, u64* __restrict__ hist, u64 prefix,
+                              int shift, int width) {
+    __shared__ u32 sh[SK_HIST_SIZE];
+    for (int t = threadIdx.x; t < SK_HIST_SIZE; t += blockDim.x) sh[t] = 0;
+    __syncthreads();
+    const u64 mask = (1ULL << width) - 1ULL;
+    for (i64 t = sk_tid(); t < n; t += sk_nthreads()) {
+        const u64 key = sk_key(est[t]);
+        if ((key >> (shift + width)) == prefix) atomicAdd(&sh[(key >> shift) & mask], 1U);
+    }
+    __syncthreads();
+    for (int t = threadIdx.x; t <= (int)mask; t += blockDim.x)
+        if (sh[t]) atomicAdd(hist + t, (u64)sh[t]);
+}
+
+// Split a stored estimate buffer by key relative to a radix prefix:
+//   key >> pshift >  prefix -> "sure" list (all of them belong to the top k),
+//   key >> pshift == prefix -> "candidate" list, at most cand_cap kept.
+template <typename T>
+__device__ void sk_radix_compact(const T* __restrict__ est, i64 n, u64 prefix, int pshift,
+                                 i64* __restrict__ sure_idx, T* __restrict__ sure_val, u64* sure_n,
+                                 i64* __restrict__ cand_idx, T* __restrict__ cand_val, u64* cand_n,
+                                 i64 cand_cap) {
+    const int lane = threadIdx.x & 31;
+    for (i64 base = sk_tid() - lane; base < n; base += sk_nthreads()) {
+        const i64 t = base + lane;
+        T v = T(0);
+        u64 top = 0;
+        bool in = t < n;
+        if (in) { v = est[t]; top = sk_key(v) >> pshift; }
+        i64 s = sk_warp_append(sure_n, in && top > prefix);
+        if (s >= 0) { sure_idx[s] = t; sure_val[s] = v; }
+        i64 c = sk_warp_append(cand_n, in && top == prefix);
+        if (c >= 0 && c < cand_cap) { cand_idx[c] = t; cand_val[c] = v; }
+    }
+}
+
+// Entries of a stored estimate buffer with |v| >= thr (in no particular order).
+template <typename T>
+__device__ void sk_threshold_compact(const T* __restrict__ est, i64 n, T thr, i64* __restrict__ out_idx,
+                                     T* __restrict__ out_val, u64* out_n, i64 cap) {
+    const int lane = threadIdx.x & 31;
+    for (i64 base = sk_tid() - lane; base < n; base += sk_nthreads()) {
+        const i64 t = base + lane;
+        T v = T(0);
+        bool in = t < n;
+        if (in) v = est[t];
+        i64 s = sk_warp_append(out_n, in && !(v < thr && -v < thr));
+        if (s >= 0 && s < cap) { out_idx[s] = t; out_val[s] = v; }
+    }
+}
+
+// ---------------------------------------------------------------- misc
+template <typename T>
+__device__ void sk_zero_buckets(const i64* __restrict__ idx, i64 n, T* __restrict__ table,
+                                const u32* __restrict__ keys, int rows, u32 cols) {
+    __shared__ u32 sk[2 * SK_MAX_ROWS];
+    sk_load_keys(sk, keys, rows);
+    for (i64 t = sk_tid(); t < n; t += sk_nthreads()) {
+        const i64 i = idx[t];
+        for (int j = 0; j < rows; ++j)
+            table[(i64)j * cols + sk_bucket(sk_hash(i, sk[2 * j], sk[2 * j + 1]), cols)] = T(0);
+    }
+}
+
+template <typename T>
+__device__ void sk_all_finite(const T* __restrict__ x, i64 n, int* __restrict__ bad) {
+    for (i64 t = sk_tid(); t < n; t += sk_nthreads())
+        if (!isfinite(x[t])) { *bad = 1; return; }
+}
+
+extern "C" {
+
+// One block: in a histogram of nbins counts, find the bin b where the running count
+// from the top bin down reaches `need`.  state <- {b, count above b, count in b}.
+__global__ void sk_radix_pick(const u64* __restrict__ hist, int nbins, u64 need, u64* __restrict__ state) {
+    __shared__ u64 part[1024];
+    const int t = threadIdx.x, per = (nbins + blockDim.x - 1) / blockDim.x;
+    // Thread t owns bins [t*per, (t+1)*per); suffix sums over threads, Hillis-Steele.
+    u64 s = 0;
+    for (int q = 0; q < per; ++q) { int b = t * per + q; if (b < nbins) s += hist[b]; }
+    part[t] = s;
+    __syncthreads();
+    for (int off = 1; off < (int)blockDim.x; off <<= 1) {
+        u64 add = (t + off < (int)blockDim.x) ? part[t + off] : 0;
+        __syncthreads();
+        part[t] += add;
+        __syncthreads();
+    }
+    u64 run = part[t] - s;  // count in bins above mine
+    for (int q = per - 1; q >= 0; --q) {
+        int b = t * per + q;
+        if (b >= nbins) continue;
+        u64 c = hist[b];
+        if (run < need && run + c >= need) { state[0] = (u64)b; state[1] = run; state[2] = c; }
+        run += c;
+    }
+}
+
+// Buckets and signs of indices, for tests against the NumPy hash specification.
+__global__ void sk_hash_rows(const i64* __restrict__ idx, i64 n, const u32* __restrict__ keys, int rows,
+                             u32 cols, i64* __restrict__ buckets, signed char* __restrict__ signs) {
+    for (i64 t = sk_tid(); t < n; t += sk_nthreads())
+        for (int j = 0; j < rows; ++j) {
+            u32 h = sk_hash(idx[t], keys[2 * j], keys[2 * j + 1]);
+            buckets[(i64)j * n + t] = (i64)sk_bucket(h, cols);
+            signs[(i64)j * n + t] = (h & 1u) ? -1 : 1;
+        }
+}
+
+__global__ void sk_stack_each_v4_f32(const float* stack, i64 n0, int ng, i64 d, float* scratch,
+                                     const u32* keys, int rows, u32 cols) {
+    sk_stack_each_v4(stack, n0, ng, d, scratch, keys, rows, cols);
+}
+__global__ void sk_deinterleave_f32(float* scratch, i64 rc, float* tables, i64 n0, int ng) {
+    sk_deinterleave(scratch, rc, tables, n0, ng);
+}
+
+#define SK_INSERT_ARGS(T) const T* x, i64 d, T* table, const u32* keys, int rows, u32 cols
+#define SK_STACK_ARGS(T) const T* stack, i64 n, i64 d, T* table, const u32* keys, int rows, u32 cols
+#define SK_EST_ARGS(T) const T* table, const u32* keys, int rows, u32 cols, const i64* idx, i64 n, \
+    T* out, u64* hist, u64 prefix, int shift, int width, u64* count, T thr
+#define SK_EST_CALL table, keys, rows, cols, idx, n, out, hist, prefix, shift, width, count, thr
+
+#define SK_EST_R(T, S, R) \
+__global__ void sk_estimates_##S##_r##R(SK_EST_ARGS(T)) { sk_estimates<T, R>(SK_EST_CALL); }
+
+#define SK_INSTANTIATE(T, S) \
+__global__ void sk_insert_simple_##S(SK_INSERT_ARGS(T)) { sk_insert_simple<T>(x, d, table, keys, rows, cols); } \
+__global__ void sk_insert_rowy_##S(SK_INSERT_ARGS(T)) { sk_insert_rowy<T>(x, d, table, keys, rows, cols); } \
+__global__ void sk_insert_vec_##S(SK_INSERT_ARGS(T)) { sk_insert_vec<T, 1>(x, d, table, keys, rows, cols); } \
+__global__ void sk_insert_vec2x_##S(SK_INSERT_ARGS(T)) { sk_insert_vec<T, 2>(x, d, table, keys, rows, cols); } \
+__global__ void sk_insert_sparse_##S(const i64* idx, const T* vals, i64 n, T* table, const u32* keys, \
+                                     int rows, u32 cols) { \
+    sk_insert_sparse<T>(idx, vals, n, table, keys, rows, cols); } \
+__global__ void sk_stack_sum_simple_##S(SK_STACK_ARGS(T)) { sk_stack_sum_simple<T>(stack, n, d, table, keys, rows, cols); } \
+__global__ void sk_stack_sum_vec_##S(SK_STACK_ARGS(T)) { sk_stack_sum_vec<T>(stack, n, d, table, keys, rows, cols); } \
+__global__ void sk_stack_each_simple_##S(SK_STACK_ARGS(T)) { \
+    sk_stack_each_simple<T>(stack, n, d, table, keys, rows, cols); } \
+SK_EST_R(T, S, 0) SK_EST_R(T, S, 1) SK_EST_R(T, S, 2) SK_EST_R(T, S, 3) SK_EST_R(T, S, 4) \
+SK_EST_R(T, S, 5) SK_EST_R(T, S, 6) SK_EST_R(T, S, 7) SK_EST_R(T, S, 8) \
+__global__ void sk_radix_hist_##S(const T* est, i64 n, u64* hist, u64 prefix, int shift, int width) { \
+    sk_radix_hist<T>(est, n, hist, prefix, shift, width); } \
+__global__ void sk_radix_compact_##S(const T* est, i64 n, u64 prefix, int pshift, i64* sure_idx, \
+                                     T* sure_val, u64* sure_n, i64* cand_idx, T* cand_val, u64* cand_n, \
+                                     i64 cand_cap) { \
+    sk_radix_compact<T>(est, n, prefix, pshift, sure_idx, sure_val, sure_n, cand_idx, cand_val, cand_n, \
+                        cand_cap); } \
+__global__ void sk_threshold_compact_##S(const T* est, i64 n, T thr, i64* out_idx, T* out_val, u64* out_n, \
+                                         i64 cap) { \
+    sk_threshold_compact<T>(est, n, thr, out_idx, out_val, out_n, cap); } \
+__global__ void sk_zero_buckets_##S(const i64* idx, i64 n, T* table, const u32* keys, int rows, u32 cols) { \
+    sk_zero_buckets<T>(idx, n, table, keys, rows, cols); } \
+__global__ void sk_all_finite_##S(const T* x, i64 n, int* bad) { sk_all_finite<T>(x, n, bad); }
+
+SK_INSTANTIATE(float, f32)
+SK_INSTANTIATE(double, f64)
+
+}  // extern "C"
+"""

@@ -1,0 +1,357 @@
+"""CuPy backend: the whole sketch on a CUDA device, with hand-written kernels.
+
+The kernels (``_cuda_src``) hash coordinates on the fly, so nothing per
+coordinate is stored: an insert touches only the input and the table, and
+estimate-all / top-k / heavy hitters use one d-length buffer for the estimates.
+Every kernel and every CuPy operation runs on the current CuPy stream
+(``cupy.cuda.get_current_stream()``), so a caller that wraps a torch stream in
+``cupy.cuda.ExternalStream`` gets the work ordered on its own stream.
+
+Top-k never sorts d values: the estimate kernel also builds a 4096-bin histogram
+of the top 12 bits of ``|estimate|`` (the float bits of a non-negative float
+order like unsigned integers), one block finds the bin holding the k-th
+largest, a compaction pass keeps the coordinates above that bin (all in the
+top-k) and those inside it (candidates); further 12-bit passes narrow the bin
+down while it holds too many candidates, and an exact partial sort of the few
+candidates finishes the job.  One host synchronisation per pass reads the
+counts needed to size the buffers (one pass in practice).
+
+Floating-point atomics land in a device-chosen order, so a table built here
+equals the NumPy reference's only up to float rounding: each bucket is a sum of
+the same terms in another order (relative difference of order
+``rows * eps * (sum of |terms|) / |sum|``; tests use ``rtol=1e-5, atol=1e-5 *
+max|x|`` in float32).  Queries, estimates, top-k and heavy hitters on a given
+table are exact: they match the reference bit for bit.
+"""
+import numpy as np
+
+from . import _cuda_src
+
+__all__ = []
+
+NAME = "cupy"
+ARRAY_LIBRARY = "cupy"
+DEVICE_KIND = "cuda"
+
+INSERT_VARIANTS = ("simple", "rowy", "vec", "vec2x")
+EACH_VARIANTS = ("simple", "v4")
+# Private tuning switches (the GPU benchmark times every variant):
+#   insert      - dense insert kernel, one of INSERT_VARIANTS
+#   stack_each  - sketch_each kernel for float32, one of EACH_VARIANTS
+#   cand_cap    - top-k candidate buffer size (None: max(2k, 65536)); tests shrink it
+#                 to exercise the extra radix passes
+#   blocks_per_sm - grid size of the grid-stride kernels
+_options = {"insert": "vec", "stack_each": "v4", "cand_cap": None, "blocks_per_sm": 8}
+
+_BLOCK = _cuda_src.BLOCK
+_HIST_BITS = _cuda_src.HIST_BITS
+_NULL = np.uint64(0)          # a null pointer argument
+_SUFFIX = {"float32": "f32", "float64": "f64"}
+_KEY_BITS = {"float32": 31, "float64": 63}
+_VEC_WIDTH = {"float32": 4, "float64": 2}
+
+_modules = {}
+_functions = {}
+_keys_cache = {}
+_sm_counts = {}
+
+
+def _cp():
+    """The cupy module (imported lazily)."""
+    import cupy
+    return cupy
+
+
+def available():
+    """True when CuPy imports and at least one CUDA device is visible."""
+    try:
+        import cupy
+        return cupy.cuda.runtime.getDeviceCount() > 0
+    except Exception:  # no CuPy, no driver, driver too old: all mean "not here"
+        return False
+
+
+def array_module():
+    """The array module of this backend."""
+    return _cp()
+
+
+def device_of(array):
+    """``"cuda:N"`` for a CuPy array."""
+    return f"cuda:{array.device.id}"
+
+
+def zeros(shape, dtype):
+    """A zero array on the current device."""
+    return _cp().zeros(shape, dtype=dtype)
+
+
+def to_numpy(array):
+    """Copy a device array to the host."""
+    return _cp().asnumpy(array)
+
+
+def from_numpy(array):
+    """Copy a host array to the current device."""
+    return _cp().asarray(np.ascontiguousarray(array))
+
+
+# ------------------------------------------------------------------ kernel plumbing
+def _fn(name):
+    """Kernel ``name`` of the module compiled for the current device (cached)."""
+    cp = _cp()
+    dev = cp.cuda.Device().id
+    key = (dev, name)
+    fn = _functions.get(key)
+    if fn is None:
+        if dev not in _modules:
+            _modules[dev] = cp.RawModule(code=_cuda_src.SOURCE, options=("-std=c++17",))
+        fn = _functions[key] = _modules[dev].get_function(name)
+    return fn
+
+
+def _grid(work):
+    """Blocks for a grid-stride loop over ``work`` items: enough to fill the device."""
+    cp = _cp()
+    dev = cp.cuda.Device().id
+    if dev not in _sm_counts:
+        _sm_counts[dev] = cp.cuda.Device(dev).attributes["MultiProcessorCount"]
+    cap = _sm_counts[dev] * _options["blocks_per_sm"]
+    return int(max(1, min(cap, -(-int(work) // _BLOCK))))
+
+
+def _launch(name, work, args, grid_y=1):
+    """Launch kernel ``name`` over ``work`` items on the current stream."""
+    _fn(name)((_grid(work), grid_y), (_BLOCK,), args)
+
+
+def _dev_keys(keys):
+    """The row keys as a flat device uint32 array (cached per device and keys)."""
+    cp = _cp()
+    host = np.ascontiguousarray(keys, dtype=np.uint32)
+    ck = (cp.cuda.Device().id, host.tobytes())
+    dk = _keys_cache.get(ck)
+    if dk is None:
+        if len(_keys_cache) > 256:
+            _keys_cache.clear()
+        dk = _keys_cache[ck] = cp.asarray(host.ravel())
+    return dk
+
+
+def _sfx(array):
+    """Kernel name suffix for an array's dtype."""
+    return _SUFFIX[array.dtype.name]
+
+
+def _aligned(array):
+    """Whether the array's data starts on a 16-byte boundary (vector loads)."""
+    return array.data.ptr % 16 == 0
+
+
+def _table_args(table, keys):
+    """The ``(table, keys, rows, cols)`` kernel arguments."""
+    rows, cols = table.shape
+    return table, _dev_keys(keys), np.int32(rows), np.uint32(cols)
+
+
+# --------------------------------------------------------------------------- checks
+def all_finite(x):
+    """True when no element is NaN or infinite (one flag, no d-sized temporary)."""
+    cp = _cp()
+    with x.device:
+        if x.dtype.name not in _SUFFIX or not x.flags.c_contiguous:
+            return bool(cp.isfinite(x).all())
+        bad = cp.zeros(1, dtype=np.int32)
+        if x.size:
+            _launch("sk_all_finite_" + _sfx(x), x.size, (x, np.int64(x.size), bad))
+        return not bool(bad.get()[0])
+
+
+# -------------------------------------------------------------------------- inserts
+def insert_dense(table, x, keys):
+    """``table += S(x)`` for a dense vector (kernel chosen by ``_options['insert']``)."""
+    with table.device:
+        variant = _options["insert"]
+        if variant not in INSERT_VARIANTS:
+            raise ValueError(f"unknown insert variant {variant!r}; choose one of {INSERT_VARIANTS}")
+        if variant.startswith("vec") and not _aligned(x):
+            variant = "simple"
+        t, k, rows, cols = _table_args(table, keys)
+        d = x.shape[0]
+        args = (x, np.int64(d), t, k, rows, cols)
+        _launch(f"sk_insert_{variant}_{_sfx(table)}", d, args, grid_y=int(rows) if variant == "rowy" else 1)
+
+
+def insert_sparse(table, indices, values, keys):
+    """``table += S(v)`` for ``v[indices] += values`` (duplicates accumulate)."""
+    with table.device:
+        t, k, rows, cols = _table_args(table, keys)
+        n = indices.shape[0]
+        _launch("sk_insert_sparse_" + _sfx(table), n, (indices, values, np.int64(n), t, k, rows, cols))
+
+
+def insert_stack_sum(table, stack, keys):
+    """``table += S(sum of the rows of stack)``: summed in registers, one atomic per row."""
+    with table.device:
+        n, d = stack.shape
+        if n == 0 or d == 0:
+            return
+        t, k, rows, cols = _table_args(table, keys)
+        vec = d % _VEC_WIDTH[table.dtype.name] == 0 and _aligned(stack)
+        name = f"sk_stack_sum_{'vec' if vec else 'simple'}_{_sfx(table)}"
+        work = d // _VEC_WIDTH[table.dtype.name] if vec else d
+        _launch(name, work, (stack, np.int64(n), np.int64(d), t, k, rows, cols))
+
+
+def insert_stack_each(tables, stack, keys):
+    """``tables[i] += S(stack[i])``; float32 goes four vectors at a time through 16-byte atomics."""
+    cp = _cp()
+    with tables.device:
+        n, d = stack.shape
+        if n == 0 or d == 0:
+            return
+        _, rows, cols = tables.shape
+        k = _dev_keys(keys)
+        if tables.dtype.name == "float32" and _options["stack_each"] == "v4":
+            rc = rows * cols
+            scratch = cp.zeros(rc * 4, dtype=np.float32)
+            for n0 in range(0, n, 4):
+                ng = np.int32(min(4, n - n0))
+                _launch("sk_stack_each_v4_f32", d,
+                        (stack, np.int64(n0), ng, np.int64(d), scratch, k, np.int32(rows), np.uint32(cols)))
+                _launch("sk_deinterleave_f32", rc, (scratch, np.int64(rc), tables, np.int64(n0), ng))
+            return
+        _launch("sk_stack_each_simple_" + _sfx(tables), d,
+                (stack, np.int64(n), np.int64(d), tables, k, np.int32(rows), np.uint32(cols)))
+
+
+# -------------------------------------------------------------------------- queries
+def _estimates(table, keys, idx, n, out, hist=_NULL, prefix=0, shift=0, width=_HIST_BITS,
+               count=_NULL, thr=0.0):
+    """Launch the estimate kernel (optionally with a radix histogram or a threshold count)."""
+    t, k, rows, cols = _table_args(table, keys)
+    r = int(rows) if int(rows) in _cuda_src.MEDIAN_ROWS else 0
+    name = f"sk_estimates_{_sfx(table)}_r{r}"
+    _launch(name, n, (t, k, rows, cols, _NULL if idx is None else idx, np.int64(n), out, hist,
+                      np.uint64(prefix), np.int32(shift), np.int32(width), count, table.dtype.type(thr)))
+
+
+def query(table, indices, keys):
+    """Median-over-rows estimates of the given coordinates."""
+    cp = _cp()
+    with table.device:
+        n = indices.shape[0]
+        out = cp.empty(n, dtype=table.dtype)
+        if n:
+            _estimates(table, keys, indices, n, out)
+        return out
+
+
+def estimate_all(table, d, keys):
+    """Estimates of all d coordinates (the one d-length buffer)."""
+    cp = _cp()
+    with table.device:
+        out = cp.empty(d, dtype=table.dtype)
+        _estimates(table, keys, None, d, out)
+        return out
+
+
+def _pick(hist, width, need, state):
+    """Find, on the device, the bin where the count from the top reaches ``need``; read it back."""
+    _fn("sk_radix_pick")((1,), (1024,), (hist, np.int32(1 << width), np.uint64(need), state))
+    b, above, eq = (int(v) for v in state.get())
+    return b, above, eq
+
+
+def topk(table, d, k, keys):
+    """The k coordinates of largest |estimate|, by |estimate| descending (radix select)."""
+    cp = _cp()
+    with table.device:
+        dt = table.dtype
+        sfx = _sfx(table)
+        cap = _options["cand_cap"] or max(2 * k, 1 << 16)
+        cap = max(cap, k)  # room for the whole answer even when every candidate ties
+        est = cp.empty(d, dtype=dt)
+        hist = cp.zeros(1 << _HIST_BITS, dtype=np.uint64)
+        state = cp.zeros(3, dtype=np.uint64)
+        pshift = _KEY_BITS[dt.name]
+        width = min(_HIST_BITS, pshift)
+        _estimates(table, keys, None, d, est, hist=hist, prefix=0, shift=pshift - width, width=width)
+        prefix, above_total, need = 0, 0, k
+        while True:
+            b, above, eq = _pick(hist, width, need, state)
+            prefix, pshift = (prefix << width) | b, pshift - width
+            above_total, need = above_total + above, need - above
+            if eq <= cap or pshift == 0:
+                break
+            width = min(_HIST_BITS, pshift)
+            hist.fill(0)
+            _launch("sk_radix_hist_" + sfx, d,
+                    (est, np.int64(d), hist, np.uint64(prefix), np.int32(pshift - width), np.int32(width)))
+        n_cand = min(eq, cap)
+        sure_idx, sure_val = cp.empty(max(above_total, 1), np.int64), cp.empty(max(above_total, 1), dt)
+        cand_idx, cand_val = cp.empty(n_cand, np.int64), cp.empty(n_cand, dt)
+        counters = cp.zeros(2, dtype=np.uint64)
+        _launch("sk_radix_compact_" + sfx, d,
+                (est, np.int64(d), np.uint64(prefix), np.int32(pshift), sure_idx, sure_val, counters[0:1],
+                 cand_idx, cand_val, counters[1:2], np.int64(n_cand)))
+        del est
+        if need < n_cand and pshift > 0:
+            sel = cp.argpartition(-cp.abs(cand_val), need - 1)[:need]
+            cand_idx, cand_val = cand_idx[sel], cand_val[sel]
+        else:  # exactly need candidates, or all of them share one |value|
+            cand_idx, cand_val = cand_idx[:need], cand_val[:need]
+        idx = cp.concatenate([sure_idx[:above_total], cand_idx])
+        vals = cp.concatenate([sure_val[:above_total], cand_val])
+        order = cp.argsort(-cp.abs(vals))
+        return idx[order], vals[order]
+
+
+def heavy(table, d, threshold, keys):
+    """Coordinates with ``|estimate| >= threshold``, ascending (count, compact, sort the few)."""
+    cp = _cp()
+    with table.device:
+        dt = table.dtype
+        thr = dt.type(threshold)
+        est = cp.empty(d, dtype=dt)
+        count = cp.zeros(1, dtype=np.uint64)
+        _estimates(table, keys, None, d, est, count=count, thr=thr)
+        m = int(count.get()[0])
+        out_idx, out_val = cp.empty(m, np.int64), cp.empty(m, dt)
+        if m:
+            n_out = cp.zeros(1, dtype=np.uint64)
+            _launch("sk_threshold_compact_" + _sfx(table), d,
+                    (est, np.int64(d), thr, out_idx, out_val, n_out, np.int64(m)))
+        order = cp.argsort(out_idx)
+        return out_idx[order], out_val[order]
+
+
+def zero_buckets(table, indices, keys):
+    """Zero, in every row, each bucket that one of ``indices`` hashes to."""
+    with table.device:
+        t, k, rows, cols = _table_args(table, keys)
+        n = indices.shape[0]
+        _launch("sk_zero_buckets_" + _sfx(table), n, (indices, np.int64(n), t, k, rows, cols))
+
+
+def l2_estimate(table):
+    """``sqrt(median_j sum_b T[j, b]**2)``, the row sums in float64."""
+    cp = _cp()
+    with table.device:
+        t = table.astype(cp.float64)
+        row_sq = cp.asnumpy((t * t).sum(axis=1))
+        return float(np.sqrt(np.median(row_sq)))
+
+
+def _buckets_and_signs(indices, keys, cols):
+    """Device buckets ``(rows, n)`` int64 and signs int8 of ``indices`` (tests the hash spec)."""
+    cp = _cp()
+    with indices.device:
+        rows = keys.shape[0]
+        n = indices.shape[0]
+        buckets = cp.empty((rows, n), dtype=np.int64)
+        signs = cp.empty((rows, n), dtype=np.int8)
+        if n:
+            _launch("sk_hash_rows", n, (indices, np.int64(n), _dev_keys(keys), np.int32(rows),
+                                        np.uint32(cols), buckets, signs))
+        return buckets, signs
