@@ -57,11 +57,37 @@ def hash_many(indices, a, b, cols):
 
 # ------------------------------------------------------------------- inserts
 @njit(cache=True)
-def _scatter_range(out, x, lo, hi, a, b, ucols, sgn):
-    """``out[h(i)] += s(i) * x[i]`` for i in [lo, hi)."""
-    for i in range(lo, hi):
-        h = _hash(i, a, b)
-        out[np.int64((h * ucols) >> S32)] += sgn[h & ONE] * x[i]
+def _codes_range(codes, base, n, a, b, ucols):
+    """``codes[k] = bucket << 1 | signbit`` of coordinate ``base + k`` (vectorizes)."""
+    for k in range(n):
+        h = _hash(base + k, a, b)
+        codes[k] = np.int64((((h * ucols) >> S32) << ONE) | (h & ONE))
+
+
+@njit(cache=True)
+def _codes_idx(codes, indices, base, n, a, b, ucols):
+    """``codes[k] = bucket << 1 | signbit`` of coordinate ``indices[base + k]``."""
+    for k in range(n):
+        h = _hash(indices[base + k], a, b)
+        codes[k] = np.int64((((h * ucols) >> S32) << ONE) | (h & ONE))
+
+
+@njit(cache=True)
+def _scatter_range(out, x, lo, hi, a, b, ucols):
+    """``out[h(i)] += s(i) * x[i]`` for i in [lo, hi).
+
+    Hashes of a block are computed first, in a loop of their own, so that it
+    vectorizes; the scatter loop then only loads, negates (a select, not a
+    branch) and adds.
+    """
+    codes = np.empty(BLOCK, np.int64)
+    for c0 in range(lo, hi, BLOCK):
+        n = min(BLOCK, hi - c0)
+        _codes_range(codes, c0, n, a, b, ucols)
+        for k in range(n):
+            e = codes[k]
+            v = x[c0 + k]
+            out[e >> 1] += -v if e & 1 else v
 
 
 @njit(parallel=True, cache=True)
@@ -77,9 +103,9 @@ def insert_dense(table, x, keys, bufs, parts):
         lo = d * p // parts
         hi = d * (p + 1) // parts
         if p == 0:
-            _scatter_range(table[j], x, lo, hi, keys[j, 0], keys[j, 1], ucols, sgn)
+            _scatter_range(table[j], x, lo, hi, keys[j, 0], keys[j, 1], ucols)
         else:
-            _scatter_range(bufs[j, p - 1], x, lo, hi, keys[j, 0], keys[j, 1], ucols, sgn)
+            _scatter_range(bufs[j, p - 1], x, lo, hi, keys[j, 0], keys[j, 1], ucols)
     if parts > 1:
         _reduce_parts(table, bufs)
 
@@ -98,36 +124,50 @@ def _reduce_parts(table, bufs):
                 table[j, c] += bufs[j, p, c]
 
 
-@njit(cache=True)
-def _scatter_sum_range(out, stack, lo, hi, a, b, ucols, sgn):
-    """``out[h(i)] += s(i) * sum_n stack[n, i]`` for i in [lo, hi)."""
-    n = stack.shape[0]
-    for i in range(lo, hi):
-        v = 0.0
-        for m in range(n):
-            v += stack[m, i]
-        h = _hash(i, a, b)
-        out[np.int64((h * ucols) >> S32)] += sgn[h & ONE] * v
+@njit(parallel=True, cache=True)
+def insert_stack_sum(table, stack, keys, bufs):
+    """``table += S(sum of the rows of stack)`` without materializing the sum.
+
+    Task p takes a range of coordinates, sums a block of the stack's columns
+    once and scatters it into every row of its own table (the table itself
+    for p = 0, ``bufs[p - 1]`` otherwise); the private tables are reduced after.
+    """
+    rows, cols = table.shape
+    m, d = stack.shape
+    parts = bufs.shape[0] + 1
+    ucols = np.uint64(cols)
+    for p in prange(parts):
+        out = table if p == 0 else bufs[p - 1]
+        lo = d * p // parts
+        hi = d * (p + 1) // parts
+        codes = np.empty(BLOCK, np.int64)
+        vals = np.empty(BLOCK, np.float64)
+        for c0 in range(lo, hi, BLOCK):
+            n = min(BLOCK, hi - c0)
+            for k in range(n):
+                vals[k] = stack[0, c0 + k]
+            for q in range(1, m):
+                for k in range(n):
+                    vals[k] += stack[q, c0 + k]
+            for j in range(rows):
+                _codes_range(codes, c0, n, keys[j, 0], keys[j, 1], ucols)
+                orow = out[j]
+                for k in range(n):
+                    e = codes[k]
+                    v = vals[k]
+                    orow[e >> 1] += -v if e & 1 else v
+    if parts > 1:
+        for q in range(parts - 1):
+            _add_into(table, bufs[q])
 
 
 @njit(parallel=True, cache=True)
-def insert_stack_sum(table, stack, keys, bufs, parts):
-    """``table += S(sum of the rows of stack)`` without materializing the sum."""
+def _add_into(table, other):
+    """``table += other``, parallel over rows."""
     rows, cols = table.shape
-    d = stack.shape[1]
-    ucols = np.uint64(cols)
-    sgn = np.array([1.0, -1.0], dtype=table.dtype)
-    for t in prange(rows * parts):
-        j = t // parts
-        p = t % parts
-        lo = d * p // parts
-        hi = d * (p + 1) // parts
-        if p == 0:
-            _scatter_sum_range(table[j], stack, lo, hi, keys[j, 0], keys[j, 1], ucols, sgn)
-        else:
-            _scatter_sum_range(bufs[j, p - 1], stack, lo, hi, keys[j, 0], keys[j, 1], ucols, sgn)
-    if parts > 1:
-        _reduce_parts(table, bufs)
+    for j in prange(rows):
+        for c in range(cols):
+            table[j, c] += other[j, c]
 
 
 @njit(parallel=True, cache=True)
@@ -141,7 +181,7 @@ def insert_stack_each(tables, stack, keys):
     for t in prange(n * rows):
         m = t // rows
         j = t % rows
-        _scatter_range(tables[m, j], stack[m], 0, d, keys[j, 0], keys[j, 1], ucols, sgn)
+        _scatter_range(tables[m, j], stack[m], 0, d, keys[j, 0], keys[j, 1], ucols)
 
 
 @njit(parallel=True, cache=True)
@@ -197,7 +237,7 @@ def _median_col(scratch, k, rows, tmp):
 
 
 @njit(cache=True)
-def _estimate_block(table, keys, indices, use_idx, base, n, out, off, scratch, tmp):
+def _estimate_block(table, keys, indices, use_idx, base, n, out, off, scratch, codes, tmp):
     """Estimates of n coordinates into ``out[off:off+n]``, one table row at a time.
 
     Coordinates are ``indices[base:base+n]`` if ``use_idx`` else ``base..base+n-1``.
@@ -205,13 +245,15 @@ def _estimate_block(table, keys, indices, use_idx, base, n, out, off, scratch, t
     rows, cols = table.shape
     ucols = np.uint64(cols)
     for j in range(rows):
-        a, b = keys[j, 0], keys[j, 1]
+        if use_idx:
+            _codes_idx(codes, indices, base, n, keys[j, 0], keys[j, 1], ucols)
+        else:
+            _codes_range(codes, base, n, keys[j, 0], keys[j, 1], ucols)
         trow = table[j]
         for k in range(n):
-            i = indices[base + k] if use_idx else base + k
-            h = _hash(i, a, b)
-            v = trow[np.int64((h * ucols) >> S32)]
-            scratch[j, k] = -v if h & ONE else v
+            e = codes[k]
+            v = trow[e >> 1]
+            scratch[j, k] = -v if e & 1 else v
     for k in range(n):
         out[off + k] = _median_col(scratch, k, rows, tmp)
 
@@ -225,8 +267,9 @@ def query(table, indices, keys, out):
     for t in prange(nb):
         scratch = np.empty((rows, BLOCK), table.dtype)
         tmp = np.empty(rows, table.dtype)
+        codes = np.empty(BLOCK, np.int64)
         lo = t * BLOCK
-        _estimate_block(table, keys, indices, True, lo, min(BLOCK, n - lo), out, lo, scratch, tmp)
+        _estimate_block(table, keys, indices, True, lo, min(BLOCK, n - lo), out, lo, scratch, codes, tmp)
 
 
 @njit(parallel=True, cache=True)
@@ -239,8 +282,9 @@ def estimate_all(table, keys, out):
     for t in prange(nb):
         scratch = np.empty((rows, BLOCK), table.dtype)
         tmp = np.empty(rows, table.dtype)
+        codes = np.empty(BLOCK, np.int64)
         lo = t * BLOCK
-        _estimate_block(table, keys, dummy, False, lo, min(BLOCK, d - lo), out, lo, scratch, tmp)
+        _estimate_block(table, keys, dummy, False, lo, min(BLOCK, d - lo), out, lo, scratch, codes, tmp)
 
 
 # -------------------------------------------------------------- top-k / heavy
@@ -264,13 +308,14 @@ def est_hist(table, keys, d, ntasks, est_bits, store, absmask, shift):
     for t in prange(ntasks):
         scratch = np.empty((rows, BLOCK), table.dtype)
         tmp = np.empty(rows, table.dtype)
+        codes = np.empty(BLOCK, np.int64)
         vals = np.empty(BLOCK, table.dtype)
         bits = vals.view(est_bits.dtype)
         lo = d * t // ntasks
         hi = d * (t + 1) // ntasks
         for c0 in range(lo, hi, BLOCK):
             n = min(BLOCK, hi - c0)
-            _estimate_block(table, keys, dummy, False, c0, n, vals, 0, scratch, tmp)
+            _estimate_block(table, keys, dummy, False, c0, n, vals, 0, scratch, codes, tmp)
             for k in range(n):
                 hist[t, _abs_key(bits[k], absmask, shift)] += 1
             if store:
@@ -302,11 +347,12 @@ def gather_bins(table, keys, d, ntasks, est_bits, stored, absmask, shift, min_bi
         else:
             scratch = np.empty((rows, BLOCK), table.dtype)
             tmp = np.empty(rows, table.dtype)
+            codes = np.empty(BLOCK, np.int64)
             vals = np.empty(BLOCK, table.dtype)
             bits = vals.view(est_bits.dtype)
             for c0 in range(lo, hi, BLOCK):
                 n = min(BLOCK, hi - c0)
-                _estimate_block(table, keys, dummy, False, c0, n, vals, 0, scratch, tmp)
+                _estimate_block(table, keys, dummy, False, c0, n, vals, 0, scratch, codes, tmp)
                 for k in range(n):
                     if _abs_key(bits[k], absmask, shift) >= min_bin:
                         out_idx[pos] = c0 + k
@@ -323,13 +369,14 @@ def count_above(table, keys, d, ntasks, est, store, threshold):
     for t in prange(ntasks):
         scratch = np.empty((rows, BLOCK), table.dtype)
         tmp = np.empty(rows, table.dtype)
+        codes = np.empty(BLOCK, np.int64)
         vals = np.empty(BLOCK, table.dtype)
         lo = d * t // ntasks
         hi = d * (t + 1) // ntasks
         c = 0
         for c0 in range(lo, hi, BLOCK):
             n = min(BLOCK, hi - c0)
-            _estimate_block(table, keys, dummy, False, c0, n, vals, 0, scratch, tmp)
+            _estimate_block(table, keys, dummy, False, c0, n, vals, 0, scratch, codes, tmp)
             for k in range(n):
                 c += abs(vals[k]) >= threshold
             if store:
@@ -357,10 +404,11 @@ def gather_above(table, keys, d, ntasks, est, stored, threshold, offsets, out_id
         else:
             scratch = np.empty((rows, BLOCK), table.dtype)
             tmp = np.empty(rows, table.dtype)
+            codes = np.empty(BLOCK, np.int64)
             vals = np.empty(BLOCK, table.dtype)
             for c0 in range(lo, hi, BLOCK):
                 n = min(BLOCK, hi - c0)
-                _estimate_block(table, keys, dummy, False, c0, n, vals, 0, scratch, tmp)
+                _estimate_block(table, keys, dummy, False, c0, n, vals, 0, scratch, codes, tmp)
                 for k in range(n):
                     if abs(vals[k]) >= threshold:
                         out_idx[pos] = c0 + k

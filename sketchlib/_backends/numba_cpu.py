@@ -124,8 +124,9 @@ def insert_stack_sum(table, stack, keys):
     """``table += S(stack[0] + ... + stack[n-1])`` in one fused pass (sum never stored)."""
     if stack.shape[0] == 0:
         return
-    parts, bufs = _parts(table, stack.shape[1])
-    _k().insert_stack_sum(table, stack, _keys64(keys), bufs, parts)
+    threads = _threads() if stack.size >= (1 << 16) else 1
+    bufs = np.zeros((threads - 1,) + table.shape, dtype=table.dtype)
+    _k().insert_stack_sum(table, stack, _keys64(keys), bufs)
 
 
 def insert_stack_each(tables, stack, keys):
