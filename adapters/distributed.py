@@ -50,7 +50,7 @@ def _describe(values):
     """Readable signature from a gathered row of :func:`signature_tensor`."""
     d, rows, cols, hi, lo, version, code = (int(v) for v in values)
     dtype = {v: k for k, v in _DTYPE_CODES.items()}.get(code, f"code {code}")
-    return dict(zip(_FIELDS, (d, rows, cols, (hi << 32) | lo, version, dtype)))
+    return dict(zip(_FIELDS, (d, rows, cols, (hi << 32) | lo, version, dtype), strict=True))
 
 
 def _check_group():
@@ -159,7 +159,7 @@ def allreduce_sketches_(sketches, *, op="sum", group=None, check=True):
     if check:
         check_same_sketch(sketches, group=group)
     world = dist.get_world_size(group)
-    for sketch, table in zip(sketches, tables):
+    for table in tables:
         dist.all_reduce(table, op=dist.ReduceOp.SUM, group=group)
         if op == "mean":
             table.div_(world)

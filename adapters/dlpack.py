@@ -27,8 +27,7 @@ and no sketch is modified.
 """
 import numpy as np
 
-from sketchlib import BackendUnavailable, CountSketch, SketchError
-from sketchlib import _backends
+from sketchlib import BackendUnavailable, CountSketch, SketchError, _backends
 
 __all__ = [
     "DLPackTable",

@@ -23,8 +23,7 @@ try:
 except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ImportError("adapters.torch needs PyTorch: pip install 'sketchgrad[torch]'") from exc
 
-from sketchlib import CountSketch, SketchError
-from sketchlib import _backends
+from sketchlib import CountSketch, SketchError, _backends
 
 __all__ = [
     "backend_for_device",
@@ -99,16 +98,13 @@ def _sketch_scope(sketch):
     return cuda_stream_scope(sketch.device)
 
 
-def to_array(tensor, *, writable=False, what="tensor"):
+def to_array(tensor, *, what="tensor"):
     """A NumPy (CPU) or CuPy (CUDA) array sharing ``tensor``'s memory.
 
     Parameters
     ----------
     tensor : torch.Tensor
-        Detached first when it requires grad.
-    writable : bool
-        Unused for tensors (they are always writable); kept for symmetry with
-        :func:`adapters.dlpack.as_array`.
+        Detached first when it requires grad.  Tensors are always writable.
     what : str
         Name used in error messages.
 

@@ -18,7 +18,7 @@ import torch
 
 from adapters import dlpack as adl
 from adapters import torch as at
-from sketchlib import CountSketch, available_backends
+from sketchlib import available_backends
 
 
 def _timer(device):
@@ -78,7 +78,8 @@ def main():
         print("GPU: none usable (CUDA rows skipped)")
     d_cpu = 200_000 if args.quick else 1_000_000
     plans.append(("cpu", d_cpu, 5, d_cpu // 13, d_cpu // 100, 3 if args.quick else 5))
-    header = f"{'device':6} {'backend':7} {'d':>9} {'r':>2} {'c':>8} {'operation':28} {'adapter ms':>11} {'native ms':>10} {'ratio':>6}"
+    header = (f"{'device':6} {'backend':7} {'d':>9} {'r':>2} {'c':>8} {'operation':28} "
+              f"{'adapter ms':>11} {'native ms':>10} {'ratio':>6}")
     print(header)
     print("-" * len(header))
     for device, d, rows, cols, k, reps in plans:

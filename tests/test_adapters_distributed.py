@@ -140,9 +140,10 @@ def test_allreduce_is_the_sketch_of_the_sum(gloo_results):
 
 
 def test_seed_mismatch_raises_on_every_rank_and_sums_nothing(gloo_results):
-    for rank, obs in gloo_results.items():
-        assert obs["seed_mismatch"].startswith("IncompatibleSketches"), obs["seed_mismatch"]
-        assert "seed:" in obs["seed_mismatch"] and "5 (rank" in obs["seed_mismatch"] and "6 (rank" in obs["seed_mismatch"]
+    for obs in gloo_results.values():
+        msg = obs["seed_mismatch"]
+        assert msg.startswith("IncompatibleSketches"), msg
+        assert "seed:" in msg and "5 (rank" in msg and "6 (rank" in msg
         assert obs["unchanged_after_mismatch"]
 
 

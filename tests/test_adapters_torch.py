@@ -233,7 +233,7 @@ def test_flatten_grads_zeros_where_missing_and_error_option():
 def test_unflatten_round_trip_params_and_grads():
     m, other = _Mixed(), _Mixed()
     at.unflatten_into(other, at.flatten_params(m))
-    for p, q in zip(m.parameters(), other.parameters()):
+    for p, q in zip(m.parameters(), other.parameters(), strict=True):
         assert p.dtype == q.dtype
         torch.testing.assert_close(p, q)
     vec = torch.arange(at.num_elements(m, trainable_only=True), dtype=torch.float32)
