@@ -18,6 +18,19 @@ from sketchlib import CountSketch  # noqa: E402
 from sketchlib._backends import numba_cpu, numpy_ref  # noqa: E402
 from sketchlib._hash import buckets_and_signs, row_keys  # noqa: E402
 
+
+
+@pytest.fixture(scope="module", autouse=True)
+def always_parallel():
+    """Run every call on all threads, even tiny ones, so the parallel paths (row
+    parts with private buffers, per-task histograms and offsets) are the ones
+    tested; ``test_serial_and_parallel_paths_agree`` covers the one-thread path."""
+    saved = numba_cpu._PARALLEL_WORK
+    numba_cpu._PARALLEL_WORK = 0
+    yield
+    numba_cpu._PARALLEL_WORK = saved
+
+
 PARAMS = st.fixed_dictionaries({
     "d": st.integers(1, 3000),
     "rows": st.integers(1, 8),
@@ -150,6 +163,29 @@ def test_insert_batch_and_sketch_each(params, vseed, n):
     for m, (a, b) in enumerate(zip(each_ref, each_fast)):
         one = np.arange(params["d"], dtype=np.int64)
         assert_tables_close(a, b, rounding_bound(one, stack[m], ref.keys, params["cols"], params["dtype"]))
+
+
+@pytest.mark.parametrize("rows", [1, 5])
+def test_serial_and_parallel_paths_agree(rows, monkeypatch):
+    d, cols = 50_001, 977
+    x = vector(2, d, "float64")
+    stack = np.stack([x, 2 * x[::-1]])
+    idx = np.arange(d, dtype=np.int64)
+    results = []
+    for work in (0, 2**62):
+        monkeypatch.setattr(numba_cpu, "_PARALLEL_WORK", work)
+        s = CountSketch(d, rows, cols, seed=4, dtype="float64", backend="numba").insert(x)
+        results.append((s, s.topk(100), s.heavy_hitters(1.0), s.estimate_all(),
+                        s.empty_like().insert_batch(stack), s.sketch_each(stack)))
+    (a, ta, ha, ea, ba, sa), (b, tb, hb, eb, bb, sb) = results
+    assert_tables_close(a, b, rounding_bound(idx, x, a.keys, cols, "float64"))
+    b.table[...] = a.table
+    for u, v in zip(ta + ha + (ea,), b.topk(100) + b.heavy_hitters(1.0) + (b.estimate_all(),)):
+        np.testing.assert_array_equal(u, v)
+    both = np.concatenate([idx, idx])
+    assert_tables_close(ba, bb, rounding_bound(both, stack.reshape(-1), a.keys, cols, "float64"))
+    for u, v, row in zip(sa, sb, stack):
+        assert_tables_close(u, v, rounding_bound(idx, row, a.keys, cols, "float64"))
 
 
 def test_insert_batch_parallel_path_equals_one_by_one():
