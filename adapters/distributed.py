@@ -116,8 +116,8 @@ def check_same_sketch(sketches, *, group=None):
 
 def _writable_table(sketch):
     """The table as a tensor sharing memory, refusing a read-only one."""
-    flags = getattr(sketch.table, "flags", None)
-    if flags is not None and not flags.writeable:
+    # CuPy arrays have no writeable flag: device memory is always writable.
+    if not getattr(getattr(sketch.table, "flags", None), "writeable", True):
         raise SketchError("the sketch's table is read-only; the all-reduce writes into it")
     return _at.table_as_tensor(sketch)
 

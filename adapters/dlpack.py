@@ -95,8 +95,8 @@ def _import_cupy():
 
 def _check_writable(array, what):
     """Refuse a read-only buffer that is about to be written."""
-    flags = getattr(array, "flags", None)
-    if flags is not None and not flags.writeable:
+    # CuPy arrays have no writeable flag: device memory is always writable.
+    if not getattr(getattr(array, "flags", None), "writeable", True):
         raise SketchError(f"{what} is a read-only buffer but must be written; pass a writable copy")
 
 

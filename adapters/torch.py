@@ -3,7 +3,8 @@
 CPU tensors reach the NumPy/Numba backend as NumPy arrays that share their
 memory (``Tensor.numpy()``); CUDA tensors reach the CuPy backend through
 DLPack.  Every CUDA call runs with torch's current stream as CuPy's current
-stream (``cupy.cuda.ExternalStream``), so sketch kernels are ordered after the
+stream (``cupy.cuda.Stream.from_external`` on CuPy >= 14, else
+``cupy.cuda.ExternalStream``), so sketch kernels are ordered after the
 torch work that produced their input and before the torch work that reads
 their output, with no host synchronisation.  Results come back as tensors on
 the sketch's device.
@@ -88,9 +89,16 @@ def cuda_stream_scope(where):
         return
     cupy = _cupy()
     index = device.index if device.index is not None else torch.cuda.current_device()
-    stream = torch.cuda.current_stream(index)
-    with cupy.cuda.Device(index), cupy.cuda.ExternalStream(stream.cuda_stream, index):
+    with cupy.cuda.Device(index), _cupy_stream(cupy, torch.cuda.current_stream(index), index):
         yield
+
+
+def _cupy_stream(cupy, stream, index):
+    """A CuPy view of a torch CUDA stream (CUDA stream protocol where CuPy has it)."""
+    # ExternalStream is deprecated from CuPy 14 on in favour of Stream.from_external.
+    if hasattr(cupy.cuda.Stream, "from_external") and hasattr(stream, "__cuda_stream__"):
+        return cupy.cuda.Stream.from_external(stream)
+    return cupy.cuda.ExternalStream(stream.cuda_stream, index)
 
 
 def _sketch_scope(sketch):

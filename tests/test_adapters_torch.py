@@ -309,7 +309,8 @@ def test_cuda_work_runs_on_torch_current_stream():
         est = at.estimate_all(s)
     side.synchronize()
     ref = at.sketch_tensor(x, 3, 1 << 12)
-    torch.testing.assert_close(est, at.estimate_all(ref))
+    # same kernels and input; float32 atomics may add in another order
+    torch.testing.assert_close(est, at.estimate_all(ref), rtol=1e-4, atol=1e-3)
 
 
 @pytest.mark.gpu
