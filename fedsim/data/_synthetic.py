@@ -7,10 +7,10 @@ from ._dataset import Dataset
 from ._normalize import standardize_channels
 
 IMAGE_SHAPE = (3, 32, 32)
-MODES_PER_CLASS = 2      # a class is a mixture of a few smooth patterns, not one point
-MAX_SHIFT = 2            # random translations: linear models lose, conv nets do not care
+MODES_PER_CLASS = 3      # a class is a mixture of a few smooth patterns, not one point
+MAX_SHIFT = 4            # random translations: linear models lose, conv nets do not care
 NUM_DISTRACTORS = 16     # class-independent patterns added on top, so the task is not trivial
-SIGNAL = 0.5             # pattern amplitude relative to unit pixel noise
+SIGNAL = 0.2             # pattern amplitude relative to unit pixel noise
 CHUNK = 4096
 
 
@@ -26,15 +26,18 @@ def _smooth_patterns(rng, count, shape):
     return (img / rms).astype(np.float32)
 
 
-def _shifted_bank(patterns):
-    """Every pattern rolled by every (dy, dx) in [-MAX_SHIFT, MAX_SHIFT]^2, pattern-major."""
-    shifts = range(-MAX_SHIFT, MAX_SHIFT + 1)
-    bank = [np.roll(patterns, (dy, dx), axis=(2, 3)) for dy in shifts for dx in shifts]
-    return np.stack(bank, axis=1).reshape(-1, *patterns.shape[1:])
+def _shift_each(images, shift):
+    """Roll image i by shift code i, a (dy, dx) in [-MAX_SHIFT, MAX_SHIFT]^2; in place."""
+    side = 2 * MAX_SHIFT + 1
+    for code in np.unique(shift):
+        sel = shift == code
+        dy, dx = divmod(int(code), side)
+        images[sel] = np.roll(images[sel], (dy - MAX_SHIFT, dx - MAX_SHIFT), axis=(2, 3))
+    return images
 
 
-def _generate(rng, n, num_classes, bank, distractors):
-    """Draw `n` balanced labelled samples from the class bank plus distractors and noise."""
+def _generate(rng, n, num_classes, patterns, distractors):
+    """Draw `n` balanced labelled samples from the class patterns plus distractors and noise."""
     n_shift = (2 * MAX_SHIFT + 1) ** 2
     y = rng.permutation(np.arange(n, dtype=np.int64) % num_classes)
     x = np.empty((n, *IMAGE_SHAPE), dtype=np.float32)
@@ -43,12 +46,11 @@ def _generate(rng, n, num_classes, bank, distractors):
         m = len(yc)
         mode = rng.integers(0, MODES_PER_CLASS, m)
         shift = rng.integers(0, n_shift, m)
-        code = (yc * MODES_PER_CLASS + mode) * n_shift + shift
         amp = rng.uniform(0.5, 1.5, (m, 1, 1, 1)).astype(np.float32) * SIGNAL
         dis = distractors[rng.integers(0, len(distractors), m)]
         dis_amp = rng.uniform(0.0, 1.0, (m, 1, 1, 1)).astype(np.float32) * SIGNAL
         chunk = rng.standard_normal((m, *IMAGE_SHAPE), dtype=np.float32)
-        chunk += amp * bank[code]
+        chunk += amp * _shift_each(patterns[yc * MODES_PER_CLASS + mode], shift)
         chunk += dis_amp * dis
         x[start:start + m] = chunk
     return x, y
@@ -86,12 +88,11 @@ def synthetic_cifar(num_train: int = 50_000, num_test: int = 10_000, num_classes
     patt_seq, dis_seq, train_seq, test_seq = np.random.SeedSequence(int(seed)).spawn(4)
     patterns = _smooth_patterns(np.random.default_rng(patt_seq),
                                 num_classes * MODES_PER_CLASS, IMAGE_SHAPE)
-    bank = _shifted_bank(patterns)
     distractors = _smooth_patterns(np.random.default_rng(dis_seq), NUM_DISTRACTORS, IMAGE_SHAPE)
     x_train, y_train = _generate(np.random.default_rng(train_seq), int(num_train),
-                                 int(num_classes), bank, distractors)
+                                 int(num_classes), patterns, distractors)
     x_test, y_test = _generate(np.random.default_rng(test_seq), int(num_test),
-                               int(num_classes), bank, distractors)
+                               int(num_classes), patterns, distractors)
     x_train, x_test = standardize_channels(x_train, x_test)
     return Dataset(f"synthetic_cifar{num_classes}", x_train, y_train, x_test, y_test,
                    num_classes=int(num_classes))
