@@ -1,3 +1,20 @@
-"""Federated learning simulator for FetchSGD and its baselines."""
+"""Federated learning simulator for FetchSGD and its baselines.
 
-__all__ = []
+Python API::
+
+    import fedsim
+    cfg = fedsim.load_config(None, ["train.rounds=50"])   # the packaged default + overrides
+    exp = fedsim.run_experiment(cfg)                      # every method; table, CSV, plots
+    sim = fedsim.Simulation(cfg.runs()[0]); result = sim.run()   # one run
+"""
+from .comm import Communicator, LocalCommunicator
+from .config import Config, RunSpec, load_config, parse_config
+from .errors import CheckpointError, ClientUpdateError, ConfigError, FedsimError, NonFiniteError
+from .simulator import ExperimentResult, RunResult, Simulation, run_experiment
+
+__all__ = [
+    "Config", "RunSpec", "load_config", "parse_config",
+    "Simulation", "run_experiment", "RunResult", "ExperimentResult",
+    "Communicator", "LocalCommunicator",
+    "FedsimError", "ConfigError", "CheckpointError", "NonFiniteError", "ClientUpdateError",
+]

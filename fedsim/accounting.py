@@ -1,0 +1,113 @@
+"""Communication accounting: bytes up and down per round, and overall compression.
+
+Upload is what the rule says a client sends (sketch table, k values and k
+indices, or d floats).  Download follows the paper: a client that takes part in
+round t fetches the weights that changed since it last took part (or since
+round 0 for a new client, which can rebuild the seeded initial model), sent
+sparse (value + index per weight) or dense, whichever is smaller.  To count
+that without a per-client copy of the model, the accountant keeps, per
+coordinate, the last round that changed it, and a histogram of those rounds:
+the number of weights changed since round p is a suffix sum of the histogram.
+
+The uncompressed reference changes every weight in every round, so its bytes
+for R rounds of W clients are analytic: ``W d`` floats up per round and ``W d``
+floats down per round except the first: ``value_bytes * W * d * (2 R - 1)``.
+"""
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+__all__ = ["Accountant", "AccountingState", "reference_bytes", "index_bytes_for"]
+
+
+def index_bytes_for(d):
+    """Bytes of one coordinate index: 4 when d fits in 32 bits, else 8."""
+    return 4 if d <= 2**32 else 8
+
+
+def reference_bytes(d, clients_per_round, rounds, value_bytes=4):
+    """``(up, down)`` bytes of the uncompressed run over ``rounds`` rounds."""
+    up = value_bytes * clients_per_round * d * rounds
+    down = value_bytes * clients_per_round * d * max(rounds - 1, 0)
+    return up, down
+
+
+@dataclass
+class AccountingState:
+    """Counters (checkpointed)."""
+
+    last_seen: np.ndarray  # (num_clients,) int64: round whose pre-update weights the client holds
+    last_changed: torch.Tensor  # (d,) int64: last round that changed the coordinate, -1: never
+    hist: torch.Tensor  # (rounds + 1,) int64: hist[r + 1] = coordinates with last_changed == r
+    up: int = 0
+    down: int = 0
+    rounds_done: int = 0
+
+
+class Accountant:
+    """Per-round and total bytes for one run.
+
+    Parameters
+    ----------
+    d : int
+        Model dimension.
+    num_clients : int
+    rounds : int
+        Rounds of this run (sizes the histogram).
+    device : torch.device
+        Where the per-coordinate counters live (the model's device).
+    value_bytes : int, default 4
+    """
+
+    def __init__(self, d, num_clients, rounds, *, device="cpu", value_bytes=4):
+        self.d, self.value_bytes = int(d), value_bytes
+        self.index_bytes = index_bytes_for(d)
+        hist = torch.zeros(rounds + 1, dtype=torch.int64, device=device)
+        hist[0] = d
+        self.state = AccountingState(np.zeros(num_clients, dtype=np.int64),
+                                     torch.full((d,), -1, dtype=torch.int64, device=device), hist)
+
+    def weights_bytes(self, nnz):
+        """Bytes to send ``nnz`` changed weights: sparse or dense, whichever is smaller."""
+        return min(self.d * self.value_bytes, nnz * (self.value_bytes + self.index_bytes))
+
+    def download(self, t, client_ids):
+        """Bytes each of ``client_ids`` downloads at the start of round ``t`` (records the visit)."""
+        st = self.state
+        suffix = torch.flip(torch.cumsum(torch.flip(st.hist, [0]), 0), [0]).cpu().numpy()
+        # changed since round p: last_changed >= p  <=>  hist index >= p + 1
+        nnz = suffix[st.last_seen[client_ids] + 1]
+        st.last_seen[client_ids] = t
+        return [self.weights_bytes(int(n)) for n in nnz]
+
+    def record_update(self, t, update):
+        """Mark the coordinates that round ``t``'s update changed (nonzero entries)."""
+        st = self.state
+        idx = torch.nonzero(update, as_tuple=True)[0]
+        if idx.numel():
+            old = st.last_changed[idx]
+            st.hist.sub_(torch.bincount(old + 1, minlength=st.hist.shape[0]))
+            st.last_changed[idx] = t
+            st.hist[t + 1] += idx.numel()
+        return int(idx.numel())
+
+    def add(self, up, down):
+        """Add one round's totals."""
+        self.state.up += int(up)
+        self.state.down += int(down)
+        self.state.rounds_done += 1
+
+    def state_dict(self):
+        """Counters for a checkpoint."""
+        st = self.state
+        return {"last_seen": torch.from_numpy(st.last_seen.copy()), "last_changed": st.last_changed.cpu().clone(),
+                "hist": st.hist.cpu().clone(), "up": st.up, "down": st.down, "rounds_done": st.rounds_done}
+
+    def load_state_dict(self, sd):
+        """Restore counters from :meth:`state_dict`."""
+        st = self.state
+        st.last_seen[...] = sd["last_seen"].numpy()
+        st.last_changed.copy_(sd["last_changed"])
+        st.hist.copy_(sd["hist"])
+        st.up, st.down, st.rounds_done = int(sd["up"]), int(sd["down"]), int(sd["rounds_done"])

@@ -1,0 +1,53 @@
+"""Communicators: how the ranks of one simulation share a round's clients and sum their results.
+
+The simulator only needs: ``rank``, ``world_size``, ``is_writer``,
+``shard(client_ids)`` (this rank's part of the round's clients) and
+``allreduce_(tensor)`` (in-place sum over ranks, returns it).  Every rank
+draws the same clients and batches (randomness comes from seed and round,
+never from the rank) and applies the same server step to the summed
+aggregate, so N ranks follow the trajectory of one process.
+``fedsim.distributed.TorchDistributedCommunicator`` implements this over
+torch.distributed.
+"""
+
+__all__ = ["Communicator", "LocalCommunicator"]
+
+
+class Communicator:
+    """Interface (and contiguous sharding shared by implementations)."""
+
+    rank = 0
+    world_size = 1
+
+    @property
+    def is_writer(self):
+        """Rank 0 writes checkpoints, metrics and reports."""
+        return self.rank == 0
+
+    def shard(self, client_ids):
+        """This rank's contiguous slice of the round's clients."""
+        n = len(client_ids)
+        lo, hi = (n * self.rank) // self.world_size, (n * (self.rank + 1)) // self.world_size
+        return client_ids[lo:hi]
+
+    def shard_bounds(self, n):
+        """``(lo, hi)`` of this rank's slice of ``n`` items."""
+        return (n * self.rank) // self.world_size, (n * (self.rank + 1)) // self.world_size
+
+    def allreduce_(self, tensor):
+        """Sum ``tensor`` over ranks in place; returns it."""
+        raise NotImplementedError
+
+    def barrier(self):
+        """Wait for every rank."""
+
+
+class LocalCommunicator(Communicator):
+    """One process, world size 1: sharding keeps everything, all-reduce is a no-op."""
+
+    def allreduce_(self, tensor):
+        """Nothing to sum with: returns ``tensor`` unchanged."""
+        return tensor
+
+    def __repr__(self):
+        return "LocalCommunicator()"

@@ -1,0 +1,175 @@
+"""Linear compressors for FetchSGD: the Count Sketch and an exact stand-in.
+
+FetchSGD needs only a linear compressor with the CountSketch API
+(``insert``, ``insert_sparse``, ``merge``/``add_scaled``, ``scale``, ``zero``,
+``copy``, ``query``, ``topk``, ``zero_coordinates``, ``table``).
+:class:`IdentitySketch` implements that API exactly on a dense d-vector (its
+"table" is ``(1, d)``): with it FetchSGD is true top-k with error feedback,
+which is how the rule is tested against an independent oracle.
+"""
+import numbers
+
+import numpy as np
+
+from sketchlib import CountSketch, SketchError
+from sketchlib._backends import get_backend
+
+__all__ = ["IdentitySketch", "make_compressor"]
+
+
+class IdentitySketch:
+    """The exact linear "sketch": stores the vector itself (table shape (1, d)).
+
+    Parameters
+    ----------
+    d : int
+        Dimension.
+    dtype : {"float32", "float64"}, default "float32"
+    backend : {"numpy", "numba", "cupy"}, default "numpy"
+        Decides the array library (NumPy or CuPy) of the table.
+    """
+
+    def __init__(self, d, *, dtype="float32", backend="numpy"):
+        if isinstance(d, bool) or not isinstance(d, numbers.Integral) or d <= 0:
+            raise SketchError(f"d must be a positive integer, got {d!r}")
+        self._be = get_backend(backend)
+        self._xp = self._be.array_module()
+        self._d = int(d)
+        self._dtype = np.dtype(dtype)
+        self._table = self._be.zeros((1, self._d), self._dtype)
+
+    d = property(lambda self: self._d)
+    rows = property(lambda self: 1)
+    cols = property(lambda self: self._d)
+    dtype = property(lambda self: self._dtype)
+    table = property(lambda self: self._table, doc="The (1, d) table (the vector), no copy.")
+    backend = property(lambda self: self._be.NAME)
+    device = property(lambda self: self._be.device_of(self._table))
+    nbytes = property(lambda self: self._d * self._dtype.itemsize)
+
+    def __repr__(self):
+        return f"IdentitySketch(d={self._d}, backend={self.backend!r})"
+
+    def signature(self):
+        """Parameters that must match for two compressors to combine."""
+        return ("identity", self._d, self._dtype.name)
+
+    # ------------------------------------------------------------ construction
+    def empty_like(self):
+        """A zero compressor like this one."""
+        return IdentitySketch(self._d, dtype=self._dtype, backend=self._be.NAME)
+
+    def copy(self):
+        """A deep copy."""
+        new = self.empty_like()
+        new._table[...] = self._table
+        return new
+
+    # ----------------------------------------------------------------- checks
+    def _vec(self, x, shape, check_finite, what="x"):
+        """Validate a floating array of the given shape."""
+        if not hasattr(x, "shape") or tuple(x.shape) != tuple(shape):
+            raise SketchError(f"{what} must have shape {tuple(shape)}, got {getattr(x, 'shape', None)}")
+        if x.dtype.kind != "f":
+            raise SketchError(f"{what} must have a floating dtype, got {x.dtype}")
+        if check_finite and not bool(self._xp.isfinite(x).all()):
+            raise SketchError(f"{what} contains NaN or infinity; the sketch is unchanged")
+        return x.astype(self._dtype, copy=False)
+
+    def _idx(self, idx):
+        """Validate coordinate indices."""
+        if getattr(idx, "ndim", None) != 1 or idx.dtype.kind not in "iu":
+            raise SketchError("indices must be a 1-D integer array")
+        if idx.shape[0] and (int(idx.min()) < 0 or int(idx.max()) >= self._d):
+            raise SketchError(f"indices must lie in [0, {self._d})")
+        return idx.astype(self._xp.int64, copy=False)
+
+    def _same(self, other):
+        """Raise unless ``other`` is an IdentitySketch of the same dimension."""
+        if not isinstance(other, IdentitySketch) or other.signature() != self.signature():
+            raise SketchError(f"cannot combine {self!r} with {other!r}")
+
+    # ----------------------------------------------------------------- linear
+    def insert(self, x, *, check_finite=True):
+        """``v += x``."""
+        self._table[0] += self._vec(x, (self._d,), check_finite)
+        return self
+
+    def insert_sparse(self, indices, values, *, check_finite=True):
+        """``v[indices] += values`` (duplicates accumulate)."""
+        idx = self._idx(indices)
+        vals = self._vec(values, (idx.shape[0],), check_finite, "values")
+        if self._xp is np:
+            np.add.at(self._table[0], idx, vals)
+        else:  # CuPy
+            import cupyx
+            cupyx.scatter_add(self._table[0], idx, vals)
+        return self
+
+    def insert_batch(self, stack, *, check_finite=True):
+        """``v += stack.sum(0)``."""
+        stack = self._vec(stack, (getattr(stack, "shape", (0,))[0], self._d), check_finite, "stack")
+        self._table[0] += stack.sum(axis=0)
+        return self
+
+    def zero(self):
+        """``v = 0``."""
+        self._table[...] = 0
+        return self
+
+    def add_scaled(self, other, alpha):
+        """``v += alpha * other``."""
+        self._same(other)
+        alpha = CountSketch._scalar(alpha)
+        if alpha == 1.0:
+            self._table += other._table
+        else:
+            self._table += other._table * self._dtype.type(alpha)
+        return self
+
+    def merge(self, other):
+        """``v += other``."""
+        return self.add_scaled(other, 1.0)
+
+    def scale(self, alpha):
+        """``v *= alpha``."""
+        self._table *= self._dtype.type(CountSketch._scalar(alpha))
+        return self
+
+    # ---------------------------------------------------------------- queries
+    def query(self, indices):
+        """Exact values at ``indices``."""
+        return self._table[0][self._idx(indices)].copy()
+
+    def estimate_all(self):
+        """The whole vector (a copy)."""
+        return self._table[0].copy()
+
+    def topk(self, k):
+        """Indices (by |value| descending) and values of the k largest magnitudes."""
+        if isinstance(k, bool) or not isinstance(k, numbers.Integral) or not 0 < k <= self._d:
+            raise SketchError(f"k must be an integer in [1, d={self._d}], got {k!r}")
+        v = self._table[0]
+        mag = self._xp.abs(v)
+        part = self._xp.argpartition(-mag, k - 1)[:k] if k < self._d else self._xp.arange(self._d)
+        order = self._xp.argsort(-mag[part], kind="stable")
+        idx = part[order].astype(self._xp.int64)
+        return idx, v[idx].copy()
+
+    def zero_coordinates(self, indices):
+        """Zero exactly the given coordinates (the exact analogue of bucket zeroing)."""
+        self._table[0][self._idx(indices)] = 0
+        return self
+
+    def l2_estimate(self):
+        """Exact l2 norm."""
+        return float(self._xp.linalg.norm(self._table[0]))
+
+
+def make_compressor(kind, d, *, rows, cols, seed=0, backend="numpy", dtype="float32"):
+    """A zero compressor: ``"count"`` (CountSketch) or ``"identity"`` (exact)."""
+    if kind == "count":
+        return CountSketch(d, rows, cols, seed=seed, dtype=dtype, backend=backend)
+    if kind == "identity":
+        return IdentitySketch(d, dtype=dtype, backend=backend)
+    raise SketchError(f"unknown compressor {kind!r}; choose 'count' or 'identity'")

@@ -1,0 +1,63 @@
+"""Local top-k: each client uploads the top-k of its own gradient (k values and k indices).
+
+Options: local error feedback (a per-client error vector, which a client that
+rarely takes part keeps for a long time) and global momentum on the server.
+"""
+from dataclasses import dataclass, field
+
+import torch
+
+from ..errors import ConfigError
+from ._base import ServerRule
+
+__all__ = ["LocalTopK", "LocalTopKState"]
+
+
+@dataclass
+class LocalTopKState:
+    """Server momentum and the clients' local errors (client id -> d-vector)."""
+
+    momentum: torch.Tensor
+    errors: dict = field(default_factory=dict)
+
+
+class LocalTopK(ServerRule):
+    """Per-client top-k sparsification, summed on the server."""
+
+    name = "local_topk"
+
+    def __init__(self, cfg, d, **kw):
+        super().__init__(cfg, d, **kw)
+        if cfg.k > d:
+            raise ConfigError(f"rule.k = {cfg.k} exceeds the model's d = {d}")
+        if cfg.local_error_feedback and self.world_size > 1:
+            raise ConfigError("local_topk with local_error_feedback keeps per-client state on one "
+                              "process; run it with a world size of 1")
+        self.state = LocalTopKState(self.zeros())
+
+    def upload_bytes(self):
+        """k values and k indices."""
+        return self.cfg.k * (self.value_bytes + self.index_bytes)
+
+    def round(self, ctx):
+        """Per-client top-k, weighted sum, optional global momentum."""
+        grads = ctx.gradients()
+        payload = self.zeros()
+        new_errors = {}
+        for i, cid in enumerate(ctx.my_ids):
+            v = grads[i]
+            if self.cfg.local_error_feedback:
+                v = self.state.errors.get(int(cid), self.zeros()) + v
+            idx = torch.topk(v.abs(), self.cfg.k, sorted=True).indices
+            payload.index_add_(0, idx, v[idx] * ctx.my_weights[i])
+            if self.cfg.local_error_feedback:
+                v = v.clone()
+                v[idx] = 0
+                new_errors[int(cid)] = v
+        self.state.errors.update(new_errors)
+        ctx.allreduce_(payload)
+        if self.cfg.global_momentum:
+            u = self.state.momentum
+            u.mul_(self.cfg.momentum).add_(payload)
+            return u * ctx.lr
+        return payload * ctx.lr

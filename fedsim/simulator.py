@@ -1,0 +1,535 @@
+"""The round loop: sample clients, compute their updates, apply a server rule, count bytes.
+
+Public entry points: :class:`Simulation` (one run of a :class:`~fedsim.config.RunSpec`)
+and :func:`run_experiment` (every run of a :class:`~fedsim.config.Config`, with
+results, table and plots).  Randomness comes from ``(seed, round, client)`` only
+(client sampling, batches, FedAvg's sample orders), never from the rank or from
+an evolving generator, so N ranks of a distributed run draw the same clients and
+a resumed run draws what the uninterrupted one would have drawn.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.func import functional_call
+from torch.nn import functional as F
+
+from ._flat import fixed_tensors, flatten_params, param_views
+from ._schedule import learning_rate
+from .accounting import Accountant, reference_bytes
+from .checkpoint import load_checkpoint, save_checkpoint
+from .clients import make_engine
+from .comm import Communicator, LocalCommunicator
+from .errors import ClientUpdateError, ConfigError, NonFiniteError
+from .rules import make_rule
+
+__all__ = ["Simulation", "RunResult", "ExperimentResult", "run_experiment", "Communicator",
+           "LocalCommunicator", "RoundContext"]
+
+CHECKPOINT_NAME = "checkpoint.ckpt"
+_EVAL_BATCH = 2048
+
+
+@dataclass
+class RunResult:
+    """Outcome of one run (what the table, results.csv and the plots show)."""
+
+    label: str
+    group: str
+    rule: str
+    status: str  # "ok", "diverged", "client-error"
+    message: str
+    rounds_done: int
+    final_acc: float
+    final_loss: float
+    up_bytes: int
+    down_bytes: int
+    ref_up_bytes: int
+    ref_down_bytes: int
+    seconds: float
+    d: int
+    config_hash: str
+    history: list = field(default_factory=list, repr=False)
+
+    @property
+    def compression(self):
+        """Overall compression: reference bytes / this run's bytes, up and down together."""
+        total = self.up_bytes + self.down_bytes
+        return (self.ref_up_bytes + self.ref_down_bytes) / total if total else float("nan")
+
+    @property
+    def up_compression(self):
+        """Upload-only compression."""
+        return self.ref_up_bytes / self.up_bytes if self.up_bytes else float("nan")
+
+    @property
+    def down_compression(self):
+        """Download-only compression."""
+        return self.ref_down_bytes / self.down_bytes if self.down_bytes else float("inf")
+
+    def summary(self):
+        """A flat dict (no history) for JSON/CSV."""
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "history"}
+        out.update(compression=self.compression, up_compression=self.up_compression,
+                   down_compression=self.down_compression)
+        return out
+
+
+@dataclass
+class ExperimentResult:
+    """All runs of one experiment and where their files are."""
+
+    runs: list
+    out_dir: Path | None
+
+
+class RoundContext:
+    """What a server rule sees of one round: client computations, all-reduce, learning rate.
+
+    Every client result passes a finiteness check (agreed by all ranks) before
+    the rule gets it, so a NaN update raises :class:`ClientUpdateError` before
+    any server state changes.
+    """
+
+    def __init__(self, sim, t, lr, client_ids, my_ids, my_batches, my_weights):
+        self.sim, self.round, self.lr = sim, t, lr
+        self.client_ids, self.my_ids = client_ids, my_ids
+        self.my_batches, self.my_weights = my_batches, my_weights
+        self.params = sim.params
+        self.weight_decay = sim.spec.train.weight_decay
+        self.world_size = sim.comm.world_size
+
+    def allreduce_(self, tensor):
+        """Sum over ranks in place; returns the tensor."""
+        return self.sim.comm.allreduce_(tensor)
+
+    def _check(self, bad_clients, what):
+        """Raise on every rank if any rank saw a non-finite client result."""
+        flag = torch.tensor([float(len(bad_clients))], device=self.params.device)
+        self.sim.comm.allreduce_(flag)
+        if float(flag.item()) > 0:
+            who = (f"client(s) {sorted(int(c) for c in bad_clients)}" if bad_clients
+                   else "a client on another rank")
+            raise ClientUpdateError(
+                f"{self.sim.spec.label}: round {self.round + 1}: {what} of {who} is NaN or infinite; "
+                f"the update was rejected before reaching the server state (check the data and the "
+                f"learning rate)")
+
+    def _bad_in_shard(self):
+        """Clients of this rank whose gradient is non-finite (diagnosis after a bad sum)."""
+        grads = self.sim.engine.gradients(self.sim.model, self.params, self.my_batches)
+        return [c for c, g in zip(self.my_ids, grads) if not bool(torch.isfinite(g).all())]
+
+    def gradient_sum(self):
+        """This rank's weighted gradient sum (weight decay added once, on rank 0)."""
+        sim = self.sim
+        if len(self.my_ids):
+            g = sim.engine.gradient_sum(sim.model, self.params, self.my_batches, self.my_weights)
+        else:
+            g = torch.zeros_like(self.params)
+        bad = [] if bool(torch.isfinite(g).all()) else (self._bad_in_shard() or list(self.my_ids))
+        self._check(bad, "the gradient")
+        if self.weight_decay and sim.comm.rank == 0:
+            g = g + self.weight_decay * self.params
+        return g
+
+    def gradients(self):
+        """Per-client gradients of this rank's clients, weight decay included, shape (n, d)."""
+        sim = self.sim
+        if len(self.my_ids):
+            grads = sim.engine.gradients(sim.model, self.params, self.my_batches)
+        else:
+            grads = torch.zeros((0, self.params.shape[0]), device=self.params.device)
+        finite = torch.isfinite(grads).all(dim=1).tolist()
+        self._check([c for c, ok in zip(self.my_ids, finite) if not ok], "the gradient")
+        if self.weight_decay:
+            grads = grads + self.weight_decay * self.params
+        return grads
+
+    def local_train(self, epochs, batch_size):
+        """FedAvg local SGD of this rank's clients on all their data; returns deltas (n, d)."""
+        sim = self.sim
+        if not len(self.my_ids):
+            return torch.zeros((0, self.params.shape[0]), device=self.params.device)
+        data = [sim.client_data(c) for c in self.my_ids]
+        orders = [[torch.from_numpy(np.random.default_rng([sim.seed, 3, self.round, int(c), e])
+                                    .permutation(x.shape[0])).to(x.device) for e in range(epochs)]
+                  for c, (x, _) in zip(self.my_ids, data)]
+        deltas = sim.engine.local_train(sim.model, self.params, data, lr=float(self.lr), epochs=int(epochs),
+                                        batch_size=batch_size, orders=orders,
+                                        weight_decay=float(self.weight_decay))
+        finite = torch.isfinite(deltas).all(dim=1).tolist()
+        self._check([c for c, ok in zip(self.my_ids, finite) if not ok], "the local model change")
+        return deltas
+
+
+class Simulation:
+    """One federated run: data, model, rule, accounting, checkpoints, metrics.
+
+    Parameters
+    ----------
+    spec : RunSpec
+        The resolved run (see :meth:`fedsim.config.Config.runs`).
+    dataset : fedsim.data.Dataset, optional
+        Use this dataset instead of loading ``spec.data.dataset``.
+    comm : Communicator, optional
+        Default :class:`LocalCommunicator` (one process).
+    out_dir : str or Path, optional
+        Folder for metrics, checkpoints and the final model; None writes nothing.
+    progress : bool, default False
+        Show a tqdm bar on stderr (rank 0 only).
+    """
+
+    def __init__(self, spec, *, dataset=None, comm=None, out_dir=None, progress=False):
+        from .data import load_dataset, partition
+        from .models import build_model
+
+        self.spec, self.comm = spec, comm or LocalCommunicator()
+        tr, dc = spec.train, spec.data
+        self.seed = tr.seed
+        if tr.device.startswith("cuda") and not torch.cuda.is_available():
+            raise ConfigError(f"train.device = {tr.device!r} but torch sees no CUDA device; use 'cpu'")
+        self.device = torch.device(tr.device)
+        if tr.threads is not None:
+            # Tiny models on a busy CPU run far faster on one thread than on contended ones.
+            torch.set_num_threads(tr.threads)
+        if dataset is None:
+            dataset = load_dataset(dc.dataset, dc.root, seed=tr.seed)
+        self.dataset = dataset
+        parts = partition(dataset.y_train, dc.num_clients, dc.partition, seed=tr.seed, alpha=dc.alpha,
+                          classes_per_client=dc.classes_per_client, writers=dataset.writers_train,
+                          samples_per_client=dc.samples_per_client)
+        self.num_clients = len(parts)
+        if tr.clients_per_round > self.num_clients:
+            raise ConfigError(f"train.clients_per_round = {tr.clients_per_round} exceeds the "
+                              f"{self.num_clients} clients")
+        self.x_train = torch.as_tensor(dataset.x_train, device=self.device)
+        self.y_train = torch.as_tensor(dataset.y_train, device=self.device)
+        self.x_test = torch.as_tensor(dataset.x_test, device=self.device)
+        self.y_test = torch.as_tensor(dataset.y_test, device=self.device)
+        self.parts = [torch.as_tensor(p, dtype=torch.int64, device=self.device) for p in parts]
+        torch.manual_seed(tr.seed)
+        self.model = build_model(spec.model.name, dataset.input_shape, dataset.num_classes).to(self.device)
+        self.params = flatten_params(self.model, self.device)
+        self.d = int(self.params.shape[0])
+        self.accountant = Accountant(self.d, self.num_clients, tr.rounds, device=self.device)
+        self.rule = make_rule(spec.rule, self.d, device=self.device, index_bytes=self.accountant.index_bytes,
+                              world_size=self.comm.world_size)
+        self.engine = make_engine(tr.engine, max_clients_per_chunk=tr.max_clients_per_chunk,
+                                  memory_budget_mb=tr.memory_budget_mb)
+        self.history = []
+        self.t = 0
+        self.config_hash = spec.config_hash()
+        self.out_dir = Path(out_dir) if out_dir is not None else None
+        self.progress = progress
+        self.last_checkpoint = None
+        self.elapsed = 0.0
+
+    # ------------------------------------------------------------------ data
+    def sample_clients(self, t):
+        """The sorted client ids of round ``t`` (same on every rank)."""
+        rng = np.random.default_rng([self.seed, 1, t])
+        return np.sort(rng.choice(self.num_clients, self.spec.train.clients_per_round, replace=False))
+
+    def client_data(self, c):
+        """All of client ``c``'s samples as ``(x, y)``."""
+        idx = self.parts[int(c)]
+        return self.x_train[idx], self.y_train[idx]
+
+    def client_batch(self, t, c):
+        """Client ``c``'s batch in round ``t`` (all its samples unless data.batch_size is smaller)."""
+        idx = self.parts[int(c)]
+        bs = self.spec.data.batch_size
+        if bs is not None and bs < idx.shape[0]:
+            sel = np.sort(np.random.default_rng([self.seed, 2, t, int(c)]).choice(idx.shape[0], bs, replace=False))
+            idx = idx[torch.from_numpy(sel).to(self.device)]
+        return self.x_train[idx], self.y_train[idx]
+
+    def _weights(self, batches_all):
+        """Client weights of the round (sum to 1): by samples or uniform."""
+        if self.spec.train.weighting == "uniform":
+            w = np.full(len(batches_all), 1.0 / len(batches_all))
+        else:
+            n = np.array([x.shape[0] for x, _ in batches_all], dtype=np.float64)
+            w = n / n.sum()
+        return torch.tensor(w, dtype=torch.float32, device=self.device)
+
+    # ------------------------------------------------------------------- eval
+    def _forward(self, params, x):
+        """Logits at ``params``."""
+        return functional_call(self.model, {**param_views(self.model, params), **fixed_tensors(self.model)}, (x,))
+
+    @torch.no_grad()
+    def evaluate(self):
+        """``(test loss, test accuracy)`` of the current weights."""
+        loss, correct = 0.0, 0
+        for lo in range(0, self.x_test.shape[0], _EVAL_BATCH):
+            x, y = self.x_test[lo:lo + _EVAL_BATCH], self.y_test[lo:lo + _EVAL_BATCH]
+            logits = self._forward(self.params, x)
+            loss += float(F.cross_entropy(logits, y, reduction="sum"))
+            correct += int((logits.argmax(1) == y).sum())
+        n = self.x_test.shape[0]
+        return loss / n, correct / n
+
+    @torch.no_grad()
+    def _train_loss(self, batches, weights):
+        """Weighted mean loss of this rank's batches, one forward (summed over ranks by the caller)."""
+        if not batches:
+            return torch.zeros(1, device=self.device)
+        x = torch.cat([b[0] for b in batches])
+        y = torch.cat([b[1] for b in batches])
+        counts = torch.tensor([b[0].shape[0] for b in batches], device=self.device)
+        per_sample = torch.repeat_interleave(weights / counts.to(weights.dtype), counts)
+        loss = F.cross_entropy(self._forward(self.params, x), y, reduction="none")
+        return (loss * per_sample).sum().reshape(1)
+
+    # ------------------------------------------------------------------- round
+    def step(self):
+        """Run round ``self.t``; returns its metrics row."""
+        t, tr = self.t, self.spec.train
+        lr = learning_rate(tr.schedule, tr.lr, t, tr.rounds, tr.warmup)
+        ids = self.sample_clients(t)
+        all_batches = [self.client_batch(t, c) for c in ids]
+        weights = self._weights(all_batches)
+        lo, hi = self.comm.shard_bounds(len(ids))
+        my_ids, my_batches, my_weights = ids[lo:hi], all_batches[lo:hi], weights[lo:hi]
+        train_loss = self.comm.allreduce_(self._train_loss(my_batches, my_weights))
+        ctx = RoundContext(self, t, lr, ids, my_ids, my_batches, my_weights)
+        update = self.rule.round(ctx)
+        new = self.params - update
+        if not bool(torch.isfinite(new).all()):
+            where = self.last_checkpoint or "none (no checkpoint was written)"
+            raise NonFiniteError(
+                f"{self.spec.label} ({self.spec.rule.name}): the weights became NaN/inf in round {t + 1} "
+                f"of {tr.rounds}; the run stopped. Last good checkpoint: {where}. Lower the learning "
+                f"rate (train.lr) or see bench/FEDSIM_STUDY.md for this rule's knobs.")
+        down_each = self.accountant.download(t, ids)
+        self.params.copy_(new)
+        changed = self.accountant.record_update(t, update)
+        up = len(ids) * self.rule.upload_bytes()
+        down = sum(down_each) + len(ids) * self.rule.extra_download_bytes()
+        self.accountant.add(up, down)
+        st = self.accountant.state
+        ref_up, ref_down = reference_bytes(self.d, tr.clients_per_round, t + 1)
+        row = {"round": t + 1, "lr": lr, "train_loss": float(train_loss.item()), "test_loss": None,
+               "test_acc": None, "up_bytes": up, "down_bytes": down, "total_up": st.up, "total_down": st.down,
+               "changed": changed, "compression": (ref_up + ref_down) / (st.up + st.down)}
+        if (t + 1) % tr.eval_every == 0 or t + 1 == tr.rounds:
+            row["test_loss"], row["test_acc"] = self.evaluate()
+        self.t += 1
+        self.history.append(row)
+        return row
+
+    # -------------------------------------------------------------- checkpoints
+    def _ckpt_path(self):
+        return None if self.out_dir is None else self.out_dir / CHECKPOINT_NAME
+
+    def state_payload(self):
+        """Everything a resumed run needs, as a checkpoint payload."""
+        payload = {"round": self.t, "label": self.spec.label, "params": self.params.detach().cpu().clone(),
+                   "rule": self.rule.state_dict(), "accounting": self.accountant.state_dict(),
+                   "history": [dict(r) for r in self.history], "torch_rng": torch.get_rng_state(),
+                   "elapsed": self.elapsed}
+        if self.device.type == "cuda":
+            payload["cuda_rng"] = torch.cuda.get_rng_state(self.device)
+        return payload
+
+    def save_checkpoint(self):
+        """Write the checkpoint (rank 0 only); returns its path."""
+        path = self._ckpt_path()
+        if path is None or not self.comm.is_writer:
+            return None
+        save_checkpoint(path, self.state_payload(), self.config_hash)
+        self.last_checkpoint = str(path)
+        return path
+
+    def restore(self, path=None):
+        """Load a checkpoint of this configuration (raises CheckpointError otherwise)."""
+        path = Path(path) if path is not None else self._ckpt_path()
+        payload = load_checkpoint(path, self.config_hash)
+        self.params.copy_(payload["params"].to(self.device))
+        self.rule.load_state_dict(payload["rule"])
+        self.accountant.load_state_dict(payload["accounting"])
+        self.history = [dict(r) for r in payload["history"]]
+        self.t = int(payload["round"])
+        self.elapsed = float(payload.get("elapsed", 0.0))
+        torch.set_rng_state(payload["torch_rng"])
+        if "cuda_rng" in payload and self.device.type == "cuda":
+            torch.cuda.set_rng_state(payload["cuda_rng"], self.device)
+        self.last_checkpoint = str(path)
+
+    # --------------------------------------------------------------------- run
+    def run(self, *, resume=False, stop_after_round=None, on_round=None):
+        """Run to the last round (resuming from the checkpoint when asked and present).
+
+        Parameters
+        ----------
+        resume : bool
+            Continue from ``out_dir/checkpoint.ckpt`` when it exists.
+        stop_after_round : int, optional
+            Debug: SIGKILL this process right after that round (a crash test).
+        on_round : callable, optional
+            Called with each metrics row.
+
+        Returns
+        -------
+        RunResult
+            ``status`` "ok"; divergence and bad client updates raise.
+        """
+        from .report import MetricsWriter
+
+        writer = self.comm.is_writer and self.out_dir is not None
+        if writer:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+        ckpt = self._ckpt_path()
+        if resume and ckpt is not None and ckpt.exists():
+            self.restore(ckpt)
+        metrics = MetricsWriter(self.out_dir, self.spec.output.metrics) if writer else None
+        if metrics is not None:
+            metrics.rewrite(self.history)
+        tr, every = self.spec.train, self.spec.output.checkpoint_every
+        bar = _progress(self.spec.label, tr.rounds, self.t, enabled=self.progress and self.comm.is_writer)
+        try:
+            while self.t < tr.rounds:
+                start = time.perf_counter()
+                row = self.step()
+                self.elapsed += time.perf_counter() - start
+                if metrics is not None:
+                    metrics.append(row)
+                if every and (self.t % every == 0 or self.t == tr.rounds):
+                    self.save_checkpoint()
+                if bar is not None:
+                    bar.update(1)
+                    if row["test_acc"] is not None:
+                        bar.set_postfix(acc=f"{row['test_acc']:.3f}")
+                if on_round is not None:
+                    on_round(row)
+                if stop_after_round is not None and self.t == stop_after_round:
+                    if metrics is not None:
+                        metrics.close()
+                    os.kill(os.getpid(), signal.SIGKILL)
+        finally:
+            if bar is not None:
+                bar.close()
+            if metrics is not None:
+                metrics.close()
+        result = self.result("ok", "")
+        if writer:
+            torch.save(self.params.detach().cpu(), self.out_dir / "final_params.pt")
+            (self.out_dir / "summary.json").write_text(json.dumps(result.summary(), indent=1))
+        return result
+
+    def result(self, status, message):
+        """The :class:`RunResult` of the run so far."""
+        tr = self.spec.train
+        ref_up, ref_down = reference_bytes(self.d, tr.clients_per_round, self.spec.reference_rounds)
+        evals = [r for r in self.history if r["test_acc"] is not None]
+        acc = evals[-1]["test_acc"] if evals and status == "ok" else float("nan")
+        loss = evals[-1]["test_loss"] if evals and status == "ok" else float("nan")
+        st = self.accountant.state
+        return RunResult(self.spec.label, self.spec.group, self.spec.rule.name, status, message, self.t, acc, loss,
+                         st.up, st.down, ref_up, ref_down, self.elapsed, self.d, self.config_hash,
+                         list(self.history))
+
+
+def _progress(label, total, initial, enabled):
+    """A tqdm bar on stderr, or None."""
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+    return tqdm(total=total, initial=initial, desc=label, file=sys.stderr, leave=False, dynamic_ncols=True)
+
+
+def _safe_name(label):
+    """A folder name for a run label."""
+    return "".join(ch if ch.isalnum() or ch in "-_.=," else "_" for ch in label)
+
+
+def run_experiment(cfg, *, only=None, out_dir=None, resume=False, stop_after_round=None, progress=None,
+                   comm=None, dataset=None, log=None):
+    """Run every method (and sweep point) of a config; write results, table and plots.
+
+    Parameters
+    ----------
+    cfg : Config
+    only : sequence of str, optional
+        Method labels to run.
+    out_dir : str or Path, optional
+        Default ``output.dir / output.name``.
+    resume : bool
+        Skip runs whose summary exists for the same config hash, resume those with a checkpoint.
+    stop_after_round : int, optional
+        Debug crash flag (see :meth:`Simulation.run`).
+    progress : bool, optional
+        Default ``output.progress``.
+    comm : Communicator, optional
+    dataset : Dataset, optional
+        Use this dataset for every run.
+    log : callable, optional
+        Where messages go (default: print to stderr).
+
+    Returns
+    -------
+    ExperimentResult
+    """
+    from .data import load_dataset
+    from .report import write_experiment
+
+    log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
+    comm = comm or LocalCommunicator()
+    root = Path(out_dir) if out_dir is not None else Path(cfg.output.dir) / cfg.output.name
+    progress = cfg.output.progress if progress is None else progress
+    specs = cfg.runs(only)
+    cache = {}
+    results = []
+    for spec in specs:
+        run_dir = root / _safe_name(spec.label)
+        summary = run_dir / "summary.json"
+        if resume and summary.exists():
+            saved = json.loads(summary.read_text())
+            if saved.get("config_hash") == spec.config_hash():
+                results.append(_result_from_summary(saved, run_dir))
+                log(f"{spec.label}: already finished, skipped (--resume)")
+                continue
+        key = (spec.data.dataset, spec.data.root, spec.train.seed)
+        if dataset is not None:
+            data = dataset
+        else:
+            if key not in cache:
+                cache[key] = load_dataset(spec.data.dataset, spec.data.root, seed=spec.train.seed)
+            data = cache[key]
+        sim = Simulation(spec, dataset=data, comm=comm, out_dir=run_dir, progress=progress)
+        try:
+            result = sim.run(resume=resume, stop_after_round=stop_after_round)
+        except ClientUpdateError as exc:
+            log(f"error: {exc}")
+            result = sim.result("client-error", str(exc))
+        except NonFiniteError as exc:
+            log(f"diverged: {exc}")
+            result = sim.result("diverged", str(exc))
+        if result.status != "ok" and comm.is_writer:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            (run_dir / "summary.json").write_text(json.dumps(result.summary(), indent=1))
+        results.append(result)
+    exp = ExperimentResult(results, root if comm.is_writer else None)
+    if comm.is_writer:
+        write_experiment(exp, cfg, plot=cfg.output.plot, log=log)
+    return exp
+
+
+def _result_from_summary(saved, run_dir):
+    """A RunResult rebuilt from summary.json (history re-read from the metrics file)."""
+    from .report import read_metrics
+    names = {f.name for f in dataclasses.fields(RunResult)}
+    fields = {k: v for k, v in saved.items() if k in names and k != "history"}
+    return RunResult(**fields, history=read_metrics(run_dir))
+
