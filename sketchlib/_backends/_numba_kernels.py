@@ -418,24 +418,6 @@ def gather_above(table, keys, d, ntasks, est, stored, threshold, offsets, out_id
 
 # --------------------------------------------------------------------- misc
 @njit(parallel=True, cache=True)
-def all_finite(x, ntasks):
-    """True when no element of the flat array ``x`` is NaN or infinite."""
-    n = x.shape[0]
-    bad = np.zeros(ntasks, np.bool_)
-    for t in prange(ntasks):
-        lo = n * t // ntasks
-        hi = n * (t + 1) // ntasks
-        for c0 in range(lo, hi, 65536):
-            acc = 0.0
-            for i in range(c0, min(hi, c0 + 65536)):
-                acc += x[i] * 0.0  # NaN or inf times zero is NaN: one branch per block
-            if acc != 0.0:
-                bad[t] = True
-                break
-    return not bad.any()
-
-
-@njit(parallel=True, cache=True)
 def row_sq_sums(table):
     """Per-row sum of squares in float64."""
     rows, cols = table.shape
