@@ -105,6 +105,15 @@ class CountSketch:
         """The ``(rows, cols)`` table as an array of the backend, without a copy."""
         return self._table
 
+    def __dlpack__(self, *, stream=None, max_version=None, dl_device=None, copy=None):
+        """Export the table through DLPack without a copy (``torch.from_dlpack(sketch)``)."""
+        kwargs = {"stream": stream, "max_version": max_version, "dl_device": dl_device, "copy": copy}
+        return self._table.__dlpack__(**{k: v for k, v in kwargs.items() if v is not None})
+
+    def __dlpack_device__(self):
+        """DLPack ``(device type, index)`` of the table."""
+        return self._table.__dlpack_device__()
+
     @property
     def keys(self):
         """Per-row hash keys, a ``(rows, 2)`` uint32 NumPy array (read-only copy)."""

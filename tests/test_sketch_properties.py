@@ -117,3 +117,10 @@ def test_huge_dimension_indices_beyond_2_32(host_backend):
     vals = np.array([1.0, 2.0, -3.0, 4.0, -5.0])
     sk.insert_sparse(idx, vals)
     np.testing.assert_allclose(sk.query(idx), vals)
+
+
+def test_sketch_exports_its_table_through_dlpack(host_backend):
+    sk = CountSketch(100, 3, 10, backend=host_backend).insert(np.ones(100))
+    view = np.from_dlpack(sk)
+    assert np.shares_memory(view, sk.table)
+    np.testing.assert_array_equal(view, sk.table)
