@@ -84,19 +84,24 @@ __device__ __forceinline__ void sk_scatter(T* __restrict__ table, const u32* sk,
     }
 }
 
-// 16-byte vector loads: 4 floats or 2 doubles.
+// 16-byte vector loads: 4 floats or 2 doubles.  CS = streaming ("evict first") loads,
+// so an input read once does not push the table out of L2, where the atomics land.
 template <typename T> struct SkVec;
 template <> struct SkVec<float> {
     static const int W = 4;
+    template <bool CS>
     static __device__ __forceinline__ void load(const float* p, i64 c, float* out) {
-        float4 v = __ldg(reinterpret_cast<const float4*>(p) + c);
+        const float4* q = reinterpret_cast<const float4*>(p) + c;
+        float4 v = CS ? __ldcs(q) : __ldg(q);
         out[0] = v.x; out[1] = v.y; out[2] = v.z; out[3] = v.w;
     }
 };
 template <> struct SkVec<double> {
     static const int W = 2;
+    template <bool CS>
     static __device__ __forceinline__ void load(const double* p, i64 c, double* out) {
-        double2 v = __ldg(reinterpret_cast<const double2*>(p) + c);
+        const double2* q = reinterpret_cast<const double2*>(p) + c;
+        double2 v = CS ? __ldcs(q) : __ldg(q);
         out[0] = v.x; out[1] = v.y;
     }
 };
@@ -128,7 +133,8 @@ __device__ void sk_insert_rowy(const T* __restrict__ x, i64 d, T* __restrict__ t
 
 // "vec"/"vec2x": U 16-byte vectors (U*W coordinates) per thread per step; x must be
 // 16-byte aligned (the host checks).  The tail past the last full vector is scalar.
-template <typename T, int U>
+// "veccs"/"vec2xcs": the same with streaming loads.
+template <typename T, int U, bool CS>
 __device__ void sk_insert_vec(const T* __restrict__ x, i64 d, T* __restrict__ table,
                               const u32* __restrict__ keys, int rows, u32 cols) {
     __shared__ u32 sk[2 * SK_MAX_ROWS];
@@ -139,7 +145,7 @@ __device__ void sk_insert_vec(const T* __restrict__ x, i64 d, T* __restrict__ ta
     for (i64 g = sk_tid(); g < ngroups; g += sk_nthreads()) {
         T v[U * W];
 #pragma unroll
-        for (int u = 0; u < U; ++u) SkVec<T>::load(x, g * U + u, v + u * W);
+        for (int u = 0; u < U; ++u) SkVec<T>::template load<CS>(x, g * U + u, v + u * W);
 #pragma unroll
         for (int w = 0; w < U * W; ++w) sk_scatter(table, sk, rows, cols, g * U * W + w, v[w]);
     }
@@ -168,7 +174,7 @@ __device__ void sk_stack_sum_simple(const T* __restrict__ stack, i64 n, i64 d, T
     for (i64 i = sk_tid(); i < d; i += sk_nthreads()) {
         T acc = T(0);
 #pragma unroll 4
-        for (i64 r = 0; r < n; ++r) acc += stack[r * d + i];
+        for (i64 r = 0; r < n; ++r) acc += __ldcs(stack + r * d + i);
         sk_scatter(table, sk, rows, cols, i, acc);
     }
 }
@@ -187,7 +193,7 @@ __device__ void sk_stack_sum_vec(const T* __restrict__ stack, i64 n, i64 d, T* _
         for (int w = 0; w < W; ++w) acc[w] = T(0);
 #pragma unroll 4
         for (i64 r = 0; r < n; ++r) {
-            SkVec<T>::load(stack + r * d, c, v);
+            SkVec<T>::template load<true>(stack + r * d, c, v);
 #pragma unroll
             for (int w = 0; w < W; ++w) acc[w] += v[w];
         }
@@ -205,7 +211,7 @@ __device__ void sk_stack_each_simple(const T* __restrict__ stack, i64 n, i64 d, 
     sk_load_keys(sk, keys, rows);
     const i64 rc = (i64)rows * cols;
     for (i64 i = sk_tid(); i < d; i += sk_nthreads()) {
-        for (i64 r = 0; r < n; ++r) sk_scatter(tables + r * rc, sk, rows, cols, i, stack[r * d + i]);
+        for (i64 r = 0; r < n; ++r) sk_scatter(tables + r * rc, sk, rows, cols, i, __ldcs(stack + r * d + i));
     }
 }
 
@@ -220,7 +226,7 @@ __device__ void sk_stack_each_v4(const float* __restrict__ stack, i64 n0, int ng
     for (i64 i = sk_tid(); i < d; i += sk_nthreads()) {
         float v[4];
 #pragma unroll
-        for (int g = 0; g < 4; ++g) v[g] = g < ng ? stack[(n0 + g) * d + i] : 0.0f;
+        for (int g = 0; g < 4; ++g) v[g] = g < ng ? __ldcs(stack + (n0 + g) * d + i) : 0.0f;
         if (v[0] == 0.0f && v[1] == 0.0f && v[2] == 0.0f && v[3] == 0.0f) continue;
         for (int j = 0; j < rows; ++j) {
             u32 h = sk_hash(i, sk[2 * j], sk[2 * j + 1]);
@@ -330,7 +336,7 @@ __device__ void sk_estimates(const T* __restrict__ table, const u32* __restrict_
         T v = T(0);
         if (in) {
             v = sk_estimate<T, R>(table, sk, rows, cols, idx != nullptr ? idx[t] : t);
-            out[t] = v;
+            __stcs(out + t, v);  // streamed: keep the table in L2 for the gathers
             if (hist != nullptr) {
                 const u64 key = sk_key(v);
                 if ((key >> (shift + width)) == prefix) atomicAdd(&sh[(key >> shift) & mask], 1U);
@@ -377,7 +383,7 @@ __device__ void sk_radix_compact(const T* __restrict__ est, i64 n, u64 prefix, i
         T v = T(0);
         u64 top = 0;
         bool in = t < n;
-        if (in) { v = est[t]; top = sk_key(v) >> pshift; }
+        if (in) { v = __ldcs(est + t); top = sk_key(v) >> pshift; }
         i64 s = sk_warp_append(sure_n, in && top > prefix);
         if (s >= 0) { sure_idx[s] = t; sure_val[s] = v; }
         i64 c = sk_warp_append(cand_n, in && top == prefix);
@@ -394,7 +400,7 @@ __device__ void sk_threshold_compact(const T* __restrict__ est, i64 n, T thr, i6
         const i64 t = base + lane;
         T v = T(0);
         bool in = t < n;
-        if (in) v = est[t];
+        if (in) v = __ldcs(est + t);
         i64 s = sk_warp_append(out_n, in && !(v < thr && -v < thr));
         if (s >= 0 && s < cap) { out_idx[s] = t; out_val[s] = v; }
     }
@@ -478,8 +484,10 @@ __global__ void sk_estimates_##S##_r##R(SK_EST_ARGS(T)) { sk_estimates<T, R>(SK_
 #define SK_INSTANTIATE(T, S) \
 __global__ void sk_insert_simple_##S(SK_INSERT_ARGS(T)) { sk_insert_simple<T>(x, d, table, keys, rows, cols); } \
 __global__ void sk_insert_rowy_##S(SK_INSERT_ARGS(T)) { sk_insert_rowy<T>(x, d, table, keys, rows, cols); } \
-__global__ void sk_insert_vec_##S(SK_INSERT_ARGS(T)) { sk_insert_vec<T, 1>(x, d, table, keys, rows, cols); } \
-__global__ void sk_insert_vec2x_##S(SK_INSERT_ARGS(T)) { sk_insert_vec<T, 2>(x, d, table, keys, rows, cols); } \
+__global__ void sk_insert_vec_##S(SK_INSERT_ARGS(T)) { sk_insert_vec<T, 1, false>(x, d, table, keys, rows, cols); } \
+__global__ void sk_insert_vec2x_##S(SK_INSERT_ARGS(T)) { sk_insert_vec<T, 2, false>(x, d, table, keys, rows, cols); } \
+__global__ void sk_insert_veccs_##S(SK_INSERT_ARGS(T)) { sk_insert_vec<T, 1, true>(x, d, table, keys, rows, cols); } \
+__global__ void sk_insert_vec2xcs_##S(SK_INSERT_ARGS(T)) { sk_insert_vec<T, 2, true>(x, d, table, keys, rows, cols); } \
 __global__ void sk_insert_sparse_##S(const i64* idx, const T* vals, i64 n, T* table, const u32* keys, \
                                      int rows, u32 cols) { \
     sk_insert_sparse<T>(idx, vals, n, table, keys, rows, cols); } \

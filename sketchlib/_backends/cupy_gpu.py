@@ -33,7 +33,7 @@ NAME = "cupy"
 ARRAY_LIBRARY = "cupy"
 DEVICE_KIND = "cuda"
 
-INSERT_VARIANTS = ("simple", "rowy", "vec", "vec2x")
+INSERT_VARIANTS = ("simple", "rowy", "vec", "vec2x", "veccs", "vec2xcs")
 EACH_VARIANTS = ("simple", "v4")
 # Private tuning switches (the GPU benchmark times every variant):
 #   insert      - dense insert kernel, one of INSERT_VARIANTS
@@ -41,7 +41,7 @@ EACH_VARIANTS = ("simple", "v4")
 #   cand_cap    - top-k candidate buffer size (None: max(2k, 65536)); tests shrink it
 #                 to exercise the extra radix passes
 #   blocks_per_sm - grid size of the grid-stride kernels
-_options = {"insert": "vec", "stack_each": "v4", "cand_cap": None, "blocks_per_sm": 8}
+_options = {"insert": "veccs", "stack_each": "v4", "cand_cap": None, "blocks_per_sm": 8}
 
 _BLOCK = _cuda_src.BLOCK
 _HIST_BITS = _cuda_src.HIST_BITS
