@@ -31,6 +31,7 @@ def save_checkpoint(path, payload, config_hash):
     data = buf.getvalue()
     header = _HEADER.pack(MAGIC, CHECKPOINT_VERSION, config_hash.encode("ascii"), len(data),
                           hashlib.sha256(data).digest())
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "wb") as fh:
         fh.write(header)

@@ -29,7 +29,7 @@ from .accounting import Accountant, reference_bytes
 from .checkpoint import load_checkpoint, save_checkpoint
 from .clients import make_engine
 from .comm import Communicator, LocalCommunicator
-from .errors import ClientUpdateError, ConfigError, NonFiniteError
+from .errors import ClientUpdateError, ConfigError, NonFiniteError  # noqa: F401
 from .rules import make_rule
 
 __all__ = ["Simulation", "RunResult", "ExperimentResult", "run_experiment", "Communicator",
@@ -46,7 +46,7 @@ class RunResult:
     label: str
     group: str
     rule: str
-    status: str  # "ok", "diverged", "client-error"
+    status: str  # "ok" or "diverged" (weights or a client update became NaN/inf; see message)
     message: str
     rounds_done: int
     final_acc: float
@@ -117,12 +117,16 @@ class RoundContext:
         flag = torch.tensor([float(len(bad_clients))], device=self.params.device)
         self.sim.comm.allreduce_(flag)
         if float(flag.item()) > 0:
+            sim = self.sim
             who = (f"client(s) {sorted(int(c) for c in bad_clients)}" if bad_clients
                    else "a client on another rank")
+            biggest = float(self.params.abs().max())
             raise ClientUpdateError(
-                f"{self.sim.spec.label}: round {self.round + 1}: {what} of {who} is NaN or infinite; "
-                f"the update was rejected before reaching the server state (check the data and the "
-                f"learning rate)")
+                f"{sim.spec.label} ({sim.spec.rule.name}): round {self.round + 1} of {sim.spec.train.rounds}: "
+                f"{what} of {who} is NaN or infinite; it was rejected before reaching the server state. "
+                f"Largest weight magnitude: {biggest:.3g} (a huge value means the run diverged: lower "
+                f"train.lr); otherwise check the client's data. Last good checkpoint: "
+                f"{sim.last_checkpoint or 'none (no checkpoint was written)'}")
 
     def _bad_in_shard(self):
         """Clients of this rank whose gradient is non-finite (diagnosis after a bad sum)."""
@@ -510,10 +514,7 @@ def run_experiment(cfg, *, only=None, out_dir=None, resume=False, stop_after_rou
         sim = Simulation(spec, dataset=data, comm=comm, out_dir=run_dir, progress=progress)
         try:
             result = sim.run(resume=resume, stop_after_round=stop_after_round)
-        except ClientUpdateError as exc:
-            log(f"error: {exc}")
-            result = sim.result("client-error", str(exc))
-        except NonFiniteError as exc:
+        except NonFiniteError as exc:  # weights or a client update (ClientUpdateError) went NaN/inf
             log(f"diverged: {exc}")
             result = sim.result("diverged", str(exc))
         if result.status != "ok" and comm.is_writer:
