@@ -24,7 +24,9 @@ import time
 
 import numpy as np
 
-__all__ = ["TorchDistributedCommunicator", "RankFailure", "main"]
+from .comm import Communicator
+
+__all__ = ["TorchDistributedCommunicator", "RankFailure", "main", "run_distributed"]
 
 WATCHDOG_EXIT_CODE = 86
 
@@ -87,7 +89,7 @@ class _Watchdog:
                 os._exit(WATCHDOG_EXIT_CODE)
 
 
-class TorchDistributedCommunicator:
+class TorchDistributedCommunicator(Communicator):
     """The simulator's communicator over a torch.distributed process group.
 
     Parameters
@@ -144,25 +146,7 @@ class TorchDistributedCommunicator:
         self._watchdog = _Watchdog(self.timeout_s + grace_s, self.rank)
 
     # ---------------------------------------------------------------- Communicator
-    @property
-    def is_writer(self):
-        """Rank 0 writes checkpoints, logs and reports."""
-        return self.rank == 0
-
-    def shard(self, client_ids):
-        """This rank's contiguous part of the round's clients (same type as given).
-
-        Parts differ in size by at most one; a rank may get none when the round
-        has fewer clients than ranks.
-        """
-        n = len(client_ids)
-        lo = (n * self.rank) // self.world_size
-        hi = (n * (self.rank + 1)) // self.world_size
-        return client_ids[lo:hi]
-
-    def shard_bounds(self, n):
-        """``(lo, hi)``: this rank's slice of ``n`` items, as :meth:`shard` cuts it."""
-        return (n * self.rank) // self.world_size, (n * (self.rank + 1)) // self.world_size
+    # is_writer (rank 0), shard() and shard_bounds() come from fedsim.comm.Communicator.
 
     def allreduce_(self, value):
         """Sum ``value`` over all ranks, in place, and return it.
@@ -242,9 +226,12 @@ class TorchDistributedCommunicator:
 
     def close(self):
         """Leave the process group (if this object created it) and stop the watchdog."""
-        self._watchdog.stop()
         if self._owns_group and self._dist.is_initialized():
+            # Teardown waits on peers too: keep the watchdog on it.
+            self._watchdog.enter("destroy_process_group")
             self._dist.destroy_process_group()
+            self._watchdog.leave()
+        self._watchdog.stop()
 
     def __enter__(self):
         return self
@@ -258,10 +245,100 @@ class TorchDistributedCommunicator:
                 f"world_size={self.world_size})")
 
 
-def main(argv=None):
-    """``python -m fedsim.distributed run [fedsim run options]`` under torchrun."""
-    from ._distributed_cli import run_distributed
+def _pre_parser():
+    """Options of the distributed launcher itself (the rest are ``fedsim run``'s)."""
+    import argparse
 
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument("--backend", choices=("gloo", "nccl"), default=None,
+                   help="torch.distributed backend (default: nccl for train.device cuda, else gloo)")
+    p.add_argument("--timeout", type=float, default=120.0,
+                   help="seconds one collective may take before the ranks give up (default 120)")
+    p.add_argument("--die-rank", type=int, default=None, help=argparse.SUPPRESS)  # debug: only this
+    # rank obeys --stop-after-round (SIGKILLs itself), to test that the others fail cleanly
+    return p
+
+
+USAGE = """usage: torchrun --nproc-per-node N -m fedsim.distributed run [--backend gloo|nccl] [--timeout S]
+                                                 [fedsim run options: --config, --set, ...]
+
+Every rank simulates a shard of each round's clients; results are summed with one all-reduce and
+every rank applies the same server step.  Rank 0 writes metrics, checkpoints and reports.  With
+train.device = "cuda" each rank uses cuda:LOCAL_RANK (NCCL).  Checkpoints resume on any number of
+ranks (and in a plain `fedsim run --resume`)."""
+
+
+def _say(comm, msg):
+    """Print on rank 0 only (or everywhere before the group exists)."""
+    if comm is None or comm.is_writer:
+        print(msg, file=sys.stderr, flush=True)
+
+
+def run_distributed(argv):
+    """Parse, join the process group, run the experiment; returns the exit status."""
+    from .cli import build_parser, config_from_args
+    from .errors import FedsimError
+
+    argv = list(argv)
+    if argv and argv[0] in ("-h", "--help"):
+        print(USAGE)
+        return 0
+    mine, rest = _pre_parser().parse_known_args(argv)
+    if not rest or rest[0] != "run":
+        rest = ["run"] + rest
+    args = build_parser().parse_args(rest)
+    comm = None
+    try:
+        cfg = config_from_args(args)
+        device = cfg.train.device
+        backend = mine.backend or ("nccl" if device.startswith("cuda") else "gloo")
+        if device.startswith("cuda:") and _env_int("WORLD_SIZE", 1) > 1:
+            raise RankFailure(f"train.device = {device!r} pins every rank to one GPU; use 'cuda' "
+                              f"(each rank then takes cuda:LOCAL_RANK)")
+        comm = TorchDistributedCommunicator(backend, timeout_s=mine.timeout)
+        only = [s.strip() for s in args.only.split(",")] if args.only else None
+        specs = cfg.runs(only)
+        comm.check_same(",".join(s.config_hash() for s in specs), "the configuration")
+        _say(comm, f"fedsim.distributed: {comm.world_size} ranks, backend {comm.backend}, "
+                   f"device {device}, {len(specs)} run(s)")
+        from .simulator import run_experiment
+
+        stop = args.stop_after_round
+        if mine.die_rank is not None and mine.die_rank != comm.rank:
+            stop = None
+        exp = run_experiment(cfg, only=only, out_dir=args.out, resume=args.resume, stop_after_round=stop,
+                             comm=comm, log=lambda msg: _say(comm, msg))
+    except RankFailure as exc:
+        print(f"fedsim.distributed: error: {exc}", file=sys.stderr, flush=True)
+        _abandon(comm)
+        return 3
+    except FedsimError as exc:
+        _say(comm, f"fedsim: error: {exc}")
+        _close(comm)
+        return 2
+    except (ValueError, FileNotFoundError, ImportError) as exc:
+        _say(comm, f"fedsim: error: {type(exc).__name__}: {exc}")
+        _close(comm)
+        return 2
+    _close(comm)
+    return 0 if all(r.status == "ok" for r in exp.runs) else 1
+
+
+def _close(comm):
+    """Leave the group normally."""
+    if comm is not None:
+        comm.close()
+
+
+def _abandon(comm):
+    """After a failed collective the group is unusable: stop the watchdog, skip the teardown
+    (destroying a group with a dead peer can block), and let the process exit."""
+    if comm is not None:
+        comm._watchdog.stop()
+
+
+def main(argv=None):
+    """``python -m fedsim.distributed run [options]``, launched by torchrun."""
     return run_distributed(sys.argv[1:] if argv is None else argv)
 
 
