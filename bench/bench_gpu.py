@@ -15,6 +15,7 @@ Usage::
 import argparse
 import json
 import platform
+import subprocess
 import sys
 import time
 
@@ -121,7 +122,43 @@ class CsvecLike:
         return out
 
 
-def bench_size(name, d, rows, cols, args, results, peak):
+def _probe(variant, quick):
+    """Child process: run one experimental insert variant at the bench sizes and check it."""
+    cp = _cp()
+    from sketchlib import CountSketch
+    from sketchlib._backends import cupy_gpu
+    for name, (d, rows, cols) in SIZES.items():
+        if quick and name != "resnet9":
+            continue
+        x = cp.random.standard_normal(d, dtype=cp.float32)
+        sk = CountSketch(d, rows, cols, backend="cupy")
+        want = cp.zeros_like(sk.table)
+        cupy_gpu.insert_dense(want, x, sk.keys)
+        cupy_gpu._options["insert"] = variant
+        cupy_gpu.insert_dense(sk.table, x, sk.keys)
+        cp.cuda.Device().synchronize()
+        if not bool(cp.allclose(sk.table, want, rtol=1e-4, atol=1e-3)):
+            print(f"probe {variant}: wrong table at {name}")
+            return 1
+        print(f"probe {variant}: ok at {name}")
+    return 0
+
+
+def _probe_ok(variant, quick):
+    """Run ``variant`` in a child process first, so that a faulting kernel cannot end this one."""
+    cmd = [sys.executable, __file__, "--probe", variant] + (["--quick"] if quick else [])
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    except subprocess.TimeoutExpired:
+        print(f"probe {variant}: timed out; variant skipped")
+        return False
+    print((proc.stdout + proc.stderr[-2000:]).strip())
+    if proc.returncode:
+        print(f"probe {variant}: failed (rc {proc.returncode}); variant skipped")
+    return proc.returncode == 0
+
+
+def bench_size(name, d, rows, cols, args, results, peak, variants):
     """Time every operation at one size; append result dicts."""
     cp = _cp()
     from sketchlib import CountSketch
@@ -137,14 +174,22 @@ def bench_size(name, d, rows, cols, args, results, peak):
                             peak_mb=mb, base_peak_mb=base_mb, csvec_h100_ms=ref, goal_ms=goal, note=note))
         return results[-1]
 
-    # inserts: every kernel variant, then the public call (validation + finiteness check)
+    # inserts: every kernel variant (checked against the default one), then the public call
     saved = dict(cupy_gpu._options)
+    want = cp.zeros_like(table)
+    cupy_gpu.insert_dense(want, x, keys)
     best = None
-    for variant in cupy_gpu.INSERT_VARIANTS:
+    for variant in variants:
         cupy_gpu._options["insert"] = variant
+        got = cp.zeros_like(table)
+        cupy_gpu.insert_dense(got, x, keys)
+        same = bool(cp.allclose(got, want, rtol=1e-4, atol=1e-3))
+        del got
         ms = time_ms(lambda: cupy_gpu.insert_dense(table, x, keys), reps)
-        best = min(best or (ms, variant), (ms, variant))
-        add(f"insert [{variant}]", ms, mb=peak.measure(lambda: cupy_gpu.insert_dense(table, x, keys)))
+        if same:
+            best = min(best or (ms, variant), (ms, variant))
+        add(f"insert [{variant}]", ms, mb=peak.measure(lambda: cupy_gpu.insert_dense(table, x, keys)),
+            note="" if same else "WRONG TABLE")
     cupy_gpu._options.update(saved)
     insert_row = add("insert", best[0], note=f"fastest variant: {best[1]} (default {saved['insert']})")
     add("insert via API, check_finite", time_ms(lambda: sk.insert(x), reps),
@@ -218,7 +263,10 @@ def main(argv=None):
     parser.add_argument("--quick", action="store_true", help="fewer repetitions, smaller size only")
     parser.add_argument("--no-baseline", action="store_true", help="skip the csvec-like baseline")
     parser.add_argument("--json", help="also write the results to this file")
+    parser.add_argument("--probe", help=argparse.SUPPRESS)  # internal: try one variant in a child
     args = parser.parse_args(argv)
+    if args.probe:
+        return _probe(args.probe, args.quick)
     cp = _cp()
     props = cp.cuda.runtime.getDeviceProperties(cp.cuda.Device().id)
     card = props["name"].decode() if isinstance(props["name"], bytes) else props["name"]
@@ -226,11 +274,15 @@ def main(argv=None):
     from sketchlib import CountSketch
     CountSketch(10, 1, 4, backend="cupy").insert(cp.ones(10, dtype=cp.float32))  # compile the kernels
     print(f"kernels compiled/loaded in {time.time() - t0:.1f} s", flush=True)
+    from sketchlib._backends import cupy_gpu
+    variants = list(cupy_gpu.INSERT_VARIANTS)
+    if "dsmem" in variants and not _probe_ok("dsmem", args.quick):
+        variants.remove("dsmem")
     peak, results = PeakHook(), []
     for name, (d, rows, cols) in SIZES.items():
         if args.quick and name != "resnet9":
             continue
-        bench_size(name, d, rows, cols, args, results, peak)
+        bench_size(name, d, rows, cols, args, results, peak, variants)
         cp.get_default_memory_pool().free_all_blocks()
         print(f"[{name} done at {time.time() - t0:.1f} s]", flush=True)
     print_table(results, card)
@@ -240,4 +292,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -21,6 +21,8 @@ __all__ = []
 BLOCK = 256
 MAX_ROWS = 32
 HIST_BITS = 12
+CLUSTER = 8          # blocks per cluster of the "dsmem" insert
+DSMEM_BLOCK = 1024
 MEDIAN_ROWS = (1, 2, 3, 4, 5, 6, 7, 8)   # rows with a register-only median; others use a generic one
 
 SOURCE = r"""
@@ -152,6 +154,57 @@ __device__ void sk_insert_vec(const T* __restrict__ x, i64 d, T* __restrict__ ta
     for (i64 i = ngroups * U * W + sk_tid(); i < d; i += sk_nthreads())
         sk_scatter(table, sk, rows, cols, i, x[i]);
 }
+
+// "dsmem" (sm_90, float32): the table lives in distributed shared memory while it is
+// built.  A cluster of 8 blocks owns one (row, column segment) of the table, spread over
+// its blocks' shared memory; it reads every coordinate, keeps those hashing into its
+// segment and adds them there with remote shared-memory reductions, then flushes its
+// segment to the global table once.  Trades re-reading x (from L2) and re-hashing for
+// taking the random atomics off L2.  Launch: grid = 8 * rows * nseg blocks of 1024
+// threads, dynamic shared memory = per_block floats.
+#if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 900
+#define SK_CLUSTER 8
+__device__ __forceinline__ void sk_cluster_sync() {
+    asm volatile("barrier.cluster.arrive.release.aligned;\n\tbarrier.cluster.wait.acquire.aligned;" ::: "memory");
+}
+
+__device__ void sk_insert_dsmem(const float* __restrict__ x, i64 d, float* __restrict__ table,
+                                const u32* __restrict__ keys, int rows, u32 cols, int nseg,
+                                u32 seg_cols, u32 per_block) {
+    extern __shared__ float sk_part[];
+    u32 rank, cid;
+    asm volatile("mov.u32 %0, %%cluster_ctarank;" : "=r"(rank));
+    asm volatile("mov.u32 %0, %%clusterid.x;" : "=r"(cid));
+    const int j = (int)cid / nseg, seg = (int)cid % nseg;
+    if (j >= rows) return;  // whole cluster leaves together: cid is uniform in the cluster
+    const u32 lo = (u32)seg * seg_cols;
+    const u32 hi = min(cols, lo + seg_cols);
+    for (u32 t = threadIdx.x; t < per_block; t += blockDim.x) sk_part[t] = 0.0f;
+    sk_cluster_sync();
+    const u32 a = keys[2 * j], b = keys[2 * j + 1];
+    const u32 base = (u32)__cvta_generic_to_shared(sk_part);
+    const i64 stride = (i64)SK_CLUSTER * blockDim.x;
+    for (i64 i = (i64)rank * blockDim.x + threadIdx.x; i < d; i += stride) {
+        const float v = __ldg(x + i);
+        if (v == 0.0f) continue;
+        const u32 h = sk_hash(i, a, b);
+        const u32 c = sk_bucket(h, cols);
+        if (c < lo || c >= hi) continue;
+        const u32 off = c - lo, owner = off / per_block, k = off - owner * per_block;
+        u32 remote;
+        asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(remote) : "r"(base + 4u * k), "r"(owner));
+        asm volatile("red.shared::cluster.add.f32 [%0], %1;" :: "r"(remote), "f"((h & 1u) ? -v : v) : "memory");
+    }
+    sk_cluster_sync();
+    const u32 first = lo + rank * per_block;
+    const u32 mine = first < hi ? min(per_block, hi - first) : 0u;
+    float* __restrict__ out = table + (i64)j * cols + first;
+    for (u32 t = threadIdx.x; t < mine; t += blockDim.x) {
+        const float s = sk_part[t];
+        if (s != 0.0f) sk_red(out + t, s);
+    }
+}
+#endif
 
 // ---------------------------------------------------------------- sparse insert
 template <typename T>
@@ -471,6 +524,14 @@ __global__ void sk_stack_each_v4_f32(const float* stack, i64 n0, int ng, i64 d, 
 __global__ void sk_deinterleave_f32(float* scratch, i64 rc, float* tables, i64 n0, int ng) {
     sk_deinterleave(scratch, rc, tables, n0, ng);
 }
+
+#if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 900
+__global__ void __cluster_dims__(SK_CLUSTER, 1, 1) __launch_bounds__(1024)
+sk_insert_dsmem_f32(const float* x, i64 d, float* table, const u32* keys, int rows, u32 cols, int nseg,
+                    u32 seg_cols, u32 per_block) {
+    sk_insert_dsmem(x, d, table, keys, rows, cols, nseg, seg_cols, per_block);
+}
+#endif
 
 #define SK_INSERT_ARGS(T) const T* x, i64 d, T* table, const u32* keys, int rows, u32 cols
 #define SK_STACK_ARGS(T) const T* stack, i64 n, i64 d, T* table, const u32* keys, int rows, u32 cols

@@ -33,10 +33,11 @@ NAME = "cupy"
 ARRAY_LIBRARY = "cupy"
 DEVICE_KIND = "cuda"
 
-INSERT_VARIANTS = ("simple", "rowy", "vec", "vec2x", "veccs", "vec2xcs")
+INSERT_VARIANTS = ("simple", "rowy", "vec", "vec2x", "veccs", "vec2xcs", "dsmem")
 EACH_VARIANTS = ("simple", "v4")
 # Private tuning switches (the GPU benchmark times every variant):
-#   insert      - dense insert kernel, one of INSERT_VARIANTS
+#   insert      - dense insert kernel, one of INSERT_VARIANTS ("dsmem": float32 on sm_90+,
+#                 else "veccs")
 #   stack_each  - sketch_each kernel for float32, one of EACH_VARIANTS
 #   cand_cap    - top-k candidate buffer size (None: max(2k, 65536)); tests shrink it
 #                 to exercise the extra radix passes
@@ -54,6 +55,8 @@ _modules = {}
 _functions = {}
 _keys_cache = {}
 _sm_counts = {}
+_dsmem_smem = {}
+_dsmem_plans = {}
 
 
 def _cp():
@@ -174,12 +177,53 @@ def insert_dense(table, x, keys):
         variant = _options["insert"]
         if variant not in INSERT_VARIANTS:
             raise ValueError(f"unknown insert variant {variant!r}; choose one of {INSERT_VARIANTS}")
+        if variant == "dsmem":
+            if table.dtype == np.float32 and int(_cp().cuda.Device().compute_capability) >= 90:
+                return _insert_dsmem(table, x, keys)
+            variant = "veccs"
         if variant.startswith("vec") and not _aligned(x):
             variant = "simple"
         t, k, rows, cols = _table_args(table, keys)
         d = x.shape[0]
         args = (x, np.int64(d), t, k, rows, cols)
         _launch(f"sk_insert_{variant}_{_sfx(table)}", d, args, grid_y=int(rows) if variant == "rowy" else 1)
+    return None
+
+
+def _dsmem_plan(rows, cols):
+    """Column segments for the cluster insert: ``(nseg, seg_cols, per_block)``.
+
+    Enough segments that one cluster's shared memory holds one, and, when
+    rows are few, that the rows x segments clusters fill the device.
+    """
+    dev = _cp().cuda.Device()
+    plan = _dsmem_plans.get((dev.id, rows, cols))
+    if plan is not None:
+        return plan
+    attrs = dev.attributes
+    cap = min(attrs["MaxSharedMemoryPerBlockOptin"] // 4 - 64, 56 * 1024)
+    max_clusters = max(1, attrs["MultiProcessorCount"] // _cuda_src.CLUSTER)
+    nseg = max(-(-cols // (_cuda_src.CLUSTER * cap)), max_clusters // rows, 1)
+    nseg = min(nseg, cols)
+    seg_cols = -(-cols // nseg)
+    plan = _dsmem_plans[(dev.id, rows, cols)] = (nseg, seg_cols, -(-seg_cols // _cuda_src.CLUSTER))
+    return plan
+
+
+def _insert_dsmem(table, x, keys):
+    """Launch the distributed-shared-memory insert (float32, sm_90)."""
+    t, k, rows, cols = _table_args(table, keys)
+    nseg, seg_cols, per_block = _dsmem_plan(int(rows), int(cols))
+    fn = _fn("sk_insert_dsmem_f32")
+    smem = per_block * 4
+    dev = _cp().cuda.Device().id
+    if smem > _dsmem_smem.get(dev, 48 * 1024):  # a driver call: only when the maximum grows
+        fn.max_dynamic_shared_size_bytes = smem
+        _dsmem_smem[dev] = smem
+    grid = _cuda_src.CLUSTER * int(rows) * nseg
+    fn((grid,), (_cuda_src.DSMEM_BLOCK,),
+       (x, np.int64(x.shape[0]), t, k, rows, cols, np.int32(nseg), np.uint32(seg_cols), np.uint32(per_block)),
+       shared_mem=smem)
 
 
 def insert_sparse(table, indices, values, keys):
