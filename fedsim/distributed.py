@@ -26,13 +26,17 @@ import numpy as np
 
 from .comm import Communicator
 
-__all__ = ["TorchDistributedCommunicator", "RankFailure", "main", "run_distributed"]
+__all__ = ["TorchDistributedCommunicator", "RankFailure", "RankMismatch", "main", "run_distributed"]
 
 WATCHDOG_EXIT_CODE = 86
 
 
 class RankFailure(RuntimeError):
     """A collective failed or timed out: another rank probably died or stalled."""
+
+
+class RankMismatch(RankFailure):
+    """The ranks disagree (e.g. on the configuration); the group itself is healthy."""
 
 
 def _env_int(name, default=None):
@@ -221,7 +225,7 @@ class TorchDistributedCommunicator(Communicator):
         self._run("check_same(min)", lambda: self._dist.all_reduce(low, op=self._dist.ReduceOp.MIN))
         self._run("check_same(max)", lambda: self._dist.all_reduce(high, op=self._dist.ReduceOp.MAX))
         if not bool(torch.equal(low, high)):
-            raise RankFailure(f"rank {self.rank}: the ranks disagree on {what}; every rank must run the "
+            raise RankMismatch(f"rank {self.rank}: the ranks disagree on {what}; every rank must run the "
                               f"same configuration")
 
     def close(self):
@@ -308,10 +312,13 @@ def run_distributed(argv):
             stop = None
         exp = run_experiment(cfg, only=only, out_dir=args.out, resume=args.resume, stop_after_round=stop,
                              comm=comm, log=lambda msg: _say(comm, msg))
+    except RankMismatch as exc:
+        print(f"fedsim.distributed: error: {exc}", file=sys.stderr, flush=True)
+        _close(comm)
+        return 3
     except RankFailure as exc:
         print(f"fedsim.distributed: error: {exc}", file=sys.stderr, flush=True)
         _abandon(comm)
-        return 3
     except FedsimError as exc:
         _say(comm, f"fedsim: error: {exc}")
         _close(comm)
@@ -331,10 +338,11 @@ def _close(comm):
 
 
 def _abandon(comm):
-    """After a failed collective the group is unusable: stop the watchdog, skip the teardown
-    (destroying a group with a dead peer can block), and let the process exit."""
-    if comm is not None:
-        comm._watchdog.stop()
+    """After a failed collective the group is unusable: skip the teardown (destroying a
+    group with a dead peer can block or abort) and end the process with status 3."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(3)
 
 
 def main(argv=None):
