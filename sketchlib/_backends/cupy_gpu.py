@@ -362,10 +362,12 @@ def heavy(table, d, threshold, keys):
         _estimates(table, keys, None, d, est, count=count, thr=thr)
         m = int(count.get()[0])
         out_idx, out_val = cp.empty(m, np.int64), cp.empty(m, dt)
-        if m:
-            n_out = cp.zeros(1, dtype=np.uint64)
-            _launch("sk_threshold_compact_" + _sfx(table), d,
-                    (est, np.int64(d), thr, out_idx, out_val, n_out, np.int64(m)))
+        if m == 0:
+            return out_idx, out_val
+        n_out = cp.zeros(1, dtype=np.uint64)
+        _launch("sk_threshold_compact_" + _sfx(table), d,
+                (est, np.int64(d), thr, out_idx, out_val, n_out, np.int64(m)))
+        del est
         order = cp.argsort(out_idx)
         return out_idx[order], out_val[order]
 
