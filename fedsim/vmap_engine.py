@@ -141,13 +141,14 @@ class VmapEngine:
         return w
 
     # --------------------------------------------------------------- chunking
-    def per_client_bytes(self, model, flat_params, batches):
-        """Estimated bytes one client adds to a chunk of :meth:`gradients`.
+    def per_client_bytes(self, model, flat_params, batches, d_rows=3):
+        """Estimated bytes one client adds to a chunk.
 
         Measured, not guessed: the bytes autograd saves for the forward of one
         client's (largest) batch, counted with ``saved_tensors_hooks`` and
-        cached per sample shape, plus three d-length rows (the gradient being
-        built, the per-parameter gradient pieces, and the output row).
+        cached per sample shape, plus ``d_rows`` d-length rows per client (3 for
+        the per-client paths: the gradient being built, the per-parameter
+        gradient pieces and the output row; 0 for the summed path).
         """
         n_max = max(int(x.shape[0]) for x, _ in batches)
         x0 = batches[0][0]
@@ -166,16 +167,16 @@ class VmapEngine:
                 out = functional_call(model, {**param_views(model, probe), **fixed}, (xs,))
             del out, probe
             self._saved_cache[key] = saved[0]
-        return self._saved_cache[key] + 3 * flat_params.numel() * flat_params.element_size()
+        return self._saved_cache[key] + d_rows * flat_params.numel() * flat_params.element_size()
 
-    def chunk_size(self, model, flat_params, batches):
-        """Clients per chunk for this round under the engine's limits."""
+    def chunk_size(self, model, flat_params, batches, d_rows=3):
+        """Clients per chunk for this round under the engine's limits (see :meth:`per_client_bytes`)."""
         n = len(batches)
         size = n
         if self.max_clients_per_chunk is not None:
             size = min(size, self.max_clients_per_chunk)
         if self.memory_budget_mb is not None:
-            per = self.per_client_bytes(model, flat_params, batches)
+            per = self.per_client_bytes(model, flat_params, batches, d_rows)
             size = min(size, chunk_size_for_budget(int(self.memory_budget_mb * 2**20), per, n))
         return max(1, size)
 
@@ -228,25 +229,48 @@ class VmapEngine:
         torch.Tensor of shape (d,)
             On ``flat_params``' device and dtype.
         """
-        d = self._check(model, flat_params, batches)
+        self._check(model, flat_params, batches)
         fixed = fixed_tensors(model)
-        device = flat_params.device
         w = self._weights(weights, len(batches), flat_params)
-        step = self.chunk_size(model, flat_params, batches)
         total = torch.zeros_like(flat_params)
         flat = flat_params.detach()
+        for x, y, per_sample in self._union_chunks(model, flat_params, batches, w):
+            def loss(f, x=x, y=y, per_sample=per_sample):
+                logits = functional_call(model, {**param_views(model, f), **fixed}, (x,))
+                return (F.cross_entropy(logits, y, reduction="none") * per_sample).sum()
+
+            total += grad(loss)(flat)
+        return total
+
+    def _union_chunks(self, model, flat_params, batches, w):
+        """``(x, y, per-sample weight w_i / n_i)`` of chunks of clients, concatenated."""
+        device = flat_params.device
+        step = self.chunk_size(model, flat_params, batches, d_rows=0)
         for start in range(0, len(batches), step):
             part = batches[start:start + step]
             x = torch.cat([b[0] for b in part]).to(device, non_blocking=True)
             y = torch.cat([b[1] for b in part]).to(device, non_blocking=True)
             counts = torch.tensor([int(b[0].shape[0]) for b in part], device=device)
-            per_sample = torch.repeat_interleave(w[start:start + step] / counts.to(w.dtype), counts)
+            per_sample = torch.repeat_interleave(w[start:start + step] / counts.to(w.dtype), counts,
+                                                 output_size=int(x.shape[0]))
+            yield x, y, per_sample
 
-            def loss(f):
-                logits = functional_call(model, {**param_views(model, f), **fixed}, (x,))
-                return (F.cross_entropy(logits, y, reduction="none") * per_sample).sum()
+    @torch.no_grad()
+    def loss_sum(self, model, flat_params, batches, weights=None):
+        """Weighted sum of the clients' mean losses, ``sum_i w_i L_i``, as a 1-element tensor.
 
-            total += grad(loss)(flat)
+        One forward over the round's union batch (no host synchronisation);
+        what a per-client loop of forwards computes for the round's train loss.
+        Parameters are as in :meth:`gradient_sum`.
+        """
+        self._check(model, flat_params, batches)
+        fixed = fixed_tensors(model)
+        w = self._weights(weights, len(batches), flat_params)
+        total = torch.zeros(1, dtype=flat_params.dtype, device=flat_params.device)
+        params = param_views(model, flat_params.detach())
+        for x, y, per_sample in self._union_chunks(model, flat_params, batches, w):
+            logits = functional_call(model, {**params, **fixed}, (x,))
+            total += (F.cross_entropy(logits, y, reduction="none") * per_sample).sum()
         return total
 
     def gradients(self, model, flat_params, batches):

@@ -85,6 +85,19 @@ def test_gradient_sum_equals_weighted_loop_sum(sizes, chunk, seed):
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
 
 
+@given(sizes=sizes_st, chunk=st.integers(1, 8), seed=st.integers(0, 2**16))
+def test_loss_sum_equals_weighted_loop_of_forwards(sizes, chunk, seed):
+    model = _small_cnn()
+    flat = _flat(model)
+    batches = _batches(sizes, seed)
+    weights = torch.rand(len(sizes), generator=torch.Generator().manual_seed(seed))
+    with torch.no_grad():
+        expected = sum(w * F.cross_entropy(model(x), y) for w, (x, y) in zip(weights, batches))
+    got = VmapEngine(max_clients_per_chunk=chunk).loss_sum(model, flat, batches, weights)
+    assert got.shape == (1,)
+    torch.testing.assert_close(got[0], expected, rtol=1e-5, atol=1e-6)
+
+
 def test_gradient_sum_default_weights_are_the_mean():
     model = _small_cnn()
     flat = _flat(model)
@@ -156,6 +169,8 @@ def test_memory_budget_sets_chunk_size_and_keeps_results():
     # Measured: at least the three d-rows, plus activations that grow with the batch.
     assert per > 3 * 4 * flat.numel()
     assert eng.per_client_bytes(model, flat, _batches([8] * 6, 3)) > per
+    # The summed path keeps no per-client d-rows, so more clients fit a budget.
+    assert eng.per_client_bytes(model, flat, batches, d_rows=0) == per - 3 * 4 * flat.numel()
     for clients in (1, 2, 5):
         tight = VmapEngine(memory_budget_mb=clients * per / 2**20)
         assert tight.chunk_size(model, flat, batches) == clients
