@@ -93,10 +93,13 @@ def plot_experiment(results, out_dir):
     for r in results:
         groups.setdefault(r.group, []).append(r)
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
-    for group, runs in groups.items():
+    cmap = plt.get_cmap("tab20" if len(groups) > 10 else "tab10")
+    markers = "os^Dv<>p*h"
+    for i, (group, runs) in enumerate(groups.items()):
         ok = sorted((r for r in runs if r.status == "ok"), key=lambda r: r.compression)
         bad = [r for r in runs if r.status != "ok"]
-        line = ax.plot([r.compression for r in ok], [r.final_acc for r in ok], "o-", label=group)[0]
+        line = ax.plot([r.compression for r in ok], [r.final_acc for r in ok], "-", marker=markers[i % 10],
+                       color=cmap(i % cmap.N), label=group)[0]
         if bad:
             ax.plot([r.compression for r in bad], [0.0] * len(bad), "x", color=line.get_color(), ms=9,
                     label=f"{group} (diverged)")
@@ -111,14 +114,16 @@ def plot_experiment(results, out_dir):
     plt.close(fig)
 
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(12, 4.5))
-    for r in results:
+    colors = plt.get_cmap("tab20" if len(results) > 10 else "tab10")
+    for i, r in enumerate(results):
         pts = [(h["round"], (h["total_up"] + h["total_down"]) / 1e6, h["test_acc"]) for h in r.history
                if h.get("test_acc") is not None]
         if not pts:
             continue
         rounds, mb, acc = zip(*pts)
-        a1.plot(rounds, acc, label=r.label, lw=1)
-        a2.plot(mb, acc, label=r.label, lw=1)
+        style = {"color": colors(i % colors.N), "lw": 1, "ls": "-" if i < 20 else "--"}
+        a1.plot(rounds, acc, label=r.label, **style)
+        a2.plot(mb, acc, label=r.label, **style)
     a1.set_xlabel("round")
     a2.set_xlabel("total MB (upload + download)")
     a2.set_xscale("log")
