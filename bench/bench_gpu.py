@@ -249,7 +249,9 @@ def print_table(results, card):
            f"{'goal':>7} {'ok':>3} {'peak MB':>8} {'base MB':>8}  note"
     print(head)
     print("-" * len(head))
-    fmt = lambda v, f: "-" if v is None else format(v, f)  # noqa: E731
+    def fmt(v, f):
+        """Format a number, or a dash of the same width."""
+        return format(v, f) if v is not None else format("-", ">" + f.split(".")[0])
     for r in results:
         ratio = r["base_ms"] / r["ours_ms"] if r["base_ms"] and r["ours_ms"] else None
         ok = "-" if r["goal_ms"] is None else ("yes" if r["ours_ms"] <= r["goal_ms"] else "NO")

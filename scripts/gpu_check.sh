@@ -56,7 +56,7 @@ if os.path.exists(path):
     per = {}
     for case in ET.parse(path).getroot().iter("testcase"):
         parts = (case.get("classname") or "?").split(".")
-        last = next((i for i, p in enumerate(parts) if p.startswith("test")), len(parts) - 1)
+        last = next((i for i, p in enumerate(parts) if p.startswith("test_")), len(parts) - 1)
         f = "/".join(parts[:last + 1]) + ".py"
         c = per.setdefault(f, {"passed": 0, "failed": 0, "error": 0, "skipped": 0})
         kinds = [child.tag for child in case]

@@ -204,12 +204,16 @@ def test_topk_property(rows, k, seed, cap):
 
 
 def test_topk_large_planted():
-    d, k = 1 << 21, 1000
+    # k << cols: a light coordinate sharing a bucket with a heavy one in 3 of 5 rows
+    # (and so estimated heavy) is then unlikely (~0.02 expected here).
+    d, k, cols = 1 << 21, 200, 200_000
     rng = np.random.default_rng(5)
     x = (rng.standard_normal(d) * 0.01).astype(np.float32)
     heavy = rng.choice(d, k, replace=False)
     x[heavy] = rng.choice([-1, 1], k) * (10 + rng.random(k))
-    gpu = CountSketch(d, 5, 50_000, backend="cupy").insert(cp.asarray(x))
+    ref = CountSketch(d, 5, cols, backend="numpy").insert(x)
+    assert set(ref.topk(k)[0].tolist()) == set(heavy.tolist())    # the planting works on the reference
+    gpu = CountSketch(d, 5, cols, backend="cupy").insert(cp.asarray(x))
     idx, vals = gpu.topk(k)
     assert set(cp.asnumpy(idx).tolist()) == set(heavy.tolist())
     np.testing.assert_allclose(cp.asnumpy(vals), x[cp.asnumpy(idx)], atol=0.5)

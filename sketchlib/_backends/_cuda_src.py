@@ -422,14 +422,15 @@ __device__ void sk_radix_hist(const T* __restrict__ est, i64 n, u64* __restrict_
         if (sh[t]) atomicAdd(hist + t, (u64)sh[t]);
 }
 
-// Split a stored estimate buffer by key relative to a radix prefix:
-//   key >> pshift >  prefix -> "sure" list (all of them belong to the top k),
-//   key >> pshift == prefix -> "candidate" list, at most cand_cap kept.
+// Split a stored estimate buffer by key relative to a radix prefix, into one output list
+// (index, value, -|value| as the sort key):
+//   key >> pshift >  prefix -> "sure" (all belong to the top k): slots [0, n_sure);
+//   key >> pshift == prefix -> candidate: slots [n_sure, n_sure + cand_cap), extras dropped.
+// counters[0] / counters[1] count the two kinds.
 template <typename T>
 __device__ void sk_radix_compact(const T* __restrict__ est, i64 n, u64 prefix, int pshift,
-                                 i64* __restrict__ sure_idx, T* __restrict__ sure_val, u64* sure_n,
-                                 i64* __restrict__ cand_idx, T* __restrict__ cand_val, u64* cand_n,
-                                 i64 cand_cap) {
+                                 i64* __restrict__ out_idx, T* __restrict__ out_val, T* __restrict__ out_key,
+                                 u64* counters, i64 n_sure, i64 cand_cap) {
     const int lane = threadIdx.x & 31;
     for (i64 base = sk_tid() - lane; base < n; base += sk_nthreads()) {
         const i64 t = base + lane;
@@ -437,10 +438,10 @@ __device__ void sk_radix_compact(const T* __restrict__ est, i64 n, u64 prefix, i
         u64 top = 0;
         bool in = t < n;
         if (in) { v = __ldcs(est + t); top = sk_key(v) >> pshift; }
-        i64 s = sk_warp_append(sure_n, in && top > prefix);
-        if (s >= 0) { sure_idx[s] = t; sure_val[s] = v; }
-        i64 c = sk_warp_append(cand_n, in && top == prefix);
-        if (c >= 0 && c < cand_cap) { cand_idx[c] = t; cand_val[c] = v; }
+        i64 slot = sk_warp_append(counters, in && top > prefix);
+        const i64 c = sk_warp_append(counters + 1, in && top == prefix);
+        if (c >= 0) slot = c < cand_cap ? n_sure + c : -1;
+        if (slot >= 0) { out_idx[slot] = t; out_val[slot] = v; out_key[slot] = v < T(0) ? v : -v; }
     }
 }
 
@@ -560,11 +561,9 @@ SK_EST_R(T, S, 0) SK_EST_R(T, S, 1) SK_EST_R(T, S, 2) SK_EST_R(T, S, 3) SK_EST_R
 SK_EST_R(T, S, 5) SK_EST_R(T, S, 6) SK_EST_R(T, S, 7) SK_EST_R(T, S, 8) \
 __global__ void sk_radix_hist_##S(const T* est, i64 n, u64* hist, u64 prefix, int shift, int width) { \
     sk_radix_hist<T>(est, n, hist, prefix, shift, width); } \
-__global__ void sk_radix_compact_##S(const T* est, i64 n, u64 prefix, int pshift, i64* sure_idx, \
-                                     T* sure_val, u64* sure_n, i64* cand_idx, T* cand_val, u64* cand_n, \
-                                     i64 cand_cap) { \
-    sk_radix_compact<T>(est, n, prefix, pshift, sure_idx, sure_val, sure_n, cand_idx, cand_val, cand_n, \
-                        cand_cap); } \
+__global__ void sk_radix_compact_##S(const T* est, i64 n, u64 prefix, int pshift, i64* out_idx, T* out_val, \
+                                     T* out_key, u64* counters, i64 n_sure, i64 cand_cap) { \
+    sk_radix_compact<T>(est, n, prefix, pshift, out_idx, out_val, out_key, counters, n_sure, cand_cap); } \
 __global__ void sk_threshold_compact_##S(const T* est, i64 n, T thr, i64* out_idx, T* out_val, u64* out_n, \
                                          i64 cap) { \
     sk_threshold_compact<T>(est, n, thr, out_idx, out_val, out_n, cap); } \

@@ -12,9 +12,15 @@ of the top 12 bits of ``|estimate|`` (the float bits of a non-negative float
 order like unsigned integers), one block finds the bin holding the k-th
 largest, a compaction pass keeps the coordinates above that bin (all in the
 top-k) and those inside it (candidates); further 12-bit passes narrow the bin
-down while it holds too many candidates, and an exact partial sort of the few
-candidates finishes the job.  One host synchronisation per pass reads the
-counts needed to size the buffers (one pass in practice).
+down while it holds too many candidates, and one radix sort of the survivors
+(k plus the candidates) orders them and drops the extra candidates.  One host
+synchronisation per pass reads the counts needed to size the buffers (one pass
+in practice).
+
+Dense inserts are bound by random float atomics into the table (~100 G/s on an
+H200, whatever the kernel: every variant in ``INSERT_VARIANTS`` timed within 4%
+of the others, except "dsmem", which keeps the table in distributed shared
+memory and was 2.6x slower); ``bench/bench_gpu.py`` times them all.
 
 Floating-point atomics land in a device-chosen order, so a table built here
 equals the NumPy reference's only up to float rounding: each bucket is a sum of
@@ -317,7 +323,7 @@ def topk(table, d, k, keys):
         cap = max(cap, k)  # room for the whole answer even when every candidate ties
         est = cp.empty(d, dtype=dt)
         hist = cp.zeros(1 << _HIST_BITS, dtype=np.uint64)
-        state = cp.zeros(3, dtype=np.uint64)
+        state = cp.empty(3, dtype=np.uint64)  # sk_radix_pick always writes it
         pshift = _KEY_BITS[dt.name]
         width = min(_HIST_BITS, pshift)
         _estimates(table, keys, None, d, est, hist=hist, prefix=0, shift=pshift - width, width=width)
@@ -333,22 +339,18 @@ def topk(table, d, k, keys):
             _launch("sk_radix_hist_" + sfx, d,
                     (est, np.int64(d), hist, np.uint64(prefix), np.int32(pshift - width), np.int32(width)))
         n_cand = min(eq, cap)
-        sure_idx, sure_val = cp.empty(max(above_total, 1), np.int64), cp.empty(max(above_total, 1), dt)
-        cand_idx, cand_val = cp.empty(n_cand, np.int64), cp.empty(n_cand, dt)
+        n_out = above_total + n_cand
+        out_idx, out_val, out_key = cp.empty(n_out, np.int64), cp.empty(n_out, dt), cp.empty(n_out, dt)
         counters = cp.zeros(2, dtype=np.uint64)
         _launch("sk_radix_compact_" + sfx, d,
-                (est, np.int64(d), np.uint64(prefix), np.int32(pshift), sure_idx, sure_val, counters[0:1],
-                 cand_idx, cand_val, counters[1:2], np.int64(n_cand)))
+                (est, np.int64(d), np.uint64(prefix), np.int32(pshift), out_idx, out_val, out_key, counters,
+                 np.int64(above_total), np.int64(n_cand)))
         del est
-        if need < n_cand and pshift > 0:
-            sel = cp.argpartition(-cp.abs(cand_val), need - 1)[:need]
-            cand_idx, cand_val = cand_idx[sel], cand_val[sel]
-        else:  # exactly need candidates, or all of them share one |value|
-            cand_idx, cand_val = cand_idx[:need], cand_val[:need]
-        idx = cp.concatenate([sure_idx[:above_total], cand_idx])
-        vals = cp.concatenate([sure_val[:above_total], cand_val])
-        order = cp.argsort(-cp.abs(vals))
-        return idx[order], vals[order]
+        # Every "sure" entry outranks every candidate, so one radix sort of -|v| over the
+        # k + a few candidates both selects and orders.  (cupy.argpartition, tried first,
+        # cost ~1 ms here.)
+        order = cp.argsort(out_key)[:k]
+        return out_idx[order], out_val[order]
 
 
 def heavy(table, d, threshold, keys):
