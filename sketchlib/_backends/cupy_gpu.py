@@ -26,8 +26,9 @@ Floating-point atomics land in a device-chosen order, so a table built here
 equals the NumPy reference's only up to float rounding: each bucket is a sum of
 the same terms in another order (relative difference of order
 ``eps * (sum of |terms|) / |sum|``; tests use ``rtol = 100 eps`` and
-``atol = 10 eps (d / cols) max|x|``, each bucket summing about ``d / cols`` terms).  Queries, estimates, top-k and heavy hitters on a given
-table are exact: they match the reference bit for bit.
+``atol = 10 eps (d / cols) max|x|``, each bucket summing about ``d / cols``
+terms).  Queries, estimates, top-k and heavy hitters on a given table are
+exact: they match the reference bit for bit.
 """
 import numpy as np
 
