@@ -233,3 +233,20 @@ def test_watchdog_leaves_a_finished_collective_alone():
     w.leave()
     time.sleep(0.5)  # still alive: the watchdog would have ended this process
     w.stop()
+
+
+@pytest.mark.gpu
+def test_nccl_rank_on_cuda_follows_one_process(tmp_path):
+    """The NCCL path (one rank per GPU; one GPU here): same run as a plain CUDA process."""
+    cfg_path = tmp_path / "cuda.toml"
+    cfg_path.write_text(CONFIG.replace('engine = "vmap"', 'engine = "vmap"\ndevice = "cuda"')
+                        .replace('sketch_backend = "numpy"', 'sketch_backend = "auto"'))
+    run_experiment(load_config(str(cfg_path), []), only=["uncompressed", "fetchsgd_all"], out_dir=tmp_path / "one",
+                   log=lambda m: None)
+    results = _launch(1, ["--config", str(cfg_path), "--only", "uncompressed,fetchsgd_all", "--out",
+                          str(tmp_path / "nccl")], cwd=tmp_path)
+    assert results[0][0] == 0, results[0][1][-3000:]
+    assert "backend nccl" in results[0][1]
+    for label in ("uncompressed", "fetchsgd_all"):
+        a, b = _params(tmp_path / "one" / label), _params(tmp_path / "nccl" / label)
+        torch.testing.assert_close(b, a, rtol=1e-3, atol=1e-5)
