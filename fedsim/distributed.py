@@ -305,6 +305,8 @@ def run_distributed(argv):
         comm.check_same(",".join(s.config_hash() for s in specs), "the configuration")
         _say(comm, f"fedsim.distributed: {comm.world_size} ranks, backend {comm.backend}, "
                    f"device {device}, {len(specs)} run(s)")
+        if args.resume:
+            _check_resume_files(comm, cfg, specs, args.out)
         from .simulator import run_experiment
 
         stop = args.stop_after_round
@@ -329,6 +331,26 @@ def run_distributed(argv):
         return 2
     _close(comm)
     return 0 if all(r.status == "ok" for r in exp.runs) else 1
+
+
+def _check_resume_files(comm, cfg, specs, out):
+    """Every rank must see the same checkpoints: rank 0 writes them, all ranks read them.
+
+    Without a shared output folder some ranks would resume and others start over,
+    and their trajectories would silently part; refuse instead.
+    """
+    from pathlib import Path
+
+    from .simulator import CHECKPOINT_NAME, _safe_name
+
+    root = Path(out) if out is not None else Path(cfg.output.dir) / cfg.output.name
+    seen = []
+    for spec in specs:
+        for name in ("summary.json", CHECKPOINT_NAME):
+            path = root / _safe_name(spec.label) / name
+            seen.append(hashlib.sha256(path.read_bytes()).hexdigest() if path.exists() else "-")
+    comm.check_same(",".join(seen), f"the checkpoints under {root} (--resume needs one output folder "
+                                    f"that every rank reads, e.g. on a shared filesystem)")
 
 
 def _close(comm):

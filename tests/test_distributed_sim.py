@@ -78,14 +78,18 @@ def _env(extra=None):
     return env
 
 
-def _launch(nprocs, args, cwd, timeout=LAUNCH_TIMEOUT):
-    """Start ``nprocs`` ranks with torchrun's environment; return [(returncode, stderr, seconds)]."""
+def _launch(nprocs, args, cwd, timeout=LAUNCH_TIMEOUT, rank_args=None):
+    """Start ``nprocs`` ranks with torchrun's environment; return [(returncode, stderr, seconds)].
+
+    ``rank_args[r]``, when given, is appended to rank r's arguments.
+    """
     port = _free_port()
     procs = []
     for rank in range(nprocs):
         env = _env({"RANK": str(rank), "WORLD_SIZE": str(nprocs), "LOCAL_RANK": str(rank),
                     "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)})
-        procs.append((subprocess.Popen([sys.executable, "-m", "fedsim.distributed", "run", *args], cwd=cwd,
+        extra = rank_args[rank] if rank_args else []
+        procs.append((subprocess.Popen([sys.executable, "-m", "fedsim.distributed", "run", *args, *extra], cwd=cwd,
                                        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True),
                       time.monotonic()))
     out = []
@@ -172,12 +176,24 @@ def test_checkpoint_of_two_ranks_resumes_in_one_process_and_back(setup):
         torch.set_num_threads(threads)
     _assert_same_trajectory(base / "one", ckpt_dir, "fetchsgd_all", strict=True)
 
-    # And back: a one-process checkpoint resumed on two ranks.
+    # And back: a one-process checkpoint (rounds 1-2 here, through the Simulation API) resumed
+    # on two ranks.
+    from fedsim.simulator import Simulation
+
     ckpt_dir1 = base / "ckpt1"
-    proc = subprocess.run([sys.executable, "-m", "fedsim", "run", "--config", str(cfg), "--only", "uncompressed",
-                           "--out", str(ckpt_dir1), "--stop-after-round", "2"],
-                          cwd=base, env=_env(), capture_output=True, text=True, timeout=LAUNCH_TIMEOUT)
-    assert proc.returncode == -9, proc.stderr[-2000:]
+    spec = load_config(str(cfg), []).runs(["uncompressed"])[0]
+    sim = Simulation(spec, out_dir=ckpt_dir1 / "uncompressed")
+    try:
+        for _ in range(2):
+            sim.step()
+        sim.save_checkpoint()
+    finally:
+        torch.set_num_threads(threads)
+    # Ranks that see different output folders (no shared filesystem) must refuse to resume.
+    results = _launch(2, ["--config", str(cfg), "--only", "uncompressed", "--resume"], cwd=base,
+                      rank_args=[["--out", str(ckpt_dir1)], ["--out", str(base / "elsewhere")]])
+    assert [r[0] for r in results] == [3, 3], results[0][1][-2000:]
+    assert "checkpoints" in results[0][1] and "shared filesystem" in results[0][1]
     results = _launch(2, ["--config", str(cfg), "--only", "uncompressed", "--out", str(ckpt_dir1), "--resume"],
                       cwd=base)
     assert [r[0] for r in results] == [0, 0], results[0][1][-2000:]
