@@ -79,7 +79,7 @@ def test_default_config_loads_and_hash_tracks_changes():
     cfg = load_config()
     specs = cfg.runs()
     assert {s.rule.name for s in specs} == {"fetchsgd", "uncompressed", "true_topk", "local_topk", "fedavg"}
-    other = load_config(None, ["rule.rows=3"])
+    other = load_config(None, ["rule.rows=4"])
     a = {s.label: s.config_hash() for s in specs}
     b = {s.label: s.config_hash() for s in other.runs()}
     assert a["uncompressed"] != b["uncompressed"]
