@@ -57,7 +57,7 @@ def _args(argv):
     p.add_argument("--cols", type=int, default=500_000)
     p.add_argument("--k", type=int, default=50_000)
     p.add_argument("--rounds", type=int, default=None, help="timed rounds per stage")
-    p.add_argument("--time-limit", type=float, default=85.0, help="hard limit for the whole script (s)")
+    p.add_argument("--time-limit", type=float, default=80.0, help="hard limit for the whole script (s)")
     p.add_argument("--skip-simulator", action="store_true", help="only the engine-level stages")
     a = p.parse_args(argv)
     if a.cpu_smoke:
