@@ -47,6 +47,22 @@ def _check_layout(model, flat_params):
     return d
 
 
+def _flatten_into(grads, out):
+    """Write a dict of (batched) parameter gradients into the columns of ``out`` (no d-sized temporaries).
+
+    Differentiating with respect to the parameters, not to slices of the flat
+    vector, matters under vmap: the backward of each slice would allocate a full
+    (clients, d) buffer per parameter tensor.
+    """
+    col = 0
+    lead = out.shape[:-1]
+    for g in grads.values():
+        n = g[0].numel() if lead else g.numel()
+        out[..., col:col + n] = g.reshape(*lead, n)
+        col += n
+    return out
+
+
 def chunk_size_for_budget(budget_bytes, per_client_bytes, num_clients):
     """How many clients fit a memory budget (at least one, at most all).
 
@@ -182,9 +198,9 @@ class VmapEngine:
 
     # ----------------------------------------------------------------- losses
     def _client_loss(self, model, fixed):
-        """``loss(flat, x, y, mask)``: masked mean cross entropy of one client."""
-        def loss(flat, x, y, mask):
-            logits = functional_call(model, {**param_views(model, flat), **fixed}, (x,))
+        """``loss(params, x, y, mask)``: masked mean cross entropy of one client."""
+        def loss(params, x, y, mask):
+            logits = functional_call(model, {**params, **fixed}, (x,))
             per = F.cross_entropy(logits, y, reduction="none")
             return (per * mask).sum() / mask.sum()
         return loss
@@ -233,13 +249,14 @@ class VmapEngine:
         fixed = fixed_tensors(model)
         w = self._weights(weights, len(batches), flat_params)
         total = torch.zeros_like(flat_params)
-        flat = flat_params.detach()
+        params = param_views(model, flat_params.detach())
+        part = torch.empty_like(flat_params)
         for x, y, per_sample in self._union_chunks(model, flat_params, batches, w):
-            def loss(f, x=x, y=y, per_sample=per_sample):
-                logits = functional_call(model, {**param_views(model, f), **fixed}, (x,))
+            def loss(p, x=x, y=y, per_sample=per_sample):
+                logits = functional_call(model, {**p, **fixed}, (x,))
                 return (F.cross_entropy(logits, y, reduction="none") * per_sample).sum()
 
-            total += grad(loss)(flat)
+            total += _flatten_into(grad(loss)(params), part)
         return total
 
     def _union_chunks(self, model, flat_params, batches, w):
@@ -284,10 +301,10 @@ class VmapEngine:
         step = self.chunk_size(model, flat_params, batches)
         per_client = vmap(grad(self._client_loss(model, fixed)), in_dims=(None, 0, 0, 0))
         out = torch.empty((len(batches), d), dtype=flat_params.dtype, device=device)
-        flat = flat_params.detach()
+        params = param_views(model, flat_params.detach())
         for start in range(0, len(batches), step):
             xs, ys, mask = self._pad(batches[start:start + step], device, flat_params.dtype)
-            out[start:start + xs.shape[0]] = per_client(flat, xs, ys, mask)
+            _flatten_into(per_client(params, xs, ys, mask), out[start:start + xs.shape[0]])
         return out
 
     def local_train(self, model, flat_params, batches, *, lr, epochs=1, batch_size=None,
@@ -336,18 +353,20 @@ class VmapEngine:
         for start in range(0, len(batches), chunk):
             part = batches[start:start + chunk]
             part_orders = None if orders is None else orders[start:start + chunk]
-            out[start:start + len(part)] = self._local_chunk(
-                step_grad, flat_params.detach(), part, part_orders, lr, epochs, batch_size,
-                weight_decay, device, dtype)
+            final = self._local_chunk(step_grad, param_views(model, flat_params.detach()), part, part_orders,
+                                      lr, epochs, batch_size, weight_decay, device, dtype)
+            rows = out[start:start + len(part)]
+            _flatten_into(final, rows)
+            rows -= flat_params.detach()
         return out
 
     @staticmethod
-    def _local_chunk(step_grad, flat, part, orders, lr, epochs, batch_size, weight_decay, device, dtype):
-        """Local SGD of one chunk of clients; returns their deltas."""
+    def _local_chunk(step_grad, start, part, orders, lr, epochs, batch_size, weight_decay, device, dtype):
+        """Local SGD of one chunk of clients; returns their final parameters (dict of stacks)."""
         sizes = [int(x.shape[0]) for x, _ in part]
         n_max = max(sizes)
         bs = n_max if batch_size is None else batch_size
-        params = flat.unsqueeze(0).repeat(len(part), 1)
+        params = {name: p.unsqueeze(0).repeat(len(part), *([1] * p.ndim)) for name, p in start.items()}
         for epoch in range(epochs):
             # Each client's samples in this epoch's order, padded to n_max.
             ordered = []
@@ -361,8 +380,9 @@ class VmapEngine:
                 # mask becomes all ones only to keep the mean finite.
                 active = m.sum(dim=1) > 0
                 m = torch.where(active.unsqueeze(1), m, torch.ones_like(m))
-                g = step_grad(params, xs[:, lo:lo + bs], ys[:, lo:lo + bs], m)
-                if weight_decay:
-                    g = g + weight_decay * params
-                params = params - lr * active.to(dtype).unsqueeze(1) * g
-        return params - flat.unsqueeze(0)
+                grads = step_grad(params, xs[:, lo:lo + bs], ys[:, lo:lo + bs], m)
+                scale = (lr * active.to(dtype))
+                for name, p in params.items():
+                    g = grads[name] + weight_decay * p if weight_decay else grads[name]
+                    params[name] = p - scale.view(-1, *([1] * (p.ndim - 1))) * g
+        return params
