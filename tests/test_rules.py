@@ -4,11 +4,13 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
+from hypothesis import given
+from hypothesis import strategies as st
 from torch.nn import functional as F
 
 from fedsim import Simulation, parse_config
 from fedsim.compressors import IdentitySketch
-from sketchlib import CountSketch
+from sketchlib import CountSketch, SketchError
 
 BASE = {
     "data": {"dataset": "digits", "num_clients": 40, "partition": "pathological", "classes_per_client": 1},
@@ -194,3 +196,26 @@ def test_fetchsgd_wide_sketch_agrees_with_true_topk_on_first_round():
     a = set(torch.nonzero(exact.params != start).flatten().tolist())
     b = set(torch.nonzero(wide.params != start).flatten().tolist())
     assert len(a & b) >= 95
+
+
+@given(st.data())
+def test_identity_sketch_matches_numpy(data):
+    d = data.draw(st.integers(1, 60))
+    floats = st.floats(-1e3, 1e3, allow_nan=False, width=32)
+    x = np.array(data.draw(st.lists(floats, min_size=d, max_size=d)), dtype=np.float32)
+    idx = np.array(data.draw(st.lists(st.integers(0, d - 1), max_size=20)), dtype=np.int64)
+    vals = np.array(data.draw(st.lists(floats, min_size=len(idx), max_size=len(idx))), dtype=np.float32)
+    s = IdentitySketch(d).insert(x).insert_sparse(idx, vals)
+    want = x.copy()
+    np.add.at(want, idx, vals)
+    np.testing.assert_array_equal(s.estimate_all(), want)
+    k = data.draw(st.integers(1, d))
+    top, v = s.topk(k)
+    assert len(set(top.tolist())) == k
+    mags = np.abs(want)
+    assert np.all(np.abs(v) == mags[top])
+    assert np.all(np.diff(np.abs(v)) <= 0)
+    assert np.abs(v).min() >= np.sort(mags)[::-1][k - 1]
+    with pytest.raises(SketchError):
+        s.insert(np.full(d, np.nan, dtype=np.float32))
+    np.testing.assert_array_equal(s.estimate_all(), want)  # a rejected insert changes nothing
