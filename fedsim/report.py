@@ -158,3 +158,4 @@ def write_experiment(exp, cfg, *, plot=True, log=None):
     if plot and exp.runs:
         comp, curves = plot_experiment(exp.runs, out)
         (log or print)(f"wrote {comp} and {curves}")
+    (log or print)(f"results in {out}/ (results.csv, table.txt, one folder per run with metrics.{cfg.output.metrics})")

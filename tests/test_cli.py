@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 
+from fedsim.checkpoint import load_checkpoint
 from fedsim.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
@@ -64,6 +65,19 @@ def test_kill_and_resume_equals_uninterrupted_run(tmp_path):
         sa, sb = json.loads((a / "summary.json").read_text()), json.loads((b / "summary.json").read_text())
         sa.pop("seconds"), sb.pop("seconds")
         assert sa == sb
+        # the final checkpoints hold identical sketches / errors, byte counters and RNG state
+        ca = load_checkpoint(a / "checkpoint.ckpt", sa["config_hash"])
+        cb = load_checkpoint(b / "checkpoint.ckpt", sb["config_hash"])
+        for part in ("rule", "accounting"):
+            for key, value in ca[part].items():
+                if isinstance(value, torch.Tensor):
+                    assert torch.equal(value, cb[part][key]), (run, part, key)
+                elif isinstance(value, dict):
+                    assert value.keys() == cb[part][key].keys()
+                    assert all(torch.equal(v, cb[part][key][c]) for c, v in value.items())
+                else:
+                    assert value == cb[part][key]
+        assert torch.equal(ca["torch_rng"], cb["torch_rng"])
     assert (tmp_path / "full" / "table.txt").read_text() == (tmp_path / "cut" / "table.txt").read_text()
     # resuming with another configuration is refused with a clear message
     (tmp_path / "cut" / "local" / "summary.json").unlink()
