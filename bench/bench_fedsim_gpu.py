@@ -66,6 +66,8 @@ def _args(argv):
         a.rows, a.cols, a.k = 3, 2000, 200
         a.rounds = a.rounds or 2
         a.image = (3, 16, 16)
+        # Small ops on a shared 2-core box: one thread avoids OpenMP spin contention.
+        torch.set_num_threads(1)
     else:
         a.image = (3, 32, 32)
     a.device = a.device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -84,7 +86,13 @@ class FetchSGDServer:
 
     def __init__(self, flat, rows, cols, k, lr=0.1, rho=0.9):
         self.k, self.lr, self.rho = k, lr, rho
-        self.momentum = at.new_sketch_like_tensor(flat, rows, cols)
+        if flat.device.type == "cpu":
+            # NumPy, not Numba, on the CPU: Numba's OpenMP workers spin after each parallel
+            # call and slow torch's next ops in the same process (up to 30x on 2 cores).
+            from sketchlib import CountSketch
+            self.momentum = CountSketch(flat.numel(), rows, cols, backend="numpy")
+        else:
+            self.momentum = at.new_sketch_like_tensor(flat, rows, cols)
         self.error = self.momentum.empty_like()
         self.device = flat.device
 
@@ -221,7 +229,8 @@ def _simulator_stages(a, device, rounds, budget_end):
             f"rule.rows={a.rows}", f"rule.cols={a.cols}"]
     num_train, num_test = 50_000, 2_000
     if a.cpu_smoke:
-        over += [f"model.name='{a.model}'", "data.num_clients=200"]
+        over += [f"model.name='{a.model}'", "data.num_clients=200", "train.threads=1",
+                 "rule.sketch_backend='numpy'"]
         num_train, num_test = 1_000, 200
     cfg = load_config(PAPER_CONFIG, over)
     spec = cfg.runs(["fetchsgd"])[0]
