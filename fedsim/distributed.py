@@ -299,6 +299,8 @@ def run_distributed(argv):
         if device.startswith("cuda:") and _env_int("WORLD_SIZE", 1) > 1:
             raise RankFailure(f"train.device = {device!r} pins every rank to one GPU; use 'cuda' "
                               f"(each rank then takes cuda:LOCAL_RANK)")
+        if device.startswith("cuda"):
+            _pick_gpu()
         comm = TorchDistributedCommunicator(backend, timeout_s=mine.timeout)
         only = [s.strip() for s in args.only.split(",")] if args.only else None
         specs = cfg.runs(only)
@@ -331,6 +333,19 @@ def run_distributed(argv):
         return 2
     _close(comm)
     return 0 if all(r.status == "ok" for r in exp.runs) else 1
+
+
+def _pick_gpu():
+    """Make cuda:LOCAL_RANK the current device (whatever the backend), so that "cuda" means it."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return  # the simulator says clearly that train.device = "cuda" needs a GPU
+    local, count = _env_int("LOCAL_RANK", 0), torch.cuda.device_count()
+    if local >= count:
+        raise RankFailure(f"LOCAL_RANK = {local} but this machine shows {count} CUDA device(s); "
+                          f"start at most {count} ranks per machine (--nproc-per-node {count})")
+    torch.cuda.set_device(local)
 
 
 def _check_resume_files(comm, cfg, specs, out):
