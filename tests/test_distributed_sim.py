@@ -257,8 +257,12 @@ def test_nccl_rank_on_cuda_follows_one_process(tmp_path):
     cfg_path = tmp_path / "cuda.toml"
     cfg_path.write_text(CONFIG.replace('engine = "vmap"', 'engine = "vmap"\ndevice = "cuda"')
                         .replace('sketch_backend = "numpy"', 'sketch_backend = "auto"'))
-    run_experiment(load_config(str(cfg_path), []), only=["uncompressed", "fetchsgd_all"], out_dir=tmp_path / "one",
-                   log=lambda m: None)
+    threads = torch.get_num_threads()
+    try:
+        run_experiment(load_config(str(cfg_path), []), only=["uncompressed", "fetchsgd_all"],
+                       out_dir=tmp_path / "one", log=lambda m: None)
+    finally:
+        torch.set_num_threads(threads)
     results = _launch(1, ["--config", str(cfg_path), "--only", "uncompressed,fetchsgd_all", "--out",
                           str(tmp_path / "nccl")], cwd=tmp_path)
     assert results[0][0] == 0, results[0][1][-3000:]
