@@ -455,7 +455,7 @@ def _progress(label, total, initial, enabled):
 
 def _safe_name(label):
     """A folder name for a run label."""
-    return "".join(ch if ch.isalnum() or ch in "-_.=," else "_" for ch in label)
+    return "".join(ch if ch.isalnum() or ch in "-_.=," else "_" for ch in label.replace("]", ""))
 
 
 def run_experiment(cfg, *, only=None, out_dir=None, resume=False, stop_after_round=None, progress=None,

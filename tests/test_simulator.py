@@ -135,7 +135,7 @@ def test_experiment_writes_results_table_metrics_and_plots(tmp_path):
     assert [r.status for r in exp.runs] == ["ok"] * 3
     for name in ("results.csv", "results.json", "table.txt", "compression.png", "curves.png", "config.toml"):
         assert (tmp_path / name).stat().st_size > 0
-    lines = (tmp_path / "fetch_k=20_" / "metrics.jsonl").read_text().splitlines()
+    lines = (tmp_path / "fetch_k=20" / "metrics.jsonl").read_text().splitlines()
     assert len(lines) == 4
     assert exp.runs[2].compression == 1.0 and exp.runs[0].compression > exp.runs[1].compression > 1.0
     # a saved config reproduces the same runs
