@@ -62,6 +62,18 @@ k = {MLP_DIGITS_D}
 label = "fetchsgd"
 rule = "fetchsgd"
 k = 200
+
+[[methods]]
+# The per-client paths of the engine: per-client gradients (vmap) and local training.
+label = "local_topk_all"
+rule = "local_topk"
+k = {MLP_DIGITS_D}
+
+[[methods]]
+label = "fedavg"
+rule = "fedavg"
+local_epochs = 2
+local_batch_size = 2
 """
 
 
@@ -141,7 +153,8 @@ def test_two_ranks_follow_one_process_via_torchrun(setup):
         cwd=base, env=_env(), capture_output=True, text=True, timeout=LAUNCH_TIMEOUT)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "2 ranks, backend gloo" in proc.stderr
-    for label, strict in (("uncompressed", True), ("fetchsgd_all", True), ("fetchsgd", False)):
+    for label, strict in (("uncompressed", True), ("fetchsgd_all", True), ("fetchsgd", False),
+                          ("local_topk_all", True), ("fedavg", True)):
         _assert_same_trajectory(base / "one", base / "two", label, strict)
     # Only rank 0 writes: one metrics file per run, with every round once.
     lines = (base / "two" / "uncompressed" / "metrics.csv").read_text().splitlines()
