@@ -329,7 +329,7 @@ def _table(rows, card, a):
     print(f"## fedsim round time, {card}")
     print(f"{a.clients} clients x {a.samples} images, {a.model}, sketch {a.rows}x{a.cols}, k={a.k}")
     print()
-    print(f"| stage | s/round | speed-up vs loop | peak MB | x {PAPER_ROUNDS} rounds |")
+    print(f"| stage | s/round | speed-up vs loop | torch peak MB | x {PAPER_ROUNDS} rounds |")
     print("|---|---|---|---|---|")
     for name, secs, err, peak in rows:
         if secs is None:
