@@ -206,6 +206,8 @@ def _guard(name, fn, device):
         msg = f"{type(exc).__name__}: {str(exc).splitlines()[0][:100] if str(exc) else ''}"
     if device.type == "cuda":
         torch.cuda.empty_cache()
+        if "cupy" in sys.modules:  # CuPy keeps its own pool (sketch tables)
+            sys.modules["cupy"].get_default_memory_pool().free_all_blocks()
     print(f"  [{name}] failed: {msg}", flush=True)
     return None, msg
 
