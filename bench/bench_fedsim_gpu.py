@@ -16,7 +16,7 @@ in one process, on the same model, data and sketch parameters:
 Prints the card, a table (median seconds per round, ratio vs loop, peak memory) and the
 projected time of the full 2,400-round run.  Every stage is guarded: out-of-memory or any
 error becomes a row saying so, the table printed so far stays, and a hard time limit
-(faulthandler) stops a hang.
+stops a hang (stacks dumped, partial table printed, exit status 2).
 
     python bench/bench_fedsim_gpu.py            # the H100 run (< 90 s)
     python bench/bench_fedsim_gpu.py --quick    # fewer rounds
@@ -30,6 +30,7 @@ import os
 import platform
 import statistics
 import sys
+import threading
 import time
 import traceback
 
@@ -279,7 +280,9 @@ def _simulator_stages(a, device, rounds, budget_end):
 
 def main(argv=None):
     a = _args(sys.argv[1:] if argv is None else argv)
-    faulthandler.dump_traceback_later(a.time_limit, exit=True)
+    rows = []
+    card = "?"
+    guard = _hang_guard(a, rows, lambda: card)
     device = torch.device(a.device)
     start = time.perf_counter()
     if device.type == "cuda":
@@ -296,7 +299,6 @@ def main(argv=None):
         return 1
     print(f"d = {state.d:,} parameters; sketch backend {state.server.momentum.backend} "
           f"on {state.server.momentum.device}", flush=True)
-    rows = []
     stages = [("loop (reference)", state.loop_round, max(2, a.rounds - 2)),
               ("vmap-each (per-client stack)", state.each_round, a.rounds),
               ("vmap-sum (sum-then-sketch)", state.sum_round, a.rounds)]
@@ -318,9 +320,25 @@ def main(argv=None):
                 break
             rows.append(row)
             print(f"  {row[0]}: " + (f"{row[1]:.4f} s/round" if row[1] is not None else row[2]), flush=True)
-    _table(rows, card, a)
-    faulthandler.cancel_dump_traceback_later()
+    guard.cancel()
+    _table(list(rows), card, a)
     return 0
+
+
+def _hang_guard(a, rows, card):
+    """At the time limit: dump the stacks, print the table so far, and exit (status 2)."""
+    def fire():
+        sys.stderr.write(f"\nbench_fedsim_gpu: time limit of {a.time_limit:.0f} s reached; stacks:\n")
+        faulthandler.dump_traceback(file=sys.stderr, all_threads=True)
+        print(f"\n(time limit of {a.time_limit:.0f} s reached: partial results)")
+        _table(list(rows), card(), a)
+        sys.stdout.flush()
+        os._exit(2)
+
+    timer = threading.Timer(a.time_limit, fire)
+    timer.daemon = True
+    timer.start()
+    return timer
 
 
 def _table(rows, card, a):
