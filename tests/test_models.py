@@ -41,6 +41,16 @@ def test_resnet9_forward_shape_and_output_scale():
     torch.testing.assert_close(out, head * 0.125)
 
 
+def test_resnet9_signal_does_not_vanish():
+    """He init keeps unit-variance inputs at unit scale through the unnormalised net."""
+    torch.manual_seed(2)
+    model = build_model("resnet9", (3, 16, 16), 10)
+    with torch.no_grad():
+        features = model[:-2](torch.randn(2, 3, 16, 16))  # before the linear layer
+    rms = features.pow(2).mean().sqrt().item()
+    assert 0.5 < rms < 100  # torch's default conv init gives about 0.03 here
+
+
 @pytest.mark.parametrize("name,shape,classes", [
     ("mlp", (1, 8, 8), 10), ("mlp", (20,), 3), ("cnn", (1, 8, 8), 10),
     ("cnn", (1, 28, 28), 62), ("cnn", (3, 32, 32), 10), ("resnet9", (1, 8, 8), 10),
