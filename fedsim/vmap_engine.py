@@ -267,9 +267,17 @@ class VmapEngine:
             part = batches[start:start + step]
             x = torch.cat([b[0] for b in part]).to(device, non_blocking=True)
             y = torch.cat([b[1] for b in part]).to(device, non_blocking=True)
-            counts = torch.tensor([int(b[0].shape[0]) for b in part], device=device)
-            per_sample = torch.repeat_interleave(w[start:start + step] / counts.to(w.dtype), counts,
-                                                 output_size=int(x.shape[0]))
+            sizes = [int(b[0].shape[0]) for b in part]
+            wp = w[start:start + step]
+            if len(set(sizes)) == 1:
+                per_sample = (wp / sizes[0]).repeat_interleave(sizes[0])
+            else:
+                # Pinned + non_blocking: the sizes reach the device without a host sync.
+                counts = torch.tensor(sizes)
+                if device.type == "cuda":
+                    counts = counts.pin_memory()
+                counts = counts.to(device, non_blocking=True)
+                per_sample = torch.repeat_interleave(wp / counts.to(w.dtype), counts, output_size=int(x.shape[0]))
             yield x, y, per_sample
 
     @torch.no_grad()

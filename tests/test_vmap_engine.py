@@ -297,3 +297,32 @@ def test_chunking_lowers_peak_gpu_memory():
         peaks.append(torch.cuda.max_memory_allocated() - base)
     assert peaks[1] < peaks[0]
     torch.testing.assert_close(results[1], results[0], rtol=1e-3, atol=1e-5)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("sizes", [[5, 5, 5, 5], [5, 2, 4, 1]])
+def test_engine_paths_never_wait_for_the_device(sizes):
+    """No host synchronisation inside a round: CUDA's sync debug mode raises on any."""
+    from fedsim.models import build_model
+
+    dev = torch.device("cuda")
+    torch.manual_seed(0)
+    model = build_model("cnn", (1, 8, 8), 10).to(dev)
+    flat = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+    batches = [(torch.randn(n, 1, 8, 8, device=dev), torch.randint(0, 10, (n,), device=dev)) for n in sizes]
+    w = torch.full((len(sizes),), 1.0 / len(sizes), device=dev)
+    eng = VmapEngine()
+
+    def round_():
+        eng.gradient_sum(model, flat, batches, w)
+        eng.loss_sum(model, flat, batches, w)
+        eng.gradients(model, flat, batches)
+        eng.local_train(model, flat, batches, lr=0.1, epochs=1, batch_size=2)
+
+    round_()  # warm-up (library handles, kernels)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        round_()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
