@@ -163,6 +163,9 @@ class TorchDistributedCommunicator(Communicator):
         table_of = getattr(value, "table", None)
         target = table_of if table_of is not None and not isinstance(value, torch.Tensor) else value
         tensor = self._as_tensor(target)
+        if not tensor.is_contiguous():
+            # A local mistake, not a peer's failure: say so before any collective starts.
+            raise ValueError("allreduce_ needs a contiguous tensor or array (in-place sum)")
         staged = tensor
         if self.backend == "nccl" and tensor.device.type != "cuda":
             staged = tensor.to(self.device)
