@@ -8,7 +8,6 @@ from __future__ import annotations
 import math
 import operator
 
-import torch
 from torch import nn
 
 __all__ = ["MODELS", "RESNET9_CIFAR10_PARAMETERS", "build_model", "num_parameters"]

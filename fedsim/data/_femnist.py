@@ -85,6 +85,6 @@ def load_femnist(root=None) -> Dataset:
     folder = _find_root(root)
     x_train, y_train, users = _read_split(folder / "train")
     x_test, y_test, _ = _read_split(folder / "test")
-    names, writers = np.unique(np.asarray(users), return_inverse=True)
+    _, writers = np.unique(np.asarray(users), return_inverse=True)
     return Dataset("femnist", x_train, y_train, x_test, y_test, num_classes=NUM_CLASSES,
                    writers_train=writers.astype(np.int64).reshape(-1))
