@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fedsim.data import DATASETS, Dataset, load_dataset, synthetic_cifar
+from fedsim.data import DATASETS, Dataset, load_dataset, partition, synthetic_cifar
 
 
 def _standardized(x):
@@ -228,6 +228,8 @@ def test_femnist_leaf_json(tmp_path):
     np.testing.assert_array_equal(ds.y_train, y)
     np.testing.assert_array_equal(ds.writers_train, w)
     assert ds.writers_train.dtype == np.int64
+    parts = partition(ds.y_train, 3, "natural", seed=0, writers=ds.writers_train)
+    assert sorted(len(p) for p in parts) == [2, 3, 4]
 
 
 def test_femnist_errors(tmp_path):
