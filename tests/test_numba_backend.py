@@ -188,7 +188,10 @@ def test_serial_and_parallel_paths_agree(rows, monkeypatch):
         assert_tables_close(u, v, rounding_bound(idx, row, a.keys, cols, "float64"))
 
 
-def test_insert_batch_parallel_path_equals_one_by_one():
+@pytest.mark.parametrize("chunk", [4099, 1 << 22])
+def test_insert_batch_parallel_path_equals_one_by_one(chunk, monkeypatch):
+    """Summed a chunk of coordinates at a time (offsets into the hash) or in one go."""
+    monkeypatch.setattr(numba_cpu, "SUM_CHUNK", chunk)
     d, rows, cols = 150_000, 5, 3001
     stack = np.stack([vector(m, d, "float64") for m in range(3)])
     batch = CountSketch(d, rows, cols, dtype="float64", backend="numba").insert_batch(stack)

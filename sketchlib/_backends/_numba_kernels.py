@@ -73,8 +73,8 @@ def _codes_idx(codes, indices, base, n, a, b, ucols):
 
 
 @njit(cache=True)
-def _scatter_range(out, x, lo, hi, a, b, ucols):
-    """``out[h(i)] += s(i) * x[i]`` for i in [lo, hi).
+def _scatter_range(out, x, base, lo, hi, a, b, ucols):
+    """``out[h(base + i)] += s(base + i) * x[i]`` for i in [lo, hi).
 
     Hashes of a block are computed first, in a loop of their own, so that it
     vectorizes; the scatter loop then only loads, negates (a select, not a
@@ -83,7 +83,7 @@ def _scatter_range(out, x, lo, hi, a, b, ucols):
     codes = np.empty(BLOCK, np.int64)
     for c0 in range(lo, hi, BLOCK):
         n = min(BLOCK, hi - c0)
-        _codes_range(codes, c0, n, a, b, ucols)
+        _codes_range(codes, base + c0, n, a, b, ucols)
         for k in range(n):
             e = codes[k]
             v = x[c0 + k]
@@ -91,21 +91,25 @@ def _scatter_range(out, x, lo, hi, a, b, ucols):
 
 
 @njit(parallel=True, cache=True)
-def insert_dense(table, x, keys, bufs, parts):
-    """``table += S(x)``; row j's part p > 0 adds into ``bufs[j, p-1]``."""
+def insert_dense(table, x, base, keys, bufs, parts):
+    """``table += S(v)`` where v holds ``x`` at coordinates ``base .. base+len(x)-1``.
+
+    Task (j, p) scatters part p of the coordinates into row j: part 0 straight
+    into the table, part p > 0 into its private row ``bufs[j, p-1]``, so no two
+    tasks write the same memory; the private rows are summed in afterwards.
+    """
     rows, cols = table.shape
     d = x.shape[0]
     ucols = np.uint64(cols)
-    sgn = np.array([1.0, -1.0], dtype=table.dtype)
     for t in prange(rows * parts):
         j = t // parts
         p = t % parts
         lo = d * p // parts
         hi = d * (p + 1) // parts
         if p == 0:
-            _scatter_range(table[j], x, lo, hi, keys[j, 0], keys[j, 1], ucols)
+            _scatter_range(table[j], x, base, lo, hi, keys[j, 0], keys[j, 1], ucols)
         else:
-            _scatter_range(bufs[j, p - 1], x, lo, hi, keys[j, 0], keys[j, 1], ucols)
+            _scatter_range(bufs[j, p - 1], x, base, lo, hi, keys[j, 0], keys[j, 1], ucols)
     if parts > 1:
         _reduce_parts(table, bufs)
 
@@ -125,52 +129,6 @@ def _reduce_parts(table, bufs):
 
 
 @njit(parallel=True, cache=True)
-def insert_stack_sum(table, stack, keys, bufs):
-    """``table += S(sum of the rows of stack)`` without materializing the sum.
-
-    Task p takes a range of coordinates, sums a block of the stack's columns
-    once and scatters it into every row of its own table (the table itself
-    for p = 0, ``bufs[p - 1]`` otherwise); the private tables are reduced after.
-    """
-    rows, cols = table.shape
-    m, d = stack.shape
-    parts = bufs.shape[0] + 1
-    ucols = np.uint64(cols)
-    for p in prange(parts):
-        out = table if p == 0 else bufs[p - 1]
-        lo = d * p // parts
-        hi = d * (p + 1) // parts
-        codes = np.empty(BLOCK, np.int64)
-        vals = np.empty(BLOCK, np.float64)
-        for c0 in range(lo, hi, BLOCK):
-            n = min(BLOCK, hi - c0)
-            for k in range(n):
-                vals[k] = stack[0, c0 + k]
-            for q in range(1, m):
-                for k in range(n):
-                    vals[k] += stack[q, c0 + k]
-            for j in range(rows):
-                _codes_range(codes, c0, n, keys[j, 0], keys[j, 1], ucols)
-                orow = out[j]
-                for k in range(n):
-                    e = codes[k]
-                    v = vals[k]
-                    orow[e >> 1] += -v if e & 1 else v
-    if parts > 1:
-        for q in range(parts - 1):
-            _add_into(table, bufs[q])
-
-
-@njit(parallel=True, cache=True)
-def _add_into(table, other):
-    """``table += other``, parallel over rows."""
-    rows, cols = table.shape
-    for j in prange(rows):
-        for c in range(cols):
-            table[j, c] += other[j, c]
-
-
-@njit(parallel=True, cache=True)
 def insert_stack_each(tables, stack, keys):
     """``tables[n] += S(stack[n])``; one task per (vector, row) pair, so no races."""
     n = stack.shape[0]
@@ -181,7 +139,7 @@ def insert_stack_each(tables, stack, keys):
     for t in prange(n * rows):
         m = t // rows
         j = t % rows
-        _scatter_range(tables[m, j], stack[m], 0, d, keys[j, 0], keys[j, 1], ucols)
+        _scatter_range(tables[m, j], stack[m], 0, 0, d, keys[j, 0], keys[j, 1], ucols)
 
 
 @njit(parallel=True, cache=True)
