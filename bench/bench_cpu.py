@@ -12,7 +12,9 @@ Usage::
     python bench/bench_cpu.py --markdown # also print the table as Markdown
 
 Times are medians of several runs after a warm-up (which also compiles the
-kernels); ratio = baseline time / our time.  Memory: bytes allocated through
+kernels); ratio = baseline time / our time, with all Numba threads
+and with one (the baseline is single-threaded NumPy; on a machine shared with
+other jobs the one-thread figures are the steadier ones).  Memory: bytes allocated through
 NumPy during one call, peak, from ``tracemalloc`` (it sees NumPy arrays, also
 those made in Python by the backend; Numba's in-kernel scratch, a few
 ``rows x 2048`` blocks per thread, is not traced) plus the precomputed hashes
@@ -164,22 +166,39 @@ def main():
     print(f"sizes: d={d:,} rows={rows} cols={cols:,} k={k:,} float32, {repeats} runs after warm-up")
     print(f"baseline keeps precomputed hashes: {mb(base.hash_bytes)} "
           f"({12 * rows} bytes per coordinate; built in {setup:.2f} s); ours keeps none")
-    head = f"{'operation':32s} {'baseline ms':>12s} {'ours ms':>9s} {'ratio':>7s} {'base peak':>11s} {'our peak':>10s}"
+    import numba
+    threads = numba.get_num_threads()
+
+    def one_thread(fn):
+        def run():
+            numba.set_num_threads(1)
+            try:
+                fn()
+            finally:
+                numba.set_num_threads(threads)
+        return run
+
+    head = (f"{'operation':32s} {'baseline ms':>12s} {'ours ms':>9s} {'ratio':>7s} "
+            f"{'ours 1-thr ms':>14s} {'ratio':>7s} {'base peak':>11s} {'our peak':>10s}")
     print(head)
     print("-" * len(head))
     lines = []
     for name, fb, fo in cases:
         tb, _ = timed(fb, repeats)
         to, _ = timed(fo, repeats)
+        t1, _ = timed(one_thread(fo), repeats)
         mbb, mbo = peak_bytes(fb), peak_bytes(fo)
-        print(f"{name:32s} {tb * 1e3:12.2f} {to * 1e3:9.2f} {tb / to:6.1f}x {mb(mbb):>11s} {mb(mbo):>10s}")
-        lines.append((name.strip(), tb, to, mbb, mbo))
+        print(f"{name:32s} {tb * 1e3:12.2f} {to * 1e3:9.2f} {tb / to:6.1f}x "
+              f"{t1 * 1e3:14.2f} {tb / t1:6.1f}x {mb(mbb):>11s} {mb(mbo):>10s}")
+        lines.append((name.strip(), tb, to, t1, mbb, mbo))
     if args.markdown:
         print()
-        print("| operation | baseline ms | ours ms | ratio | baseline peak extra | ours peak extra |")
-        print("|---|---:|---:|---:|---:|---:|")
-        for name, tb, to, mbb, mbo in lines:
-            print(f"| {name} | {tb * 1e3:.2f} | {to * 1e3:.2f} | {tb / to:.1f}x | {mb(mbb)} | {mb(mbo)} |")
+        print(f"| operation | baseline ms | ours ms ({threads} threads) | ratio | ours ms (1 thread) | ratio "
+              "| baseline peak extra | ours peak extra |")
+        print("|---|---:|---:|---:|---:|---:|---:|---:|")
+        for name, tb, to, t1, mbb, mbo in lines:
+            print(f"| {name} | {tb * 1e3:.2f} | {to * 1e3:.2f} | {tb / to:.1f}x | {t1 * 1e3:.2f} | "
+                  f"{tb / t1:.1f}x | {mb(mbb)} | {mb(mbo)} |")
 
 
 if __name__ == "__main__":
