@@ -82,8 +82,8 @@ def _sync(device):
 
 
 class FetchSGDServer:
-    """The server step of FetchSGD (reference-code variant: eta after the error sketch,
-    bucket zeroing of error and momentum), on sketches that live with the weights."""
+    """The server step of FetchSGD (eta inside the error accumulation as in Algorithm 1; the
+    reference code's bucket zeroing of error and momentum), on sketches next to the weights."""
 
     def __init__(self, flat, rows, cols, k, lr=0.1, rho=0.9):
         self.k, self.lr, self.rho = k, lr, rho
