@@ -135,7 +135,6 @@ def insert_stack_each(tables, stack, keys):
     rows, cols = tables.shape[1], tables.shape[2]
     d = stack.shape[1]
     ucols = np.uint64(cols)
-    sgn = np.array([1.0, -1.0], dtype=tables.dtype)
     for t in prange(n * rows):
         m = t // rows
         j = t % rows
@@ -147,12 +146,12 @@ def insert_sparse(table, indices, values, keys):
     """``table += S(v)``, ``v[indices] += values`` (duplicates accumulate); by row."""
     rows, cols = table.shape
     ucols = np.uint64(cols)
-    sgn = np.array([1.0, -1.0], dtype=table.dtype)
     for j in prange(rows):
         a, b = keys[j, 0], keys[j, 1]
         for k in range(indices.shape[0]):
             h = _hash(indices[k], a, b)
-            table[j, np.int64((h * ucols) >> S32)] += sgn[h & ONE] * values[k]
+            v = values[k]
+            table[j, np.int64((h * ucols) >> S32)] += -v if h & ONE else v
 
 
 @njit(parallel=True, cache=True)
