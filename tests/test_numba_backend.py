@@ -340,3 +340,19 @@ def test_backend_reports_itself():
     assert numba_cpu.NAME == "numba" and numba_cpu.ARRAY_LIBRARY == "numpy"
     np.testing.assert_array_equal(row_keys(0, 2), s.keys)
     assert numpy_ref.DEVICE_KIND == numba_cpu.DEVICE_KIND == "cpu"
+
+
+def test_insert_stack_each_into_non_contiguous_tables():
+    """The backend writes back when handed a strided (n, rows, cols) array."""
+    d, rows, cols = 5000, 3, 64
+    stack = np.stack([vector(m, d, "float64") for m in range(3)])
+    keys = row_keys(1, rows)
+    want = np.zeros((3, rows, cols))
+    numpy_ref.insert_stack_each(want, stack, keys)
+    big = np.zeros((3, rows, 2 * cols))
+    numba_cpu.insert_stack_each(big[:, :, ::2], stack, keys)
+    idx = np.arange(d, dtype=np.int64)
+    for m in range(3):
+        bound = rounding_bound(idx, stack[m], keys, cols, "float64")
+        assert (np.abs(big[m, :, ::2] - want[m]) <= bound).all()
+    assert not big[:, :, 1::2].any()

@@ -5,10 +5,9 @@ Numba widens integer arithmetic to 64 bits, so every value lives in a uint64
 and is masked back to 32 bits after each multiply.  All constants, shift
 amounts included, are uint64: mixing int64 and uint64 in Numba gives float64.
 
-Scatter-adds would race under ``prange``, so parallel work is split by table
-row (and, when there are fewer rows than threads, by part of the coordinate
-range, each extra part adding into a private copy of its row that is reduced
-afterwards).
+Scatter-adds would race under ``prange``, so inserts split the (row,
+coordinate) work into one contiguous range per thread; a row shared by two
+threads gets one private copy, added in afterwards (see ``insert_flat``).
 """
 import numpy as np
 from numba import njit, prange
@@ -91,54 +90,52 @@ def _scatter_range(out, x, base, lo, hi, a, b, ucols):
 
 
 @njit(parallel=True, cache=True)
-def insert_dense(table, x, base, keys, bufs, parts):
-    """``table += S(v)`` where v holds ``x`` at coordinates ``base .. base+len(x)-1``.
+def insert_flat(tables, stack, base, keys, bufs, buf_row):
+    """Scatter-add sources into the ``(Q, cols)`` rows of ``tables``, work split evenly.
 
-    Task (j, p) scatters part p of the coordinates into row j: part 0 straight
-    into the table, part p > 0 into its private row ``bufs[j, p-1]``, so no two
-    tasks write the same memory; the private rows are summed in afterwards.
+    Flat row q is key row ``q % rows`` of source ``stack[q // rows]``, whose
+    element i is coordinate ``base + i``.  The ``Q * d`` (row, coordinate)
+    pairs are cut into ``len(buf_row)`` equal contiguous ranges, one per
+    thread.  A range that begins inside a row adds that first piece into its
+    private ``bufs[t]`` (``buf_row[t]`` names the row), everything else goes
+    straight into the table, so no two threads write the same row; the private
+    pieces are added in at the end.  With 5 rows on 2 threads only one row is
+    split, against every row with a split into (row, part) tasks.
     """
-    rows, cols = table.shape
-    d = x.shape[0]
-    ucols = np.uint64(cols)
-    for t in prange(rows * parts):
-        j = t // parts
-        p = t % parts
-        lo = d * p // parts
-        hi = d * (p + 1) // parts
-        if p == 0:
-            _scatter_range(table[j], x, base, lo, hi, keys[j, 0], keys[j, 1], ucols)
-        else:
-            _scatter_range(bufs[j, p - 1], x, base, lo, hi, keys[j, 0], keys[j, 1], ucols)
-    if parts > 1:
-        _reduce_parts(table, bufs)
-
-
-@njit(parallel=True, cache=True)
-def _reduce_parts(table, bufs):
-    """``table[j] += sum_p bufs[j, p]``, parallel over column blocks."""
-    rows, cols = table.shape
-    nb = (cols + 4095) // 4096
-    for t in prange(rows * nb):
-        j = t // nb
-        lo = (t % nb) * 4096
-        hi = min(cols, lo + 4096)
-        for p in range(bufs.shape[1]):
-            for c in range(lo, hi):
-                table[j, c] += bufs[j, p, c]
-
-
-@njit(parallel=True, cache=True)
-def insert_stack_each(tables, stack, keys):
-    """``tables[n] += S(stack[n])``; one task per (vector, row) pair, so no races."""
-    n = stack.shape[0]
-    rows, cols = tables.shape[1], tables.shape[2]
+    nflat, cols = tables.shape
+    rows = keys.shape[0]
     d = stack.shape[1]
+    ntasks = buf_row.shape[0]
+    work = nflat * d
     ucols = np.uint64(cols)
-    for t in prange(n * rows):
-        m = t // rows
-        j = t % rows
-        _scatter_range(tables[m, j], stack[m], 0, 0, d, keys[j, 0], keys[j, 1], ucols)
+    for t in prange(ntasks):
+        lo = work * t // ntasks
+        hi = work * (t + 1) // ntasks
+        pos = lo
+        while pos < hi:
+            q = pos // d
+            i0 = pos - q * d
+            i1 = min(d, i0 + (hi - pos))
+            j = q % rows
+            out = bufs[t] if (pos == lo and i0 != 0) else tables[q]
+            _scatter_range(out, stack[q // rows], base, i0, i1, keys[j, 0], keys[j, 1], ucols)
+            pos += i1 - i0
+    _add_rows(tables, bufs, buf_row)
+
+
+@njit(parallel=True, cache=True)
+def _add_rows(tables, bufs, buf_row):
+    """``tables[buf_row[t]] += bufs[t]`` for every t with a private piece, by column block."""
+    cols = tables.shape[1]
+    nb = (cols + 16383) // 16384
+    for blk in prange(nb):
+        lo = blk * 16384
+        hi = min(cols, lo + 16384)
+        for t in range(buf_row.shape[0]):
+            q = buf_row[t]
+            if q >= 0:
+                for c in range(lo, hi):
+                    tables[q, c] += bufs[t, c]
 
 
 @njit(parallel=True, cache=True)

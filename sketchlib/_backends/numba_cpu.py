@@ -23,7 +23,6 @@ DEVICE_KIND = "cpu"
 # Whether top-k/heavy keep a d-length estimate buffer between their two passes
 # (faster) or recompute estimates in the second pass (no per-coordinate memory).
 STORE_ESTIMATES = True
-_MAX_PART_BYTES = 256 << 20   # cap on the private row copies of the parallel insert
 # Below this many (coordinate, row) operations a call runs on one thread: a
 # parallel launch costs little on an idle machine, but on a loaded one each
 # barrier can wait a whole scheduler time slice (measured: 16 ms instead of
@@ -116,29 +115,24 @@ def all_finite(x):
     return all(np.isfinite(flat[i:i + step]).all() for i in range(0, flat.shape[0], step))
 
 
-def _parts(table, threads):
-    """How many parts to split each row's coordinates into, and their private buffers.
-
-    With fewer rows than threads, or a row count that does not divide evenly
-    among threads, rows are split into parts so every thread gets the same
-    number of (row, part) tasks; part 0 adds into the table, the others into
-    private row copies that are summed in afterwards.
-    """
-    rows, cols = table.shape
-    parts = 1
-    if threads > 1:
-        parts = threads // np.gcd(rows, threads)
-        max_parts = 1 + _MAX_PART_BYTES // max(1, rows * cols * table.itemsize)
-        parts = int(min(parts, max_parts, 8))
-    bufs = np.zeros((rows, max(parts - 1, 0), cols), dtype=table.dtype)
-    return parts, bufs
+def _insert(tables, stack, base, keys):
+    """Scatter ``stack[q // rows]`` into flat row q of ``tables`` on the threads available."""
+    nflat, cols = tables.shape
+    d = stack.shape[1]
+    with _Threads(nflat * d) as threads:
+        # Thread t's share of the nflat * d (row, coordinate) pairs starts at
+        # work * t // threads; if that is inside a row, its first piece goes to
+        # a private row buffer (zero pages cost nothing until touched).
+        work = nflat * d
+        buf_row = np.array([(work * t // threads) // d if (work * t // threads) % d else -1
+                            for t in range(threads)], dtype=np.int64)
+        bufs = np.zeros((threads, cols), dtype=tables.dtype)
+        _k().insert_flat(tables, stack, base, keys, bufs, buf_row)
 
 
 def insert_dense(table, x, keys):
     """``table += S(x)`` for a dense vector ``x`` of length d."""
-    with _Threads(x.shape[0] * table.shape[0]) as threads:
-        parts, bufs = _parts(table, threads)
-        _k().insert_dense(table, x, 0, _keys64(keys), bufs, parts)
+    _insert(table, x.reshape(1, -1), 0, _keys64(keys))
 
 
 def insert_sparse(table, indices, values, keys):
@@ -161,17 +155,18 @@ def insert_stack_sum(table, stack, keys):
     for lo in range(0, d, SUM_CHUNK):
         hi = min(d, lo + SUM_CHUNK)
         part = np.add.reduce(stack[:, lo:hi], axis=0)
-        with _Threads(part.shape[0] * table.shape[0]) as threads:
-            parts, bufs = _parts(table, threads)
-            _k().insert_dense(table, part, lo, keys64, bufs, parts)
+        _insert(table, part.reshape(1, -1), lo, keys64)
 
 
 def insert_stack_each(tables, stack, keys):
     """``tables[i] += S(stack[i])`` for every i."""
     if stack.shape[0] == 0:
         return
-    with _Threads(stack.size * tables.shape[1]):
-        _k().insert_stack_each(tables, stack, _keys64(keys))
+    n, rows, cols = tables.shape
+    work = np.ascontiguousarray(tables)  # so the reshape below is a view
+    _insert(work.reshape(n * rows, cols), stack, 0, _keys64(keys))
+    if work is not tables:
+        tables[...] = work
 
 
 def query(table, indices, keys):
