@@ -45,6 +45,8 @@ class DataConfig:
 
     dataset: str = "digits"
     root: typing.Optional[str] = None
+    # Used, with a warning, when the dataset's files are missing (e.g. "synthetic_cifar10").
+    fallback: typing.Optional[str] = None
     partition: str = "pathological"
     num_clients: int = 100
     alpha: float = 0.5

@@ -111,7 +111,7 @@ class Simulation:
     """
 
     def __init__(self, spec, *, dataset=None, comm=None, out_dir=None, progress=False):
-        from .data import load_dataset, partition
+        from .data import partition
         from .models import build_model
 
         self.spec, self.comm = spec, comm or LocalCommunicator()
@@ -124,7 +124,7 @@ class Simulation:
             # Tiny models on a busy CPU run far faster on one thread than on contended ones.
             torch.set_num_threads(tr.threads)
         if dataset is None:
-            dataset = load_dataset(dc.dataset, dc.root, seed=tr.seed)
+            dataset = load_run_dataset(dc, tr.seed)
         self.dataset = dataset
         parts = partition(dataset.y_train, dc.num_clients, dc.partition, seed=tr.seed, alpha=dc.alpha,
                           classes_per_client=dc.classes_per_client, writers=dataset.writers_train,
@@ -375,6 +375,20 @@ def _safe_name(label):
     return "".join(ch if ch.isalnum() or ch in "-_.=," else "_" for ch in label.replace("]", ""))
 
 
+def load_run_dataset(data_cfg, seed, log=None):
+    """Load ``data_cfg.dataset``; if its files are missing and a fallback is set, load that instead."""
+    from .data import load_dataset
+
+    try:
+        return load_dataset(data_cfg.dataset, data_cfg.root, seed=seed)
+    except FileNotFoundError as exc:
+        if not data_cfg.fallback:
+            raise
+        warn = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
+        warn(f"warning: {exc}; using data.fallback = {data_cfg.fallback!r} instead")
+        return load_dataset(data_cfg.fallback, data_cfg.root, seed=seed)
+
+
 def run_experiment(cfg, *, only=None, out_dir=None, resume=False, stop_after_round=None, progress=None,
                    comm=None, dataset=None, log=None):
     """Run every method (and sweep point) of a config; write results, table and plots.
@@ -402,7 +416,6 @@ def run_experiment(cfg, *, only=None, out_dir=None, resume=False, stop_after_rou
     -------
     ExperimentResult
     """
-    from .data import load_dataset
     from .report import write_experiment
 
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
@@ -421,12 +434,12 @@ def run_experiment(cfg, *, only=None, out_dir=None, resume=False, stop_after_rou
                 results.append(_result_from_summary(saved, run_dir))
                 log(f"{spec.label}: already finished, skipped (--resume)")
                 continue
-        key = (spec.data.dataset, spec.data.root, spec.train.seed)
+        key = (spec.data.dataset, spec.data.root, spec.data.fallback, spec.train.seed)
         if dataset is not None:
             data = dataset
         else:
             if key not in cache:
-                cache[key] = load_dataset(spec.data.dataset, spec.data.root, seed=spec.train.seed)
+                cache[key] = load_run_dataset(spec.data, spec.train.seed, log)
             data = cache[key]
         sim = Simulation(spec, dataset=data, comm=comm, out_dir=run_dir, progress=progress)
         try:

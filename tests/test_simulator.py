@@ -196,3 +196,16 @@ def test_every_rule_runs_on_cuda_and_fetchsgd_agrees_with_cpu(engine, tmp_path):
     common = sorted(set(a) & set(b))
     assert len(common) >= 48  # k = 50; near-ties may swap a coordinate
     torch.testing.assert_close(gpu.params.cpu()[common], cpu.params[common], rtol=1e-4, atol=1e-6)
+
+
+def test_missing_dataset_files_use_the_fallback_or_raise(tmp_path, capsys):
+    from fedsim.simulator import load_run_dataset
+
+    raw = tiny(data={"dataset": "mnist", "root": str(tmp_path), "fallback": "digits"})
+    spec = parse_config(raw).runs()[0]
+    data = load_run_dataset(spec.data, 0)
+    assert data.name == "digits"
+    assert "using data.fallback = 'digits'" in capsys.readouterr().err
+    spec.data.fallback = None
+    with pytest.raises(FileNotFoundError, match="train-images"):
+        load_run_dataset(spec.data, 0)

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
-from adapters.torch import backend_for_device, from_array, to_array
+from adapters.torch import backend_for_device, cuda_stream_scope, from_array, to_array
 
 from ..compressors import make_compressor
 from ..errors import ConfigError
@@ -60,6 +60,12 @@ class FetchSGD(ServerRule):
 
     def round(self, ctx):
         """One FetchSGD step; returns the sparse update as a dense d-vector."""
+        # CuPy kernels must run on torch's current stream, or they race with torch's work.
+        with cuda_stream_scope(self.device):
+            return self._round(ctx)
+
+    def _round(self, ctx):
+        """The step itself (inside the stream scope)."""
         cfg = self.cfg
         g = ctx.gradient_sum()
         s = self._round_sketch.zero()
