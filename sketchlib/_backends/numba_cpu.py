@@ -14,6 +14,12 @@ estimates and a histogram over the high bits of ``|estimate|`` (the bit pattern
 of a non-negative float is monotone in its value), which gives the bin holding
 the k-th largest; a second pass gathers the few coordinates at or above it and
 an exact selection among those candidates finishes.
+
+Inserts split the (row, coordinate) work into one contiguous range per thread
+(a row shared by two threads gets one private copy, added in afterwards) and
+scatter two whole rows per pass.  Calls too small to gain from threads run on
+one (``_PARALLEL_WORK``); otherwise they use ``numba.get_num_threads()``, so
+``numba.set_num_threads`` or ``NUMBA_NUM_THREADS`` bound them.
 """
 import numpy as np
 
@@ -49,12 +55,6 @@ def _k():
         from . import _numba_kernels
         _kernels = _numba_kernels
     return _kernels
-
-
-def _threads():
-    """Number of threads Numba's parallel loops use now."""
-    import numba
-    return numba.get_num_threads()
 
 
 class _Threads:
