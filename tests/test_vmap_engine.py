@@ -252,7 +252,30 @@ def test_sum_then_sketch_equals_sketch_each_then_sum():
     np.testing.assert_allclose(a.table, b.table, rtol=1e-4, atol=1e-5)
 
 
+@pytest.fixture
+def exact_cuda_math():
+    """Full fp32 convolutions and matmuls: TF32 (torch's default for cuDNN convs) rounds to 10
+    mantissa bits, and batched and per-client calls pick different kernels."""
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    yield
+    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
+def assert_rows_close(a, b, rel=1e-4):
+    """Each client's vector agrees in relative l2 norm.
+
+    Elementwise tolerances do not fit ResNet9: max-pooling routes a gradient to
+    the arg-max of its window, and fp32 reordering between kernels can flip a
+    near-tie, moving that gradient entry to a neighbour.
+    """
+    a, b = a.reshape(-1, a.shape[-1]).double(), b.reshape(-1, b.shape[-1]).double()
+    err = (a - b).norm(dim=1) / b.norm(dim=1).clamp_min(1e-30)
+    assert float(err.max()) < rel, f"relative l2 error per client {err.tolist()}"
+
+
 @pytest.mark.gpu
+@pytest.mark.usefixtures("exact_cuda_math")
 def test_vmap_engine_on_cuda_equals_loop_engine_on_resnet9():
     """On the GPU, with the paper's model (small images): all three paths agree with the loop."""
     from fedsim.clients import LoopEngine
@@ -266,16 +289,15 @@ def test_vmap_engine_on_cuda_equals_loop_engine_on_resnet9():
     batches = [(torch.randn(n, 3, 8, 8, device=dev, generator=g), torch.randint(0, 10, (n,), device=dev, generator=g))
                for n in (5, 5, 3, 5)]
     vm, loop = VmapEngine(memory_budget_mb=4096), LoopEngine()
-    close = dict(rtol=1e-3, atol=1e-5)  # TF32 convolutions may differ between the two paths
-    torch.testing.assert_close(vm.gradients(model, flat, batches), loop.gradients(model, flat, batches), **close)
+    assert_rows_close(vm.gradients(model, flat, batches), loop.gradients(model, flat, batches))
     w = torch.tensor([0.1, 0.2, 0.3, 0.4], device=dev)
-    torch.testing.assert_close(vm.gradient_sum(model, flat, batches, w),
-                               loop.gradient_sum(model, flat, batches, w), **close)
-    torch.testing.assert_close(vm.local_train(model, flat, batches, lr=0.05, epochs=2, batch_size=2),
-                               loop.local_train(model, flat, batches, lr=0.05, epochs=2, batch_size=2), **close)
+    assert_rows_close(vm.gradient_sum(model, flat, batches, w), loop.gradient_sum(model, flat, batches, w))
+    assert_rows_close(vm.local_train(model, flat, batches, lr=0.05, epochs=2, batch_size=2),
+                      loop.local_train(model, flat, batches, lr=0.05, epochs=2, batch_size=2), rel=1e-3)
 
 
 @pytest.mark.gpu
+@pytest.mark.usefixtures("exact_cuda_math")
 def test_chunking_lowers_peak_gpu_memory():
     """A memory budget that allows one client at a time must lower the peak (same result)."""
     from fedsim.models import build_model
@@ -296,7 +318,7 @@ def test_chunking_lowers_peak_gpu_memory():
         torch.cuda.synchronize()
         peaks.append(torch.cuda.max_memory_allocated() - base)
     assert peaks[1] < peaks[0]
-    torch.testing.assert_close(results[1], results[0], rtol=1e-3, atol=1e-5)
+    assert_rows_close(results[1], results[0])
 
 
 @pytest.mark.gpu
