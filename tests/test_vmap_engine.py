@@ -318,7 +318,8 @@ def test_chunking_lowers_peak_gpu_memory():
         torch.cuda.synchronize()
         peaks.append(torch.cuda.max_memory_allocated() - base)
     assert peaks[1] < peaks[0]
-    assert_rows_close(results[1], results[0])
+    # Seen on an H100: most clients agree to 1e-6, a few to 6e-4 (max-pool near-ties flipping).
+    assert_rows_close(results[1], results[0], rel=3e-3)
 
 
 @pytest.mark.gpu
