@@ -23,6 +23,8 @@ one (``_PARALLEL_WORK``); otherwise they use ``numba.get_num_threads()``, so
 """
 import numpy as np
 
+from ._host import array_module, device_of, from_numpy, to_numpy, zeros  # noqa: F401
+
 NAME = "numba"
 ARRAY_LIBRARY = "numpy"
 DEVICE_KIND = "cpu"
@@ -72,31 +74,6 @@ class _Threads:
 
     def __exit__(self, *exc):
         self._numba.set_num_threads(self._saved)
-
-
-def array_module():
-    """The array module of this backend."""
-    return np
-
-
-def device_of(array):
-    """Host arrays live on the CPU."""
-    return "cpu"
-
-
-def zeros(shape, dtype):
-    """A zero table."""
-    return np.zeros(shape, dtype=dtype)
-
-
-def to_numpy(array):
-    """The array itself (already on the host)."""
-    return np.asarray(array)
-
-
-def from_numpy(array):
-    """A contiguous host array."""
-    return np.ascontiguousarray(array)
 
 
 def _keys64(keys):

@@ -9,6 +9,8 @@ import numpy as np
 
 from .._hash import buckets_and_signs
 
+from ._host import array_module, device_of, from_numpy, to_numpy, zeros  # noqa: F401
+
 NAME = "numpy"
 ARRAY_LIBRARY = "numpy"
 DEVICE_KIND = "cpu"
@@ -18,31 +20,6 @@ CHUNK = 1 << 20
 def available():
     """Always usable: NumPy is the one hard dependency."""
     return True
-
-
-def array_module():
-    """The array module of this backend."""
-    return np
-
-
-def device_of(array):
-    """Host arrays live on the CPU."""
-    return "cpu"
-
-
-def zeros(shape, dtype):
-    """A zero table."""
-    return np.zeros(shape, dtype=dtype)
-
-
-def to_numpy(array):
-    """The array itself (already on the host)."""
-    return np.asarray(array)
-
-
-def from_numpy(array):
-    """A contiguous host array."""
-    return np.ascontiguousarray(array)
 
 
 def all_finite(x):
