@@ -5,12 +5,14 @@ The baseline runs in the same process on the same card: it is the csvec design
 ``bincount`` per row to insert, an ``r x d`` gather and a median over rows to
 estimate, ``argpartition`` for top-k).  Times are medians of CUDA-event timings
 after warm-up; "peak MB" is the most pool memory the operation held at once
-beyond what existed before it (inputs and tables excluded).  Every insert
-variant of the backend is timed so that one run shows which kernel wins.
+beyond what existed before it (inputs and tables excluded).  Every insert,
+top-k and batched-each variant of the backend is timed so that one run shows
+which wins; the experimental ones are first run in a child process ("probe")
+and checked, so that a faulting kernel cannot end the benchmark.
 
 Usage::
 
-    PYTHONPATH=. python3 bench/bench_gpu.py [--quick] [--json out.json]
+    PYTHONPATH=. python3 bench/bench_gpu.py [--quick] [--focus] [--no-baseline] [--json out.json]
 """
 import argparse
 import json
@@ -122,11 +124,62 @@ class CsvecLike:
         return out
 
 
-def _probe(variant, quick):
-    """Child process: run one experimental insert variant at the bench sizes and check it."""
+def _probe_topk(variant, quick):
+    """Child process: top-k and unsketch of ``variant`` against the "sync" path at the bench sizes."""
     cp = _cp()
     from sketchlib import CountSketch
     from sketchlib._backends import cupy_gpu
+    for name, (d, rows, cols) in SIZES.items():
+        if quick and name != "resnet9":
+            continue
+        sk = CountSketch(d, rows, cols, backend="cupy").insert(cp.random.standard_normal(d, dtype=cp.float32))
+        cupy_gpu._options["topk"] = "sync"
+        wi, wv = sk.topk(K)
+        want = sk.unsketch(K)
+        cupy_gpu._options["topk"] = variant
+        gi, gv = sk.topk(K)
+        got = sk.unsketch(K)
+        est = sk.estimate_all()
+        cp.cuda.Device().synchronize()
+        m = cp.abs(wv[-1])  # ties at the k-th magnitude may be taken differently by the two paths
+        ok = (gi.shape == (K,) and len(cp.unique(gi)) == K and bool(cp.all(gv == est[gi]))
+              and bool(cp.all(cp.abs(gv) == cp.abs(wv)))
+              and bool(cp.all(cp.sort(gi[cp.abs(gv) > m]) == cp.sort(wi[cp.abs(wv) > m])))
+              and bool(cp.all(got[gi] == gv)) and int(cp.count_nonzero(got)) == int(cp.count_nonzero(want))
+              and bool(cp.all(cp.sort(cp.abs(got)) == cp.sort(cp.abs(want)))))
+        print(f"probe topk {variant}: {'ok' if ok else 'WRONG RESULT'} at {name}")
+        if not ok:
+            return 1
+    return 0
+
+
+def _probe_each(variant):
+    """Child process: batched-each ``variant`` against "v4" at the small bench size."""
+    cp = _cp()
+    from sketchlib import CountSketch
+    from sketchlib._backends import cupy_gpu
+    d, rows, cols = SIZES["resnet9"]
+    stack = cp.random.standard_normal((9, d), dtype=cp.float32)
+    keys = CountSketch(d, rows, cols, backend="cupy").keys
+    want, got = (cp.zeros((9, rows, cols), dtype=cp.float32) for _ in range(2))
+    cupy_gpu._options["stack_each"] = "v4"
+    cupy_gpu.insert_stack_each(want, stack, keys)
+    cupy_gpu._options["stack_each"] = variant
+    cupy_gpu.insert_stack_each(got, stack, keys)
+    ok = bool(cp.allclose(got, want, rtol=1e-4, atol=1e-3))
+    print(f"probe each {variant}: {'ok' if ok else 'WRONG TABLES'}")
+    return 0 if ok else 1
+
+
+def _probe(variant, quick):
+    """Child process: run one experimental variant at the bench sizes and check it."""
+    cp = _cp()
+    from sketchlib import CountSketch
+    from sketchlib._backends import cupy_gpu
+    if variant.startswith("topk-"):
+        return _probe_topk(variant[5:], quick)
+    if variant.startswith("each-"):
+        return _probe_each(variant[5:])
     for name, (d, rows, cols) in SIZES.items():
         if quick and name != "resnet9":
             continue
@@ -158,7 +211,21 @@ def _probe_ok(variant, quick):
     return proc.returncode == 0
 
 
-def bench_size(name, d, rows, cols, args, results, peak, variants):
+def _pass1(sk, k):
+    """The first kernel of the "dev" top-k alone (estimates + histogram + pick), for the breakdown."""
+    cp = _cp()
+    from sketchlib._backends import _cuda_src, cupy_gpu
+    table = sk.table
+    work = cp.zeros((1 << _cuda_src.HIST_BITS) + _cuda_src.TOPK_WORDS, dtype=cp.uint64)
+    est = cp.empty(sk.d, dtype=table.dtype)
+    t, kk, rows, cols = cupy_gpu._table_args(table, sk.keys)
+    r = int(rows) if int(rows) in _cuda_src.MEDIAN_ROWS else 0
+    cupy_gpu._launch(f"skt_estimates_{cupy_gpu._sfx(table)}_r{r}", sk.d,
+                     (t, kk, rows, cols, np.int64(sk.d), est, work[:1 << _cuda_src.HIST_BITS],
+                      work[1 << _cuda_src.HIST_BITS:], np.uint64(k), np.int32(31)))
+
+
+def bench_size(name, d, rows, cols, args, results, peak, variants, topk_variants, each_variants):
     """Time every operation at one size; append result dicts."""
     cp = _cp()
     from sketchlib import CountSketch
@@ -169,7 +236,7 @@ def bench_size(name, d, rows, cols, args, results, peak, variants):
     table, keys = sk.table, sk.keys
 
     def add(op, ours_ms, base_ms=None, mb=None, base_mb=None, note=""):
-        ref, goal = ANCHORS.get((name, op), (None, None))
+        ref, goal = ANCHORS.get((name, op.split(" [")[0]), (None, None))
         results.append(dict(size=name, d=d, rows=rows, cols=cols, op=op, ours_ms=ours_ms, base_ms=base_ms,
                             peak_mb=mb, base_peak_mb=base_mb, csvec_h100_ms=ref, goal_ms=goal, note=note))
         return results[-1]
@@ -198,16 +265,26 @@ def bench_size(name, d, rows, cols, args, results, peak, variants):
 
     est_ms = time_ms(lambda: sk.estimate_all(), reps)
     add("estimate_all", est_ms, mb=peak.measure(lambda: sk.estimate_all()))
-    add(f"top-k k={K}", time_ms(lambda: sk.topk(K), reps), mb=peak.measure(lambda: sk.topk(K)))
-    unsk_ms = time_ms(lambda: sk.unsketch(K), reps)
-    unsk_mb = peak.measure(lambda: sk.unsketch(K))
+    if "dev" in topk_variants:
+        add("top-k pass 1 only [dev]", time_ms(lambda: _pass1(sk, K), reps),
+            note="estimates + 12-bit histogram + pick: the rest of top-k is the tail")
+    unsk = {}
+    for variant in topk_variants:
+        cupy_gpu._options["topk"] = variant
+        add(f"top-k k={K} [{variant}]", time_ms(lambda: sk.topk(K), reps), mb=peak.measure(lambda: sk.topk(K)))
+        unsk[variant] = (time_ms(lambda: sk.unsketch(K), reps), peak.measure(lambda: sk.unsketch(K)))
+    cupy_gpu._options.update(saved)
+    fastest = min(unsk, key=lambda v: unsk[v][0])
+    unsk_ms, unsk_mb = unsk[saved["topk"]] if saved["topk"] in unsk else unsk[fastest]
+    for variant, (ms, mb) in unsk.items():
+        add(f"unsketch top-k [{variant}]", ms, mb=mb)
 
     base_ins = base_unsk = base_ins_mb = base_unsk_mb = None
     need = rows * d * (8 + 4 + 4 + 4) + 4 * d
     free = cp.cuda.runtime.memGetInfo()[0]
     base_note = ""
-    if args.no_baseline:
-        base_note = "baseline skipped (--no-baseline)"
+    if args.no_baseline or args.focus:
+        base_note = "baseline skipped (--no-baseline / --focus)"
     elif need > 0.8 * free:
         base_note = f"baseline skipped: needs ~{need / 2**30:.1f} GiB, {free / 2**30:.1f} GiB free"
     else:
@@ -219,7 +296,8 @@ def bench_size(name, d, rows, cols, args, results, peak, variants):
         base_unsk_mb = peak.measure(lambda: base.unsketch(K))
         base_note = f"baseline holds {(base.buckets.nbytes + base.signs.nbytes) / 2**20:.0f} MB of hashes"
     insert_row["base_ms"], insert_row["base_peak_mb"] = base_ins, base_ins_mb
-    add("unsketch top-k", unsk_ms, base_unsk, unsk_mb, base_unsk_mb, base_note)
+    add("unsketch top-k", unsk_ms, base_unsk, unsk_mb, base_unsk_mb,
+        f"default top-k {saved['topk']!r}, fastest {fastest!r}; {base_note}")
 
     if d < 2e7:  # stacks of 100 vectors of 124M floats would take 50 GB
         stack = cp.random.standard_normal((N_STACK, d), dtype=cp.float32)
@@ -230,7 +308,7 @@ def bench_size(name, d, rows, cols, args, results, peak, variants):
             lambda: cupy_gpu.insert_stack_sum(table, stack, keys)),
             note="baseline: stack.sum(axis=0) then one insert")
         tables = cp.zeros((N_STACK, rows, cols), dtype=cp.float32)
-        for variant in cupy_gpu.EACH_VARIANTS:
+        for variant in each_variants:
             cupy_gpu._options["stack_each"] = variant
             ms = time_ms(lambda: cupy_gpu.insert_stack_each(tables, stack, keys), max(3, reps // 4))
             mb = peak.measure(lambda: cupy_gpu.insert_stack_each(tables, stack, keys))
@@ -264,6 +342,9 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer repetitions, smaller size only")
     parser.add_argument("--no-baseline", action="store_true", help="skip the csvec-like baseline")
+    parser.add_argument("--focus", action="store_true",
+                        help="top-k and batched variants only: default insert kernel, no baseline, "
+                             "no 'simple' batched-each")
     parser.add_argument("--json", help="also write the results to this file")
     parser.add_argument("--probe", help=argparse.SUPPRESS)  # internal: try one variant in a child
     args = parser.parse_args(argv)
@@ -278,13 +359,23 @@ def main(argv=None):
     print(f"kernels compiled/loaded in {time.time() - t0:.1f} s", flush=True)
     from sketchlib._backends import cupy_gpu
     variants = list(cupy_gpu.INSERT_VARIANTS)
+    if args.focus:  # top-k and batched work only: the default insert kernel, no dsmem probe
+        variants = [cupy_gpu._options["insert"]]
     if "dsmem" in variants and not _probe_ok("dsmem", args.quick):
         variants.remove("dsmem")
+    topk_variants = list(cupy_gpu.TOPK_VARIANTS)
+    if "dev" in topk_variants and not _probe_ok("topk-dev", args.quick):
+        topk_variants.remove("dev")
+        cupy_gpu._options["topk"] = "sync"
+        print("top-k 'dev' failed its probe: timing 'sync' only, and using it")
+    each_variants = [v for v in cupy_gpu.EACH_VARIANTS if not (args.focus and v == "simple")]
+    if "v4rows" in each_variants and not _probe_ok("each-v4rows", args.quick):
+        each_variants = [v for v in each_variants if not v.startswith("v4rows")]
     peak, results = PeakHook(), []
     for name, (d, rows, cols) in SIZES.items():
         if args.quick and name != "resnet9":
             continue
-        bench_size(name, d, rows, cols, args, results, peak, variants)
+        bench_size(name, d, rows, cols, args, results, peak, variants, topk_variants, each_variants)
         cp.get_default_memory_pool().free_all_blocks()
         print(f"[{name} done at {time.time() - t0:.1f} s]", flush=True)
     print_table(results, card)

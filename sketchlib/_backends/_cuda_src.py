@@ -24,6 +24,7 @@ HIST_BITS = 12
 CLUSTER = 8          # blocks per cluster of the "dsmem" insert
 DSMEM_BLOCK = 1024
 MEDIAN_ROWS = (1, 2, 3, 4, 5, 6, 7, 8)   # rows with a register-only median; others use a generic one
+TOPK_WORDS = 16      # u64 state words of the "dev" top-k (SKT_* in the source)
 
 SOURCE = r"""
 #define SK_MAX_ROWS 32
@@ -302,6 +303,41 @@ __device__ void sk_deinterleave(float* __restrict__ scratch, i64 rc, float* __re
     }
 }
 
+// "v4rows": sk_stack_each_v4 for the rows [j0, j1) only, into a scratch of (j1 - j0) rows,
+// so that the scratch stays in L2 (the host sizes the row groups from the L2 size):
+// with all rows, a 500k-column scratch (40 MB) spilled the vector atomics to DRAM.
+__device__ void sk_stack_each_v4r(const float* __restrict__ stack, i64 n0, int ng, i64 d,
+                                  float* __restrict__ scratch, const u32* __restrict__ keys,
+                                  int j0, int j1, u32 cols) {
+    __shared__ u32 sk[2 * SK_MAX_ROWS];
+    sk_load_keys(sk, keys, j1);
+    for (i64 i = sk_tid(); i < d; i += sk_nthreads()) {
+        float v[4];
+#pragma unroll
+        for (int g = 0; g < 4; ++g) v[g] = g < ng ? __ldcs(stack + (n0 + g) * d + i) : 0.0f;
+        if (v[0] == 0.0f && v[1] == 0.0f && v[2] == 0.0f && v[3] == 0.0f) continue;
+        for (int j = j0; j < j1; ++j) {
+            u32 h = sk_hash(i, sk[2 * j], sk[2 * j + 1]);
+            float s = (h & 1u) ? -1.0f : 1.0f;
+            float* p = scratch + ((i64)(j - j0) * cols + sk_bucket(h, cols)) * 4;
+            sk_red4(p, s * v[0], s * v[1], s * v[2], s * v[3]);
+        }
+    }
+}
+
+// tables[n0 + g][off + e] += scratch[e, g] for e < m, g < ng (tables are rc apart), and
+// zero the scratch for the next group.
+__device__ void sk_deinterleave_at(float* __restrict__ scratch, i64 m, float* __restrict__ tables, i64 rc,
+                                   i64 off, i64 n0, int ng) {
+    float4* s4 = reinterpret_cast<float4*>(scratch);
+    for (i64 e = sk_tid(); e < m; e += sk_nthreads()) {
+        float4 t = s4[e];
+        s4[e] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+        float v[4] = {t.x, t.y, t.z, t.w};
+        for (int g = 0; g < ng; ++g) tables[(n0 + g) * rc + off + e] += v[g];
+    }
+}
+
 // ---------------------------------------------------------------- estimates
 // Median over rows of s_j(i) * T[j, h_j(i)]: for even rows the mean of the two middle
 // values computed as (lo + hi) * 0.5 in T, which is what numpy.median gives.
@@ -445,6 +481,193 @@ __device__ void sk_radix_compact(const T* __restrict__ est, i64 n, u64 prefix, i
     }
 }
 
+// ---------------------------------------------------------------- top-k without host round-trips
+// The "dev" top-k keeps its whole radix select in device memory: a state of SKT_WORDS
+// u64 (zeroed by the host together with the histogram) that every kernel of the chain
+// reads and the last block of each histogram pass updates, so the host enqueues the
+// whole chain at once and the output is exactly k entries (no count to read back).
+#define SKT_PREFIX 0    // key bits resolved so far: the range is key >> pshift == prefix
+#define SKT_PSHIFT 1    // key bits not yet resolved
+#define SKT_ABOVE 2     // entries with key >> pshift > prefix: all in the top k
+#define SKT_NEED 3      // k - above: how many entries of the range the top k takes
+#define SKT_EQ 4        // entries in the range
+#define SKT_DONE 5      // blocks finished with the current pass (last-block detection)
+#define SKT_PREFIX1 6   // prefix and pshift after the first pass: what candidates share
+#define SKT_PSHIFT1 7
+#define SKT_NCAND 8     // candidates counted by the compaction; more than cap: rescan est
+#define SKT_NSURE 9     // output slots taken by entries above the final range
+#define SKT_NTIE 10     // entries of the final range seen by the selection
+
+// Every block calls this with its finished shared histogram sh (2**width bins of the digit
+// below the current range): it adds sh to the global hist, and the last block to finish
+// finds the bin where the count from the top reaches need, narrows the range to it in
+// the state, and clears hist for the next pass.  Blocks are BLOCK (256) threads.
+__device__ void skt_flush_and_pick(const u32* sh, int width, u64* __restrict__ hist, u64* st, u64 prefix,
+                                   u64 pshift, u64 above, u64 need, bool first) {
+    __shared__ u64 part[256];
+    __shared__ int last;
+    const int nbins = 1 << width, t = threadIdx.x;
+    for (int b = t; b < nbins; b += blockDim.x)
+        if (sh[b]) atomicAdd(hist + b, (u64)sh[b]);
+    __threadfence();
+    __syncthreads();
+    if (t == 0) last = atomicAdd(st + SKT_DONE, 1ULL) == (u64)(gridDim.x - 1);
+    __syncthreads();
+    if (!last) return;
+    __threadfence();
+    // Thread t owns the bins of rank [t*per, (t+1)*per) counted from the top bin down.
+    const int per = nbins >= (int)blockDim.x ? nbins / (int)blockDim.x : 1;
+    u64 s = 0;
+    for (int q = 0; q < per; ++q) {
+        const int r = t * per + q;
+        if (r < nbins) s += __ldcg(hist + (nbins - 1 - r));
+    }
+    part[t] = s;
+    __syncthreads();
+    for (int off = 1; off < (int)blockDim.x; off <<= 1) {  // inclusive prefix over threads
+        const u64 add = t >= off ? part[t - off] : 0ULL;
+        __syncthreads();
+        part[t] += add;
+        __syncthreads();
+    }
+    u64 run = part[t] - s;  // count in the bins above mine
+    for (int q = 0; q < per; ++q) {
+        const int r = t * per + q;
+        if (r >= nbins) break;
+        const int b = nbins - 1 - r;
+        const u64 c = __ldcg(hist + b);
+        if (run < need && run + c >= need) {
+            st[SKT_PREFIX] = (prefix << width) | (u64)b;
+            st[SKT_PSHIFT] = pshift - (u64)width;
+            st[SKT_ABOVE] = above + run;
+            st[SKT_NEED] = need - run;
+            st[SKT_EQ] = c;
+            if (first) { st[SKT_PREFIX1] = (prefix << width) | (u64)b; st[SKT_PSHIFT1] = pshift - (u64)width; }
+        }
+        run += c;
+        hist[b] = 0ULL;
+    }
+    if (t == 0) st[SKT_DONE] = 0ULL;
+}
+
+// One output entry.  Packed (out_key != null, float32 with index < 2**32): one u64 whose
+// ascending order is |v| descending, then index ascending:
+// (0x7fffffff - |v| bits) << 33 | index << 1 | sign bit.  Else index and value.
+template <typename T>
+__device__ __forceinline__ void skt_emit(i64 slot, i64 i, T v, i64* out_idx, T* out_val, u64* out_key) {
+    if (out_key != nullptr) {
+        const u64 bits = (u64)sk_key(v);
+        out_key[slot] = ((0x7fffffffULL - bits) << 33) | ((u64)i << 1) | (signbit(v) ? 1ULL : 0ULL);
+    } else {
+        out_idx[slot] = i;
+        out_val[slot] = v;
+    }
+}
+
+// Pass 1: the estimates of all n coordinates into out, and the histogram of their top
+// 12 key bits, then the pick (range = the bin holding the k-th largest).
+template <typename T, int R>
+__device__ void skt_estimates(const T* __restrict__ table, const u32* __restrict__ keys, int rows, u32 cols,
+                              i64 n, T* __restrict__ out, u64* __restrict__ hist, u64* st, u64 k, int kbits) {
+    __shared__ u32 sk[2 * SK_MAX_ROWS];
+    __shared__ u32 sh[SK_HIST_SIZE];
+    for (int t = threadIdx.x; t < SK_HIST_SIZE; t += blockDim.x) sh[t] = 0;
+    sk_load_keys(sk, keys, rows);  // includes __syncthreads
+    const int shift = kbits - SK_HIST_BITS;
+    for (i64 t = sk_tid(); t < n; t += sk_nthreads()) {
+        const T v = sk_estimate<T, R>(table, sk, rows, cols, t);
+        __stcs(out + t, v);
+        atomicAdd(&sh[sk_key(v) >> shift], 1U);
+    }
+    __syncthreads();
+    skt_flush_and_pick(sh, SK_HIST_BITS, hist, st, 0ULL, (u64)kbits, 0ULL, k, true);
+}
+
+// After pass 1: entries above the range go to the output (slots counted by NSURE), those
+// in it to the candidate buffer (the first cap of them; NCAND counts them all).
+template <typename T>
+__device__ void skt_compact(const T* __restrict__ est, i64 n, u64* st, i64* __restrict__ cand_idx,
+                            T* __restrict__ cand_val, i64 cap, i64* out_idx, T* out_val, u64* out_key) {
+    const u64 prefix = st[SKT_PREFIX], pshift = st[SKT_PSHIFT];
+    const int lane = threadIdx.x & 31;
+    for (i64 base = sk_tid() - lane; base < n; base += sk_nthreads()) {
+        const i64 t = base + lane;
+        const bool in = t < n;
+        T v = T(0);
+        u64 top = 0;
+        if (in) { v = est[t]; top = sk_key(v) >> pshift; }
+        const i64 s = sk_warp_append(st + SKT_NSURE, in && top > prefix);
+        if (s >= 0) skt_emit<T>(s, t, v, out_idx, out_val, out_key);
+        const i64 c = sk_warp_append(st + SKT_NCAND, in && top == prefix);
+        if (c >= 0 && c < cap) { cand_idx[c] = t; cand_val[c] = v; }
+    }
+}
+
+// One more 12-bit (or the last, narrower) digit of the range: histogram over the
+// candidates (over est, filtered by the range, when they overflowed the buffer), then
+// the pick.  Nothing to do once the range is one key or the whole range is taken;
+// the condition is read from the state, so it is the same in every block.
+template <typename T>
+__device__ void skt_refine(const T* __restrict__ est, i64 n, const T* __restrict__ cand_val, i64 cap,
+                           u64* __restrict__ hist, u64* st) {
+    __shared__ u32 sh[SK_HIST_SIZE];
+    const u64 pshift = st[SKT_PSHIFT], need = st[SKT_NEED], eq = st[SKT_EQ];
+    if (pshift == 0 || eq == need) return;
+    const u64 prefix = st[SKT_PREFIX], above = st[SKT_ABOVE], ncand = st[SKT_NCAND];
+    const int width = pshift < (u64)SK_HIST_BITS ? (int)pshift : SK_HIST_BITS;
+    const int shift = (int)pshift - width;
+    const u64 mask = (1ULL << width) - 1ULL;
+    for (int t = threadIdx.x; t < (1 << width); t += blockDim.x) sh[t] = 0;
+    __syncthreads();
+    const bool from_cand = ncand <= (u64)cap;
+    const i64 m = from_cand ? (i64)ncand : n;
+    for (i64 t = sk_tid(); t < m; t += sk_nthreads()) {
+        const u64 key = sk_key(from_cand ? cand_val[t] : est[t]);
+        if ((key >> pshift) == prefix) atomicAdd(&sh[(key >> shift) & mask], 1U);
+    }
+    __syncthreads();
+    skt_flush_and_pick(sh, width, hist, st, prefix, pshift, above, need, false);
+}
+
+// Last: from the candidates (or est, filtered by the first range), entries above the
+// final range take the next NSURE slots, and the first `need` in it take the slots
+// [above, k): exactly k outputs.
+template <typename T>
+__device__ void skt_select(const T* __restrict__ est, i64 n, const i64* __restrict__ cand_idx,
+                           const T* __restrict__ cand_val, i64 cap, u64* st, i64* out_idx, T* out_val,
+                           u64* out_key) {
+    const u64 prefix = st[SKT_PREFIX], pshift = st[SKT_PSHIFT], above = st[SKT_ABOVE], need = st[SKT_NEED];
+    const u64 prefix1 = st[SKT_PREFIX1], pshift1 = st[SKT_PSHIFT1], ncand = st[SKT_NCAND];
+    const bool from_cand = ncand <= (u64)cap;
+    const i64 m = from_cand ? (i64)ncand : n;
+    const int lane = threadIdx.x & 31;
+    for (i64 base = sk_tid() - lane; base < m; base += sk_nthreads()) {
+        const i64 t = base + lane;
+        bool in = t < m;
+        T v = T(0);
+        i64 i = t;
+        if (in) {
+            if (from_cand) { i = cand_idx[t]; v = cand_val[t]; }
+            else { v = est[t]; in = (sk_key(v) >> pshift1) == prefix1; }
+        }
+        const u64 top = sk_key(v) >> pshift;
+        const i64 s = sk_warp_append(st + SKT_NSURE, in && top > prefix);
+        if (s >= 0) skt_emit<T>(s, i, v, out_idx, out_val, out_key);
+        const i64 c = sk_warp_append(st + SKT_NTIE, in && top == prefix);
+        if (c >= 0 && (u64)c < need) skt_emit<T>((i64)above + c, i, v, out_idx, out_val, out_key);
+    }
+}
+
+// Packed keys (sorted) back to index and value: the value's bits are exact.
+__device__ void skt_unpack(const u64* __restrict__ keys, i64 k, i64* __restrict__ out_idx,
+                           float* __restrict__ out_val) {
+    for (i64 t = sk_tid(); t < k; t += sk_nthreads()) {
+        const u64 c = keys[t];
+        out_idx[t] = (i64)((c >> 1) & 0xffffffffULL);
+        out_val[t] = __uint_as_float((0x7fffffffU - (u32)(c >> 33)) | ((u32)(c & 1ULL) << 31));
+    }
+}
+
 // Entries of a stored estimate buffer with |v| >= thr (in no particular order).
 template <typename T>
 __device__ void sk_threshold_compact(const T* __restrict__ est, i64 n, T thr, i64* __restrict__ out_idx,
@@ -526,6 +749,17 @@ __global__ void sk_deinterleave_f32(float* scratch, i64 rc, float* tables, i64 n
     sk_deinterleave(scratch, rc, tables, n0, ng);
 }
 
+__global__ void sk_stack_each_v4r_f32(const float* stack, i64 n0, int ng, i64 d, float* scratch,
+                                      const u32* keys, int j0, int j1, u32 cols) {
+    sk_stack_each_v4r(stack, n0, ng, d, scratch, keys, j0, j1, cols);
+}
+__global__ void sk_deinterleave_at_f32(float* scratch, i64 m, float* tables, i64 rc, i64 off, i64 n0, int ng) {
+    sk_deinterleave_at(scratch, m, tables, rc, off, n0, ng);
+}
+__global__ void skt_unpack_f32(const u64* keys, i64 k, i64* out_idx, float* out_val) {
+    skt_unpack(keys, k, out_idx, out_val);
+}
+
 #if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 900
 __global__ void __cluster_dims__(SK_CLUSTER, 1, 1) __launch_bounds__(1024)
 sk_insert_dsmem_f32(const float* x, i64 d, float* table, const u32* keys, int rows, u32 cols, int nseg,
@@ -542,6 +776,11 @@ sk_insert_dsmem_f32(const float* x, i64 d, float* table, const u32* keys, int ro
 
 #define SK_EST_R(T, S, R) \
 __global__ void sk_estimates_##S##_r##R(SK_EST_ARGS(T)) { sk_estimates<T, R>(SK_EST_CALL); }
+
+#define SKT_EST_R(T, S, R) \
+__global__ void skt_estimates_##S##_r##R(const T* table, const u32* keys, int rows, u32 cols, i64 n, T* out, \
+                                         u64* hist, u64* st, u64 k, int kbits) { \
+    skt_estimates<T, R>(table, keys, rows, cols, n, out, hist, st, k, kbits); }
 
 #define SK_INSTANTIATE(T, S) \
 __global__ void sk_insert_simple_##S(SK_INSERT_ARGS(T)) { sk_insert_simple<T>(x, d, table, keys, rows, cols); } \
@@ -569,7 +808,17 @@ __global__ void sk_threshold_compact_##S(const T* est, i64 n, T thr, i64* out_id
     sk_threshold_compact<T>(est, n, thr, out_idx, out_val, out_n, cap); } \
 __global__ void sk_zero_buckets_##S(const i64* idx, i64 n, T* table, const u32* keys, int rows, u32 cols) { \
     sk_zero_buckets<T>(idx, n, table, keys, rows, cols); } \
-__global__ void sk_all_finite_##S(const T* x, i64 n, int* bad) { sk_all_finite<T>(x, n, bad); }
+__global__ void sk_all_finite_##S(const T* x, i64 n, int* bad) { sk_all_finite<T>(x, n, bad); } \
+SKT_EST_R(T, S, 0) SKT_EST_R(T, S, 1) SKT_EST_R(T, S, 2) SKT_EST_R(T, S, 3) SKT_EST_R(T, S, 4) \
+SKT_EST_R(T, S, 5) SKT_EST_R(T, S, 6) SKT_EST_R(T, S, 7) SKT_EST_R(T, S, 8) \
+__global__ void skt_compact_##S(const T* est, i64 n, u64* st, i64* cand_idx, T* cand_val, i64 cap, \
+                                i64* out_idx, T* out_val, u64* out_key) { \
+    skt_compact<T>(est, n, st, cand_idx, cand_val, cap, out_idx, out_val, out_key); } \
+__global__ void skt_refine_##S(const T* est, i64 n, const T* cand_val, i64 cap, u64* hist, u64* st) { \
+    skt_refine<T>(est, n, cand_val, cap, hist, st); } \
+__global__ void skt_select_##S(const T* est, i64 n, const i64* cand_idx, const T* cand_val, i64 cap, u64* st, \
+                               i64* out_idx, T* out_val, u64* out_key) { \
+    skt_select<T>(est, n, cand_idx, cand_val, cap, st, out_idx, out_val, out_key); }
 
 SK_INSTANTIATE(float, f32)
 SK_INSTANTIATE(double, f64)

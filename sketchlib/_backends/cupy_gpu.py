@@ -13,9 +13,15 @@ order like unsigned integers), one block finds the bin holding the k-th
 largest, a compaction pass keeps the coordinates above that bin (all in the
 top-k) and those inside it (candidates); further 12-bit passes narrow the bin
 down while it holds too many candidates, and one radix sort of the survivors
-(k plus the candidates) orders them and drops the extra candidates.  One host
-synchronisation per pass reads the counts needed to size the buffers (one pass
-in practice).
+(k plus the candidates) orders them and drops the extra candidates.  Two tails
+(``_options["topk"]``): "sync" reads the counts back once per pass to size its
+buffers (one pass in practice); "dev" never waits for the device: the last block
+of each histogram pass picks the bin and keeps the state in device memory, the
+candidates of the first bin are narrowed by further passes down to a single key,
+and exactly k entries are written, then sorted as packed 64-bit keys (float32:
+``|v|`` descending, ties by index ascending; float64 gets the same order from two
+stable sorts).  Which k of several coordinates tied at the k-th magnitude are
+taken is up to the order of the atomics.
 
 Dense inserts are bound by random float atomics into the table (~100 G/s on an
 H200, whatever the kernel: every variant in ``INSERT_VARIANTS`` timed within 4%
@@ -41,15 +47,20 @@ ARRAY_LIBRARY = "cupy"
 DEVICE_KIND = "cuda"
 
 INSERT_VARIANTS = ("simple", "rowy", "vec", "vec2x", "veccs", "vec2xcs", "dsmem")
-EACH_VARIANTS = ("simple", "v4")
+EACH_VARIANTS = ("simple", "v4", "v4rows", "v4rows1")
+TOPK_VARIANTS = ("sync", "dev")
 # Private tuning switches (the GPU benchmark times every variant):
 #   insert      - dense insert kernel, one of INSERT_VARIANTS ("dsmem": float32 on sm_90+,
 #                 else "veccs")
-#   stack_each  - sketch_each kernel for float32, one of EACH_VARIANTS
+#   stack_each  - sketch_each kernel for float32, one of EACH_VARIANTS ("v4rows": "v4"
+#                 over groups of rows whose scratch fits in a third of the L2 cache;
+#                 "v4rows1": one row at a time)
+#   topk        - top-k tail, one of TOPK_VARIANTS: "sync" reads the radix counts back
+#                 once per pass to size its buffers; "dev" keeps them on the device
 #   cand_cap    - top-k candidate buffer size (None: max(2k, 65536)); tests shrink it
-#                 to exercise the extra radix passes
+#                 to exercise the extra radix passes and the overflow paths
 #   blocks_per_sm - grid size of the grid-stride kernels
-_options = {"insert": "veccs", "stack_each": "v4", "cand_cap": None, "blocks_per_sm": 8}
+_options = {"insert": "veccs", "stack_each": "v4", "topk": "dev", "cand_cap": None, "blocks_per_sm": 8}
 
 _BLOCK = _cuda_src.BLOCK
 _HIST_BITS = _cuda_src.HIST_BITS
@@ -62,6 +73,7 @@ _modules = {}
 _functions = {}
 _keys_cache = {}
 _sm_counts = {}
+_l2_sizes = {}
 _dsmem_smem = {}
 _dsmem_plans = {}
 
@@ -263,6 +275,8 @@ def insert_stack_each(tables, stack, keys):
             return
         _, rows, cols = tables.shape
         k = _dev_keys(keys)
+        if tables.dtype.name == "float32" and _options["stack_each"] in ("v4rows", "v4rows1"):
+            return _stack_each_v4rows(tables, stack, k, one_row=_options["stack_each"] == "v4rows1")
         if tables.dtype.name == "float32" and _options["stack_each"] == "v4":
             rc = rows * cols
             scratch = cp.zeros(rc * 4, dtype=np.float32)
@@ -274,6 +288,39 @@ def insert_stack_each(tables, stack, keys):
             return
         _launch("sk_stack_each_simple_" + _sfx(tables), d,
                 (stack, np.int64(n), np.int64(d), tables, k, np.int32(rows), np.uint32(cols)))
+
+
+def _l2_bytes():
+    """L2 cache size of the current device (cached; 40 MB when the driver does not say)."""
+    cp = _cp()
+    dev = cp.cuda.Device().id
+    if dev not in _l2_sizes:
+        _l2_sizes[dev] = int(cp.cuda.Device(dev).attributes.get("L2CacheSize", 40 << 20) or (40 << 20))
+    return _l2_sizes[dev]
+
+
+def _stack_each_v4rows(tables, stack, k, one_row=False):
+    """``sk_stack_each_v4`` by groups of rows whose interleaved scratch fits in L2.
+
+    With all rows at once a 500k-column scratch (40 MB) left the 16-byte atomics to
+    DRAM: the H100/H200 times scaled with memory bandwidth.  Each group of rows reads
+    the four vectors again (streamed), a smaller cost.
+    """
+    cp = _cp()
+    n, d = stack.shape
+    _, rows, cols = tables.shape
+    per = 1 if one_row else max(1, min(rows, (_l2_bytes() // 3) // (16 * cols)))
+    scratch = cp.zeros(per * cols * 4, dtype=np.float32)
+    rc = rows * cols
+    for n0 in range(0, n, 4):
+        ng = np.int32(min(4, n - n0))
+        for j0 in range(0, rows, per):
+            j1 = min(rows, j0 + per)
+            _launch("sk_stack_each_v4r_f32", d, (stack, np.int64(n0), ng, np.int64(d), scratch, k,
+                                                 np.int32(j0), np.int32(j1), np.uint32(cols)))
+            m = (j1 - j0) * cols
+            _launch("sk_deinterleave_at_f32", m, (scratch, np.int64(m), tables, np.int64(rc),
+                                                  np.int64(j0 * cols), np.int64(n0), ng))
 
 
 # -------------------------------------------------------------------------- queries
@@ -316,6 +363,61 @@ def _pick(hist, width, need, state):
 
 def topk(table, d, k, keys):
     """The k coordinates of largest |estimate|, by |estimate| descending (radix select)."""
+    variant = _options["topk"]
+    if variant == "dev":
+        return _topk_dev(table, d, k, keys)
+    if variant != "sync":
+        raise ValueError(f"unknown top-k variant {variant!r}; choose one of {TOPK_VARIANTS}")
+    return _topk_sync(table, d, k, keys)
+
+
+def _topk_dev(table, d, k, keys):
+    """Top-k with every count kept on the device: the host enqueues the chain and never waits.
+
+    Estimates + 12-bit histogram + pick (last block), compaction of the entries above
+    the picked bin (output) and in it (candidates), refinement passes over the
+    candidates down to one key, selection of exactly k, then one sort.  float32 with
+    ``d <= 2**32`` sorts packed u64 keys (|v| descending, then index ascending);
+    otherwise two stable argsorts give the same order.
+    """
+    cp = _cp()
+    with table.device:
+        dt = table.dtype
+        sfx = _sfx(table)
+        kbits = _KEY_BITS[dt.name]
+        cap = max(1, _options["cand_cap"] or max(2 * k, 1 << 16))
+        packed = dt == np.float32 and d <= 2**32
+        work = cp.zeros((1 << _HIST_BITS) + _cuda_src.TOPK_WORDS, dtype=np.uint64)  # one memset
+        hist, state = work[:1 << _HIST_BITS], work[1 << _HIST_BITS:]
+        est = cp.empty(d, dtype=dt)
+        cand_idx, cand_val = cp.empty(cap, np.int64), cp.empty(cap, dt)
+        if packed:
+            out_key, out_idx, out_val = cp.empty(k, np.uint64), _NULL, _NULL
+        else:
+            out_key, out_idx, out_val = _NULL, cp.empty(k, np.int64), cp.empty(k, dt)
+        t, kk, rows, cols = _table_args(table, keys)
+        r = int(rows) if int(rows) in _cuda_src.MEDIAN_ROWS else 0
+        _launch(f"skt_estimates_{sfx}_r{r}", d, (t, kk, rows, cols, np.int64(d), est, hist, state,
+                                                 np.uint64(k), np.int32(kbits)))
+        _launch("skt_compact_" + sfx, d, (est, np.int64(d), state, cand_idx, cand_val, np.int64(cap),
+                                          out_idx, out_val, out_key))
+        for _ in range(-(-(kbits - _HIST_BITS) // _HIST_BITS)):  # no-ops once resolved
+            _launch("skt_refine_" + sfx, d, (est, np.int64(d), cand_val, np.int64(cap), hist, state))
+        _launch("skt_select_" + sfx, d, (est, np.int64(d), cand_idx, cand_val, np.int64(cap), state,
+                                         out_idx, out_val, out_key))
+        del est, cand_idx, cand_val
+        if packed:
+            out_key.sort()
+            idx, val = cp.empty(k, np.int64), cp.empty(k, dt)
+            _launch("skt_unpack_f32", k, (out_key, np.int64(k), idx, val))
+            return idx, val
+        first = cp.argsort(out_idx)                       # stable sorts: index, then -|v|
+        order = first[cp.argsort(-cp.abs(out_val[first]))]
+        return out_idx[order], out_val[order]
+
+
+def _topk_sync(table, d, k, keys):
+    """Top-k reading the radix counts back once per pass (the first design)."""
     cp = _cp()
     with table.device:
         dt = table.dtype
