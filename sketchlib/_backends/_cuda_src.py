@@ -584,22 +584,55 @@ __device__ void skt_estimates(const T* __restrict__ table, const u32* __restrict
 }
 
 // After pass 1: entries above the range go to the output (slots counted by NSURE), those
-// in it to the candidate buffer (the first cap of them; NCAND counts them all).
+// in it to the candidate buffer (the first cap of them; NCAND counts them all).  Each warp
+// takes chunks of 32 x 32 consecutive entries, counts its hits, and reserves their slots
+// with one atomic per counter and chunk: one atomic per warp and 32 entries (what
+// sk_warp_append does) made the two same-address counters a bottleneck.
+#define SKT_ITEMS 32
 template <typename T>
 __device__ void skt_compact(const T* __restrict__ est, i64 n, u64* st, i64* __restrict__ cand_idx,
                             T* __restrict__ cand_val, i64 cap, i64* out_idx, T* out_val, u64* out_key) {
     const u64 prefix = st[SKT_PREFIX], pshift = st[SKT_PSHIFT];
     const int lane = threadIdx.x & 31;
-    for (i64 base = sk_tid() - lane; base < n; base += sk_nthreads()) {
-        const i64 t = base + lane;
-        const bool in = t < n;
-        T v = T(0);
-        u64 top = 0;
-        if (in) { v = est[t]; top = sk_key(v) >> pshift; }
-        const i64 s = sk_warp_append(st + SKT_NSURE, in && top > prefix);
-        if (s >= 0) skt_emit<T>(s, t, v, out_idx, out_val, out_key);
-        const i64 c = sk_warp_append(st + SKT_NCAND, in && top == prefix);
-        if (c >= 0 && c < cap) { cand_idx[c] = t; cand_val[c] = v; }
+    const i64 warp = sk_tid() >> 5, nwarps = sk_nthreads() >> 5;
+    const i64 chunk = 32 * SKT_ITEMS;
+    for (i64 base = warp * chunk; base < n; base += nwarps * chunk) {
+        T v[SKT_ITEMS];
+        u32 ns = 0, nc = 0;
+#pragma unroll
+        for (int q = 0; q < SKT_ITEMS; ++q) {
+            const i64 t = base + q * 32 + lane;
+            v[q] = t < n ? __ldcs(est + t) : T(0);
+            const u64 top = sk_key(v[q]) >> pshift;
+            ns += (t < n && top > prefix) ? 1U : 0U;
+            nc += (t < n && top == prefix) ? 1U : 0U;
+        }
+        u32 is = ns, ic = nc;  // inclusive scans over the lanes
+#pragma unroll
+        for (int off = 1; off < 32; off <<= 1) {
+            const u32 a = __shfl_up_sync(0xffffffffU, is, off), b = __shfl_up_sync(0xffffffffU, ic, off);
+            if (lane >= off) { is += a; ic += b; }
+        }
+        const u32 ts = __shfl_sync(0xffffffffU, is, 31), tc = __shfl_sync(0xffffffffU, ic, 31);
+        u64 bs = 0, bc = 0;
+        if (lane == 0) {
+            if (ts) bs = atomicAdd(st + SKT_NSURE, (u64)ts);
+            if (tc) bc = atomicAdd(st + SKT_NCAND, (u64)tc);
+        }
+        i64 s = (i64)__shfl_sync(0xffffffffU, bs, 0) + is - ns;
+        i64 c = (i64)__shfl_sync(0xffffffffU, bc, 0) + ic - nc;
+        if (ns == 0 && nc == 0) continue;
+#pragma unroll
+        for (int q = 0; q < SKT_ITEMS; ++q) {
+            const i64 t = base + q * 32 + lane;
+            if (t >= n) break;
+            const u64 top = sk_key(v[q]) >> pshift;
+            if (top > prefix) skt_emit<T>(s++, t, v[q], out_idx, out_val, out_key);
+            else if (top == prefix) {
+                if (c < cap) { cand_idx[c] = t; cand_val[c] = v[q]; }
+                ++c;
+            }
+        }
     }
 }
 

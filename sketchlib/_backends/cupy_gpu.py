@@ -397,14 +397,15 @@ def _topk_dev(table, d, k, keys):
             out_key, out_idx, out_val = _NULL, cp.empty(k, np.int64), cp.empty(k, dt)
         t, kk, rows, cols = _table_args(table, keys)
         r = int(rows) if int(rows) in _cuda_src.MEDIAN_ROWS else 0
-        _launch(f"skt_estimates_{sfx}_r{r}", d, (t, kk, rows, cols, np.int64(d), est, hist, state,
-                                                 np.uint64(k), np.int32(kbits)))
-        _launch("skt_compact_" + sfx, d, (est, np.int64(d), state, cand_idx, cand_val, np.int64(cap),
-                                          out_idx, out_val, out_key))
+        grid, block, n, ncap = (_grid(d),), (_BLOCK,), np.int64(d), np.int64(cap)
+        # The host must stay ahead of the device here: grid and kernels looked up once.
+        estimates, compact, refine, select = (_fn(name) for name in (
+            f"skt_estimates_{sfx}_r{r}", "skt_compact_" + sfx, "skt_refine_" + sfx, "skt_select_" + sfx))
+        estimates(grid, block, (t, kk, rows, cols, n, est, hist, state, np.uint64(k), np.int32(kbits)))
+        compact(grid, block, (est, n, state, cand_idx, cand_val, ncap, out_idx, out_val, out_key))
         for _ in range(-(-(kbits - _HIST_BITS) // _HIST_BITS)):  # no-ops once resolved
-            _launch("skt_refine_" + sfx, d, (est, np.int64(d), cand_val, np.int64(cap), hist, state))
-        _launch("skt_select_" + sfx, d, (est, np.int64(d), cand_idx, cand_val, np.int64(cap), state,
-                                         out_idx, out_val, out_key))
+            refine(grid, block, (est, n, cand_val, ncap, hist, state))
+        select(grid, block, (est, n, cand_idx, cand_val, ncap, state, out_idx, out_val, out_key))
         del est, cand_idx, cand_val
         if packed:
             out_key.sort()
