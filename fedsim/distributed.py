@@ -231,9 +231,17 @@ class TorchDistributedCommunicator(Communicator):
             raise RankMismatch(f"rank {self.rank}: the ranks disagree on {what}; every rank must run the "
                               f"same configuration")
 
-    def close(self):
-        """Leave the process group (if this object created it) and stop the watchdog."""
+    def close(self, sync=False):
+        """Leave the process group (if this object created it) and stop the watchdog.
+
+        ``sync=True`` first waits for every rank (use it when all ranks finished
+        normally, never after an error that only some ranks saw).
+        """
         if self._owns_group and self._dist.is_initialized():
+            if sync:
+                # A rank that tears down and exits while a peer is still busy (rank 0
+                # writes the reports) was seen to make gloo abort that peer.
+                self.barrier()
             # Teardown waits on peers too: keep the watchdog on it.
             self._watchdog.enter("destroy_process_group")
             self._dist.destroy_process_group()
@@ -334,7 +342,11 @@ def run_distributed(argv):
         _say(comm, f"fedsim: error: {type(exc).__name__}: {exc}")
         _close(comm)
         return 2
-    _close(comm)
+    try:
+        _close(comm, sync=True)
+    except RankFailure as exc:
+        print(f"fedsim.distributed: error: {exc}", file=sys.stderr, flush=True)
+        _abandon(comm)
     return 0 if all(r.status == "ok" for r in exp.runs) else 1
 
 
@@ -371,10 +383,10 @@ def _check_resume_files(comm, cfg, specs, out):
                                     f"that every rank reads, e.g. on a shared filesystem)")
 
 
-def _close(comm):
+def _close(comm, sync=False):
     """Leave the group normally."""
     if comm is not None:
-        comm.close()
+        comm.close(sync=sync)
 
 
 def _abandon(comm):
@@ -391,4 +403,10 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    # Everything is written and closed by now.  Skipping the interpreter's teardown avoids
+    # C++ destructors of torch/gloo worker threads racing at exit, seen to abort a rank
+    # ("terminate called without an active exception") after a successful run.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
