@@ -141,13 +141,25 @@ def _probe_topk(variant, quick):
         got = sk.unsketch(K)
         est = sk.estimate_all()
         cp.cuda.Device().synchronize()
-        m = cp.abs(wv[-1])  # ties at the k-th magnitude may be taken differently by the two paths
-        ok = (gi.shape == (K,) and len(cp.unique(gi)) == K and bool(cp.all(gv == est[gi]))
-              and bool(cp.all(cp.abs(gv) == cp.abs(wv)))
-              and bool(cp.all(cp.sort(gi[cp.abs(gv) > m]) == cp.sort(wi[cp.abs(wv) > m])))
-              and bool(cp.all(got[gi] == gv)) and int(cp.count_nonzero(got)) == int(cp.count_nonzero(want))
-              and bool(cp.all(cp.sort(cp.abs(got)) == cp.sort(cp.abs(want)))))
-        print(f"probe topk {variant}: {'ok' if ok else 'WRONG RESULT'} at {name}")
+        # Which of several coordinates tied at the k-th magnitude are taken may differ between
+        # the paths and between two calls (atomics): about 40% of the estimates near the k-th
+        # share their |v| with another coordinate at these sizes (same bucket value).
+        m = cp.abs(wv[-1])
+        strict = cp.abs(gv) > m
+        nz = cp.flatnonzero(got)
+        checks = {
+            "k distinct indices": gi.shape == (K,) and len(cp.unique(gi)) == K,
+            "values are the estimates": bool(cp.all(gv == est[gi])),
+            "magnitudes equal sync's": bool(cp.all(cp.abs(gv) == cp.abs(wv))),
+            "same set above the k-th": bool(cp.all(cp.sort(gi[strict]) == cp.sort(wi[cp.abs(wv) > m]))),
+            "unsketch: the estimates": bool(cp.all(got[nz] == est[nz])),
+            "unsketch: entries above the k-th": bool(cp.all(got[gi[strict]] == gv[strict])),
+            "unsketch: magnitudes equal sync's": int(nz.size) == int(cp.count_nonzero(want))
+            and bool(cp.all(cp.sort(cp.abs(got[nz])) == cp.sort(cp.abs(want[cp.flatnonzero(want)])))),
+        }
+        ok = all(checks.values())
+        print(f"probe topk {variant}: {'ok' if ok else 'WRONG RESULT'} at {name}"
+              + ("" if ok else f" (failed: {[c for c, v in checks.items() if not v]})"))
         if not ok:
             return 1
     return 0

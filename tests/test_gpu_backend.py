@@ -224,6 +224,18 @@ def test_topk_dev_orders_ties_by_index(dtype, cap, options):
         np.testing.assert_array_equal(gv.view(np.uint8), own[gi].view(np.uint8))       # bit for bit
 
 
+@pytest.mark.parametrize("variant", cupy_gpu.TOPK_VARIANTS)
+@pytest.mark.parametrize("cap", [None, 1000])
+def test_topk_many_chunks_per_warp(variant, cap, options):
+    """One block per SM, so that each warp of the compaction loops over several chunks (as at d=124M)."""
+    options.update(topk=variant, cand_cap=cap, blocks_per_sm=1)
+    d, k = 3_000_000, 20_000
+    x = cp.asarray(np.random.default_rng(13).standard_normal(d).astype(np.float32))
+    gpu = CountSketch(d, 5, 200_000, backend="cupy").insert(x)
+    est = cp.asnumpy(gpu.estimate_all())
+    _check_topk(*gpu.topk(k), est, k)
+
+
 def test_topk_dev_never_waits_for_the_device(options):
     """The "dev" top-k is captured whole into a CUDA graph: a read-back inside would fail the capture."""
     options["topk"] = "dev"
