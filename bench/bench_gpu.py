@@ -234,7 +234,7 @@ def _pass1(sk, k):
     r = int(rows) if int(rows) in _cuda_src.MEDIAN_ROWS else 0
     cupy_gpu._launch(f"skt_estimates_{cupy_gpu._sfx(table)}_r{r}", sk.d,
                      (t, kk, rows, cols, np.int64(sk.d), est, work[:1 << _cuda_src.HIST_BITS],
-                      work[1 << _cuda_src.HIST_BITS:], np.uint64(k), np.int32(31)))
+                      work[1 << _cuda_src.HIST_BITS:], np.uint64(k), np.int32(31), np.int32((sk.d - 1).bit_length())))
 
 
 def bench_size(name, d, rows, cols, args, results, peak, variants, topk_variants, each_variants):

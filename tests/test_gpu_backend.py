@@ -222,6 +222,8 @@ def test_topk_dev_orders_ties_by_index(dtype, cap, options):
         _check_topk(gi, gv, est, k)
         np.testing.assert_array_equal(np.lexsort((gi, -np.abs(gv))), np.arange(k))   # ties: index ascending
         np.testing.assert_array_equal(gv.view(np.uint8), own[gi].view(np.uint8))       # bit for bit
+        if dtype == "float32":   # exactly the first k by (|v| desc, index asc): deterministic
+            np.testing.assert_array_equal(gi, np.lexsort((np.arange(d), -np.abs(own)))[:k])
 
 
 @pytest.mark.parametrize("variant", cupy_gpu.TOPK_VARIANTS)

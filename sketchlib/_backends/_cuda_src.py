@@ -550,6 +550,16 @@ __device__ void skt_flush_and_pick(const u32* sh, int width, u64* __restrict__ h
     if (t == 0) st[SKT_DONE] = 0ULL;
 }
 
+// The radix-select key of an entry: |v|'s key, then, in the low ib bits, the index
+// reversed (2**ib - 1 - i), so that among equal |v| the smaller index ranks higher and
+// every key is distinct: the k taken are then exactly the first k by (|v| desc, index
+// asc), whatever order the atomics run in.  ib = 0 (float64, whose 63 key bits leave no
+// room): ties at the k-th magnitude are taken in atomic order.
+template <typename T>
+__device__ __forceinline__ u64 skt_ckey(T v, i64 i, int ib) {
+    return ib == 0 ? sk_key(v) : (sk_key(v) << ib) | (((1ULL << ib) - 1ULL) - (u64)i);
+}
+
 // One output entry.  Packed (out_key != null, float32 with index < 2**32): one u64 whose
 // ascending order is |v| descending, then index ascending:
 // (0x7fffffff - |v| bits) << 33 | index << 1 | sign bit.  Else index and value.
@@ -568,7 +578,8 @@ __device__ __forceinline__ void skt_emit(i64 slot, i64 i, T v, i64* out_idx, T* 
 // 12 key bits, then the pick (range = the bin holding the k-th largest).
 template <typename T, int R>
 __device__ void skt_estimates(const T* __restrict__ table, const u32* __restrict__ keys, int rows, u32 cols,
-                              i64 n, T* __restrict__ out, u64* __restrict__ hist, u64* st, u64 k, int kbits) {
+                              i64 n, T* __restrict__ out, u64* __restrict__ hist, u64* st, u64 k, int kbits,
+                              int ib) {
     __shared__ u32 sk[2 * SK_MAX_ROWS];
     __shared__ u32 sh[SK_HIST_SIZE];
     for (int t = threadIdx.x; t < SK_HIST_SIZE; t += blockDim.x) sh[t] = 0;
@@ -580,7 +591,8 @@ __device__ void skt_estimates(const T* __restrict__ table, const u32* __restrict
         atomicAdd(&sh[sk_key(v) >> shift], 1U);
     }
     __syncthreads();
-    skt_flush_and_pick(sh, SK_HIST_BITS, hist, st, 0ULL, (u64)kbits, 0ULL, k, true);
+    // The digit is the top 12 bits of the (kbits + ib)-bit key: those of |v|'s key.
+    skt_flush_and_pick(sh, SK_HIST_BITS, hist, st, 0ULL, (u64)(kbits + ib), 0ULL, k, true);
 }
 
 // After pass 1: entries above the range go to the output (slots counted by NSURE), those
@@ -591,7 +603,7 @@ __device__ void skt_estimates(const T* __restrict__ table, const u32* __restrict
 #define SKT_ITEMS 32
 template <typename T>
 __device__ void skt_compact(const T* __restrict__ est, i64 n, u64* st, i64* __restrict__ cand_idx,
-                            T* __restrict__ cand_val, i64 cap, i64* out_idx, T* out_val, u64* out_key) {
+                            T* __restrict__ cand_val, i64 cap, i64* out_idx, T* out_val, u64* out_key, int ib) {
     const u64 prefix = st[SKT_PREFIX], pshift = st[SKT_PSHIFT];
     const int lane = threadIdx.x & 31;
     const i64 warp = sk_tid() >> 5, nwarps = sk_nthreads() >> 5;
@@ -603,7 +615,7 @@ __device__ void skt_compact(const T* __restrict__ est, i64 n, u64* st, i64* __re
         for (int q = 0; q < SKT_ITEMS; ++q) {
             const i64 t = base + q * 32 + lane;
             v[q] = t < n ? __ldcs(est + t) : T(0);
-            const u64 top = sk_key(v[q]) >> pshift;
+            const u64 top = skt_ckey(v[q], t, ib) >> pshift;
             ns += (t < n && top > prefix) ? 1U : 0U;
             nc += (t < n && top == prefix) ? 1U : 0U;
         }
@@ -626,7 +638,7 @@ __device__ void skt_compact(const T* __restrict__ est, i64 n, u64* st, i64* __re
         for (int q = 0; q < SKT_ITEMS; ++q) {
             const i64 t = base + q * 32 + lane;
             if (t >= n) break;
-            const u64 top = sk_key(v[q]) >> pshift;
+            const u64 top = skt_ckey(v[q], t, ib) >> pshift;
             if (top > prefix) skt_emit<T>(s++, t, v[q], out_idx, out_val, out_key);
             else if (top == prefix) {
                 if (c < cap) { cand_idx[c] = t; cand_val[c] = v[q]; }
@@ -641,8 +653,8 @@ __device__ void skt_compact(const T* __restrict__ est, i64 n, u64* st, i64* __re
 // the pick.  Nothing to do once the range is one key or the whole range is taken;
 // the condition is read from the state, so it is the same in every block.
 template <typename T>
-__device__ void skt_refine(const T* __restrict__ est, i64 n, const T* __restrict__ cand_val, i64 cap,
-                           u64* __restrict__ hist, u64* st) {
+__device__ void skt_refine(const T* __restrict__ est, i64 n, const i64* __restrict__ cand_idx,
+                           const T* __restrict__ cand_val, i64 cap, u64* __restrict__ hist, u64* st, int ib) {
     __shared__ u32 sh[SK_HIST_SIZE];
     const u64 pshift = st[SKT_PSHIFT], need = st[SKT_NEED], eq = st[SKT_EQ];
     if (pshift == 0 || eq == need) return;
@@ -655,7 +667,7 @@ __device__ void skt_refine(const T* __restrict__ est, i64 n, const T* __restrict
     const bool from_cand = ncand <= (u64)cap;
     const i64 m = from_cand ? (i64)ncand : n;
     for (i64 t = sk_tid(); t < m; t += sk_nthreads()) {
-        const u64 key = sk_key(from_cand ? cand_val[t] : est[t]);
+        const u64 key = from_cand ? skt_ckey(cand_val[t], cand_idx[t], ib) : skt_ckey(est[t], t, ib);
         if ((key >> pshift) == prefix) atomicAdd(&sh[(key >> shift) & mask], 1U);
     }
     __syncthreads();
@@ -668,7 +680,7 @@ __device__ void skt_refine(const T* __restrict__ est, i64 n, const T* __restrict
 template <typename T>
 __device__ void skt_select(const T* __restrict__ est, i64 n, const i64* __restrict__ cand_idx,
                            const T* __restrict__ cand_val, i64 cap, u64* st, i64* out_idx, T* out_val,
-                           u64* out_key) {
+                           u64* out_key, int ib) {
     const u64 prefix = st[SKT_PREFIX], pshift = st[SKT_PSHIFT], above = st[SKT_ABOVE], need = st[SKT_NEED];
     const u64 prefix1 = st[SKT_PREFIX1], pshift1 = st[SKT_PSHIFT1], ncand = st[SKT_NCAND];
     const bool from_cand = ncand <= (u64)cap;
@@ -681,9 +693,9 @@ __device__ void skt_select(const T* __restrict__ est, i64 n, const i64* __restri
         i64 i = t;
         if (in) {
             if (from_cand) { i = cand_idx[t]; v = cand_val[t]; }
-            else { v = est[t]; in = (sk_key(v) >> pshift1) == prefix1; }
+            else { v = est[t]; in = (skt_ckey(v, i, ib) >> pshift1) == prefix1; }
         }
-        const u64 top = sk_key(v) >> pshift;
+        const u64 top = in ? skt_ckey(v, i, ib) >> pshift : 0ULL;
         const i64 s = sk_warp_append(st + SKT_NSURE, in && top > prefix);
         if (s >= 0) skt_emit<T>(s, i, v, out_idx, out_val, out_key);
         const i64 c = sk_warp_append(st + SKT_NTIE, in && top == prefix);
@@ -812,8 +824,8 @@ __global__ void sk_estimates_##S##_r##R(SK_EST_ARGS(T)) { sk_estimates<T, R>(SK_
 
 #define SKT_EST_R(T, S, R) \
 __global__ void skt_estimates_##S##_r##R(const T* table, const u32* keys, int rows, u32 cols, i64 n, T* out, \
-                                         u64* hist, u64* st, u64 k, int kbits) { \
-    skt_estimates<T, R>(table, keys, rows, cols, n, out, hist, st, k, kbits); }
+                                         u64* hist, u64* st, u64 k, int kbits, int ib) { \
+    skt_estimates<T, R>(table, keys, rows, cols, n, out, hist, st, k, kbits, ib); }
 
 #define SK_INSTANTIATE(T, S) \
 __global__ void sk_insert_simple_##S(SK_INSERT_ARGS(T)) { sk_insert_simple<T>(x, d, table, keys, rows, cols); } \
@@ -845,13 +857,14 @@ __global__ void sk_all_finite_##S(const T* x, i64 n, int* bad) { sk_all_finite<T
 SKT_EST_R(T, S, 0) SKT_EST_R(T, S, 1) SKT_EST_R(T, S, 2) SKT_EST_R(T, S, 3) SKT_EST_R(T, S, 4) \
 SKT_EST_R(T, S, 5) SKT_EST_R(T, S, 6) SKT_EST_R(T, S, 7) SKT_EST_R(T, S, 8) \
 __global__ void skt_compact_##S(const T* est, i64 n, u64* st, i64* cand_idx, T* cand_val, i64 cap, \
-                                i64* out_idx, T* out_val, u64* out_key) { \
-    skt_compact<T>(est, n, st, cand_idx, cand_val, cap, out_idx, out_val, out_key); } \
-__global__ void skt_refine_##S(const T* est, i64 n, const T* cand_val, i64 cap, u64* hist, u64* st) { \
-    skt_refine<T>(est, n, cand_val, cap, hist, st); } \
+                                i64* out_idx, T* out_val, u64* out_key, int ib) { \
+    skt_compact<T>(est, n, st, cand_idx, cand_val, cap, out_idx, out_val, out_key, ib); } \
+__global__ void skt_refine_##S(const T* est, i64 n, const i64* cand_idx, const T* cand_val, i64 cap, u64* hist, \
+                               u64* st, int ib) { \
+    skt_refine<T>(est, n, cand_idx, cand_val, cap, hist, st, ib); } \
 __global__ void skt_select_##S(const T* est, i64 n, const i64* cand_idx, const T* cand_val, i64 cap, u64* st, \
-                               i64* out_idx, T* out_val, u64* out_key) { \
-    skt_select<T>(est, n, cand_idx, cand_val, cap, st, out_idx, out_val, out_key); }
+                               i64* out_idx, T* out_val, u64* out_key, int ib) { \
+    skt_select<T>(est, n, cand_idx, cand_val, cap, st, out_idx, out_val, out_key, ib); }
 
 SK_INSTANTIATE(float, f32)
 SK_INSTANTIATE(double, f64)

@@ -18,10 +18,11 @@ down while it holds too many candidates, and one radix sort of the survivors
 buffers (one pass in practice); "dev" never waits for the device: the last block
 of each histogram pass picks the bin and keeps the state in device memory, the
 candidates of the first bin are narrowed by further passes down to a single key,
-and exactly k entries are written, then sorted as packed 64-bit keys (float32:
-``|v|`` descending, ties by index ascending; float64 gets the same order from two
-stable sorts).  Which k of several coordinates tied at the k-th magnitude are
-taken is up to the order of the atomics.
+and exactly k entries are written, then sorted as packed 64-bit keys.  float32:
+the result is exactly the first k by (``|v|`` descending, index ascending), the
+index being the last digits of the select key; float64 gets that order from two
+stable sorts, but which of several coordinates tied at the k-th magnitude it takes
+is up to the order of the atomics (as for "sync", whose ties come in any order).
 
 Dense inserts are bound by random float atomics into the table (~100 G/s on an
 H200, whatever the kernel: every variant in ``INSERT_VARIANTS`` timed within 4%
@@ -380,8 +381,10 @@ def _topk_dev(table, d, k, keys):
     Estimates + 12-bit histogram + pick (last block), compaction of the entries above
     the picked bin (output) and in it (candidates), refinement passes over the
     candidates down to one key, selection of exactly k, then one sort.  float32 with
-    ``d <= 2**32`` sorts packed u64 keys (|v| descending, then index ascending);
-    otherwise two stable argsorts give the same order.
+    ``d <= 2**32`` selects on |v| then the reversed index, so the result is exactly the
+    first k by (|v| descending, index ascending), and sorts packed u64 keys; otherwise
+    two stable argsorts give that order to the k taken (ties at the k-th magnitude
+    taken in atomic order).
     """
     cp = _cp()
     with table.device:
@@ -390,6 +393,7 @@ def _topk_dev(table, d, k, keys):
         kbits = _KEY_BITS[dt.name]
         cap = max(1, _options["cand_cap"] or max(2 * k, 1 << 16))
         packed = dt == np.float32 and d <= 2**32
+        ib = (d - 1).bit_length() if packed else 0   # index bits of the select key: see skt_ckey
         work = cp.zeros((1 << _HIST_BITS) + _cuda_src.TOPK_WORDS, dtype=np.uint64)  # one memset
         hist, state = work[:1 << _HIST_BITS], work[1 << _HIST_BITS:]
         est = cp.empty(d, dtype=dt)
@@ -404,11 +408,12 @@ def _topk_dev(table, d, k, keys):
         # The host must stay ahead of the device here: grid and kernels looked up once.
         estimates, compact, refine, select = (_fn(name) for name in (
             f"skt_estimates_{sfx}_r{r}", "skt_compact_" + sfx, "skt_refine_" + sfx, "skt_select_" + sfx))
-        estimates(grid, block, (t, kk, rows, cols, n, est, hist, state, np.uint64(k), np.int32(kbits)))
-        compact(grid, block, (est, n, state, cand_idx, cand_val, ncap, out_idx, out_val, out_key))
-        for _ in range(-(-(kbits - _HIST_BITS) // _HIST_BITS)):  # no-ops once resolved
-            refine(grid, block, (est, n, cand_val, ncap, hist, state))
-        select(grid, block, (est, n, cand_idx, cand_val, ncap, state, out_idx, out_val, out_key))
+        nib = np.int32(ib)
+        estimates(grid, block, (t, kk, rows, cols, n, est, hist, state, np.uint64(k), np.int32(kbits), nib))
+        compact(grid, block, (est, n, state, cand_idx, cand_val, ncap, out_idx, out_val, out_key, nib))
+        for _ in range(-(-(kbits + ib - _HIST_BITS) // _HIST_BITS)):  # no-ops once resolved
+            refine(grid, block, (est, n, cand_idx, cand_val, ncap, hist, state, nib))
+        select(grid, block, (est, n, cand_idx, cand_val, ncap, state, out_idx, out_val, out_key, nib))
         del est, cand_idx, cand_val
         if packed:
             out_key.sort()
