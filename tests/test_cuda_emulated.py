@@ -1,0 +1,182 @@
+"""The "dev" top-k chain and the "v4rows" batched-each kernels, run from the real CUDA source on CPU threads.
+
+CI has no GPU.  ``_cuda_emu.h`` maps the CUDA features these kernels use onto C++20
+threads (a block's threads are real threads, ``__syncthreads`` a barrier, warp ballots and
+shuffles exchange through a per-warp barrier; blocks run one after another, a valid CUDA
+schedule for kernels that never wait on other blocks; inline PTX is dropped and the table
+reductions become atomics).  So the selection logic, the last-block picks, the chunked
+compaction and its warp scans are checked against the NumPy reference wherever g++
+builds C++20; speed and memory ordering on a device are the GPU tests' business.
+"""
+import ctypes
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from sketchlib import CountSketch
+from sketchlib._backends import _cuda_src
+
+HARNESS = r'''
+// Throws (the test then fails cleanly) where a wrong kernel would otherwise write out of bounds.
+static void check_state(const u64* st, i64 k) {
+    if (st[SKT_NEED] < 1 || st[SKT_ABOVE] + st[SKT_NEED] != (u64)k || st[SKT_EQ] < st[SKT_NEED]) throw 1;
+}
+template <typename T, int R>
+static void run_topk(const T* table, const u32* keys, int rows, u32 cols, i64 d, i64 k, i64 cap, int grid,
+                     int kbits, int ib, i64* out_idx, T* out_val, u64* out_key) {
+    std::vector<T> est(d);
+    std::vector<u64> work(SK_HIST_SIZE + 16, 0);
+    u64* hist = work.data(); u64* st = work.data() + SK_HIST_SIZE;
+    std::vector<i64> cidx(cap); std::vector<T> cval(cap);
+    // Outputs with room for d extra entries (no slot can pass d + k once the state checks
+    // hold), filled with a sentinel that must survive past k.
+    const i64 room = d + k;
+    std::vector<i64> oi(out_idx ? room : 0, -7); std::vector<T> ov(out_val ? room : 0); std::vector<u64> ok(out_key ? room : 0, 7ULL);
+    i64* pi = out_idx ? oi.data() : nullptr; T* pv = out_val ? ov.data() : nullptr; u64* pk = out_key ? ok.data() : nullptr;
+    emu_launch(grid, 256, [&] { skt_estimates<T, R>(table, keys, rows, cols, d, est.data(), hist, st, (u64)k, kbits, ib); });
+    check_state(st, k);
+    emu_launch(grid, 256, [&] { skt_compact<T>(est.data(), d, st, cidx.data(), cval.data(), cap, pi, pv, pk, ib); });
+    for (int p = 0; p < (kbits + ib - 1) / 12; ++p) {   // as the host: ceil((kbits + ib - 12) / 12)
+        emu_launch(grid, 256, [&] { skt_refine<T>(est.data(), d, cidx.data(), cval.data(), cap, hist, st, ib); });
+        check_state(st, k);
+    }
+    emu_launch(grid, 256, [&] { skt_select<T>(est.data(), d, cidx.data(), cval.data(), cap, st, pi, pv, pk, ib); });
+    for (int i = 0; i < SK_HIST_SIZE; ++i) if (hist[i]) throw 2;   // each pick clears the histogram
+    if (st[SKT_NSURE] != st[SKT_ABOVE]) throw 3;
+    for (i64 i = k; i < room; ++i) if ((pi && oi[i] != -7) || (pk && ok[i] != 7ULL)) throw 4;
+    for (i64 i = 0; i < k; ++i) {
+        if (out_idx) { out_idx[i] = oi[i]; out_val[i] = ov[i]; }
+        if (out_key) out_key[i] = ok[i];
+    }
+}
+extern "C" int topk_f32(const float* table, const u32* keys, int rows, u32 cols, i64 d, i64 k, i64 cap, int grid,
+                        int ib, i64* out_idx, float* out_val, u64* out_key) {
+    try {
+        if (rows == 3) run_topk<float, 3>(table, keys, rows, cols, d, k, cap, grid, 31, ib, out_idx, out_val, out_key);
+        else run_topk<float, 0>(table, keys, rows, cols, d, k, cap, grid, 31, ib, out_idx, out_val, out_key);
+    } catch (...) { return 1; }
+    return 0;
+}
+extern "C" int topk_f64(const double* table, const u32* keys, int rows, u32 cols, i64 d, i64 k, i64 cap, int grid,
+                        i64* out_idx, double* out_val) {
+    try { run_topk<double, 0>(table, keys, rows, cols, d, k, cap, grid, 63, 0, out_idx, out_val, nullptr); }
+    catch (...) { return 1; }
+    return 0;
+}
+extern "C" void unpack_f32(const u64* keys, i64 k, i64* idx, float* val) {
+    emu_launch(2, 256, [&] { skt_unpack(keys, k, idx, val); });
+}
+extern "C" void each_v4r(const float* stack, i64 n, i64 d, float* tables, const u32* keys, int rows, u32 cols, int per) {
+    std::vector<float> scratch((size_t)per * cols * 4, 0.0f);
+    const i64 rc = (i64)rows * cols;
+    for (i64 n0 = 0; n0 < n; n0 += 4) {
+        const int ng = (int)std::min<i64>(4, n - n0);
+        for (int j0 = 0; j0 < rows; j0 += per) {
+            const int j1 = std::min(rows, j0 + per);
+            emu_launch(2, 64, [&] { sk_stack_each_v4r(stack, n0, ng, d, scratch.data(), keys, j0, j1, cols); });
+            const i64 m = (i64)(j1 - j0) * cols;
+            emu_launch(2, 64, [&] { sk_deinterleave_at(scratch.data(), m, tables, rc, (i64)j0 * cols, n0, ng); });
+        }
+    }
+}
+'''
+
+_P = ctypes.c_void_p
+_I64 = ctypes.c_longlong
+
+
+def _ptr(a):
+    return a.ctypes.data_as(_P)
+
+
+@pytest.fixture(scope="module")
+def lib(tmp_path_factory):
+    """The kernels' device code + a launch harness, built as a shared library with g++."""
+    if shutil.which("g++") is None:
+        pytest.skip("g++ not on PATH")
+    src = _cuda_src.SOURCE
+    dev = src[:src.index('extern "C" {')]   # the device code; the __global__ entry points are for NVRTC
+    # With inline PTX dropped, the table reductions become plain atomics.
+    for ptx, typ in (("f32", "f"), ("f64", "d")):
+        red = f'asm volatile("red.global.add.{ptx} [%0], %1;" :: "l"(__cvta_generic_to_global(p)), "{typ}"(v));'
+        assert red in dev, "the reduction's PTX changed: update this test"
+        dev = dev.replace(red, "atomicAdd(p, v);")
+    work = tmp_path_factory.mktemp("cuda_emu")
+    cpp = work / "kernels.cpp"
+    header = Path(__file__).with_name("_cuda_emu.h")
+    cpp.write_text(f'#include "{header}"\n#define __CUDA_ARCH__ 800\n' + dev + HARNESS)
+    so = work / "kernels.so"
+    proc = subprocess.run(["g++", "-std=c++20", "-O1", "-fPIC", "-shared", "-pthread", "-w", "-o", str(so), str(cpp)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return ctypes.CDLL(str(so))
+
+
+def _emu_topk(lib, table, keys, d, k, cap, packed=True):
+    """The chain as ``cupy_gpu._topk_dev`` runs it, with NumPy's sort for thrust's."""
+    rows, cols = table.shape
+    kk = np.ascontiguousarray(keys, dtype=np.uint32).ravel()
+    args = (_ptr(table), _ptr(kk), rows, ctypes.c_uint(cols), _I64(d), _I64(k), _I64(cap), 3)
+    if table.dtype == np.float64:
+        idx, val = np.zeros(k, np.int64), np.zeros(k, np.float64)
+        assert lib.topk_f64(*args, _ptr(idx), _ptr(val)) == 0
+        first = np.argsort(idx, kind="stable")
+        order = first[np.argsort(-np.abs(val[first]), kind="stable")]
+        return idx[order], val[order]
+    ib = (d - 1).bit_length()
+    if not packed:
+        idx, val = np.zeros(k, np.int64), np.zeros(k, np.float32)
+        assert lib.topk_f32(*args, ib, _ptr(idx), _ptr(val), None) == 0
+        return idx, val
+    keys_out = np.zeros(k, np.uint64)
+    assert lib.topk_f32(*args, ib, None, None, _ptr(keys_out)) == 0
+    keys_out.sort()
+    idx, val = np.zeros(k, np.int64), np.zeros(k, np.float32)
+    lib.unpack_f32(_ptr(keys_out), _I64(k), _ptr(idx), _ptr(val))
+    return idx, val
+
+
+@pytest.mark.parametrize("dtype,rows,kind", [("float32", 3, "rounded"), ("float32", 5, "zeros"),
+                                             ("float64", 5, "rounded"), ("float64", 2, "zeros")])
+def test_emulated_dev_topk_equals_exact(lib, dtype, rows, kind):
+    rng = np.random.default_rng(rows)
+    d, cols = 7001, 150
+    table = rng.standard_normal((rows, cols))
+    if kind == "rounded":      # many exact ties of |v|, both signs
+        table = np.round(table, 1)
+    else:                      # ties at zero
+        table[rng.random((rows, cols)) < 0.5] = 0
+    table = table.astype(dtype)
+    ref = CountSketch.from_table(table, d, seed=rows, backend="numpy")
+    est = ref.estimate_all()
+    order = np.lexsort((np.arange(d), -np.abs(est)))
+    for k in (1, 1234, d):
+        for cap in (max(2 * k, 1 << 16), 5):      # 5: the candidates overflow, passes rescan all
+            idx, val = _emu_topk(lib, table, ref.keys, d, k, cap)
+            assert len(np.unique(idx)) == k
+            np.testing.assert_array_equal(val, est[idx])
+            np.testing.assert_array_equal(np.abs(val), np.abs(est[order[:k]]))   # the k largest, ordered
+            np.testing.assert_array_equal(np.lexsort((idx, -np.abs(val))), np.arange(k))
+            if dtype == "float32":   # exactly the first k by (|v| desc, index asc)
+                np.testing.assert_array_equal(idx, order[:k])
+                plain_idx, plain_val = _emu_topk(lib, table, ref.keys, d, k, cap, packed=False)
+                np.testing.assert_array_equal(np.sort(plain_idx), np.sort(order[:k]))
+                np.testing.assert_array_equal(plain_val, est[plain_idx])
+
+
+def test_emulated_v4rows_each(lib):
+    rng = np.random.default_rng(2)
+    n, d, rows, cols = 6, 3001, 5, 37
+    stack = rng.standard_normal((n, d)).astype(np.float32)
+    stack[:, rng.random(d) < 0.2] = 0
+    keys = CountSketch(d, rows, cols, seed=3, backend="numpy").keys
+    start = rng.standard_normal((n, rows, cols)).astype(np.float32)
+    tables = start.copy()
+    lib.each_v4r(_ptr(stack), _I64(n), _I64(d), _ptr(tables), _ptr(np.ascontiguousarray(keys, np.uint32).ravel()),
+                 rows, ctypes.c_uint(cols), 2)      # rows in groups of 2, 2, 1; vectors in groups of 4, 2
+    for i in range(n):
+        want = CountSketch(d, rows, cols, seed=3, backend="numpy").insert(stack[i]).table
+        np.testing.assert_allclose(tables[i] - start[i], want, rtol=1e-4, atol=1e-4)
