@@ -176,7 +176,7 @@ def _cuda_index(obj):
     return None
 
 
-def new_sketch_like(obj, rows, cols, *, d=None, seed=0, dtype=None):
+def new_sketch_like(obj, rows, cols, *, d=None, seed=0, dtype=None, hash_version=1):
     """A zero sketch whose table lives on the same device as ``obj``.
 
     Parameters
@@ -189,6 +189,8 @@ def new_sketch_like(obj, rows, cols, *, d=None, seed=0, dtype=None):
     seed : int, default 0
     dtype : {"float32", "float64"}, optional
         Defaults to ``obj``'s dtype when it is float32/float64, else float32.
+    hash_version : {1, 2}, default 1
+        See ``sketchlib.CountSketch``.
 
     Returns
     -------
@@ -202,9 +204,9 @@ def new_sketch_like(obj, rows, cols, *, d=None, seed=0, dtype=None):
     name = backend_for(obj)
     index = _cuda_index(obj)
     if index is None:
-        return CountSketch(d, rows, cols, seed=seed, dtype=dtype, backend=name)
+        return CountSketch(d, rows, cols, seed=seed, dtype=dtype, hash_version=hash_version, backend=name)
     with _import_cupy().cuda.Device(index):
-        return CountSketch(d, rows, cols, seed=seed, dtype=dtype, backend=name)
+        return CountSketch(d, rows, cols, seed=seed, dtype=dtype, hash_version=hash_version, backend=name)
 
 
 def insert(sketch, x, *, check_finite=True):

@@ -178,7 +178,7 @@ def backend_for_device(device):
     raise SketchError(f"no sketch backend for tensors on {device}; only CPU and CUDA are supported")
 
 
-def new_sketch_like_tensor(tensor, rows, cols, *, d=None, seed=0, dtype=None):
+def new_sketch_like_tensor(tensor, rows, cols, *, d=None, seed=0, dtype=None, hash_version=1):
     """A zero sketch on ``tensor``'s device.
 
     Parameters
@@ -190,6 +190,8 @@ def new_sketch_like_tensor(tensor, rows, cols, *, d=None, seed=0, dtype=None):
     d : int, optional
     seed : int, default 0
     dtype : {"float32", "float64"} or torch.dtype, optional
+    hash_version : {1, 2}, default 1
+        See ``sketchlib.CountSketch``.
 
     Returns
     -------
@@ -205,7 +207,7 @@ def new_sketch_like_tensor(tensor, rows, cols, *, d=None, seed=0, dtype=None):
         dtype = str(dtype).replace("torch.", "")
     backend = backend_for_device(tensor.device)
     with cuda_stream_scope(tensor):
-        return CountSketch(d, rows, cols, seed=seed, dtype=dtype, backend=backend)
+        return CountSketch(d, rows, cols, seed=seed, dtype=dtype, hash_version=hash_version, backend=backend)
 
 
 def insert(sketch, tensor, *, check_finite=True):
@@ -228,9 +230,9 @@ def insert(sketch, tensor, *, check_finite=True):
         return sketch.insert(array.reshape(-1), check_finite=check_finite)
 
 
-def sketch_tensor(tensor, rows, cols, *, seed=0, dtype=None):
+def sketch_tensor(tensor, rows, cols, *, seed=0, dtype=None, hash_version=1):
     """A new sketch of ``tensor`` (flattened) on its device: ``new_sketch_like_tensor`` + ``insert``."""
-    sketch = new_sketch_like_tensor(tensor, rows, cols, seed=seed, dtype=dtype)
+    sketch = new_sketch_like_tensor(tensor, rows, cols, seed=seed, dtype=dtype, hash_version=hash_version)
     return insert(sketch, tensor)
 
 

@@ -8,7 +8,10 @@ after warm-up; "peak MB" is the most pool memory the operation held at once
 beyond what existed before it (inputs and tables excluded).  Every insert,
 top-k and batched-each variant of the backend is timed so that one run shows
 which wins; the experimental ones are first run in a child process ("probe")
-and checked, so that a faulting kernel cannot end the benchmark.
+and checked, so that a faulting kernel cannot end the benchmark.  Rows marked
+"(hash 2)" time the same operations on a sketch with hash version 2 (groups of
+four coordinates, one 16-byte atomic per group and row); their baseline is the
+same csvec-design run, whose speed does not depend on the hash.
 
 Usage::
 
@@ -37,6 +40,11 @@ ANCHORS = {
     ("gpt2", "unsketch top-k"): (136.7, 6.0),
     ("resnet9", f"batched sum n={N_STACK}"): (None, 1.5),
 }
+
+
+def _base_op(op):
+    """The operation's name without its variant and hash tags (the ANCHORS key)."""
+    return op.split(" [")[0].replace(" (hash 2)", "")
 
 
 def _cp():
@@ -175,9 +183,9 @@ def _probe_each(variant):
     keys = CountSketch(d, rows, cols, backend="cupy").keys
     want, got = (cp.zeros((9, rows, cols), dtype=cp.float32) for _ in range(2))
     cupy_gpu._options["stack_each"] = "v4"
-    cupy_gpu.insert_stack_each(want, stack, keys)
+    cupy_gpu.insert_stack_each(want, stack, keys, 1)
     cupy_gpu._options["stack_each"] = variant
-    cupy_gpu.insert_stack_each(got, stack, keys)
+    cupy_gpu.insert_stack_each(got, stack, keys, 1)
     ok = bool(cp.allclose(got, want, rtol=1e-4, atol=1e-3))
     print(f"probe each {variant}: {'ok' if ok else 'WRONG TABLES'}")
     return 0 if ok else 1
@@ -198,9 +206,9 @@ def _probe(variant, quick):
         x = cp.random.standard_normal(d, dtype=cp.float32)
         sk = CountSketch(d, rows, cols, backend="cupy")
         want = cp.zeros_like(sk.table)
-        cupy_gpu.insert_dense(want, x, sk.keys)
+        cupy_gpu.insert_dense(want, x, sk.keys, 1)
         cupy_gpu._options["insert"] = variant
-        cupy_gpu.insert_dense(sk.table, x, sk.keys)
+        cupy_gpu.insert_dense(sk.table, x, sk.keys, 1)
         cp.cuda.Device().synchronize()
         if not bool(cp.allclose(sk.table, want, rtol=1e-4, atol=1e-3)):
             print(f"probe {variant}: wrong table at {name}")
@@ -234,7 +242,58 @@ def _pass1(sk, k):
     r = int(rows) if int(rows) in _cuda_src.MEDIAN_ROWS else 0
     cupy_gpu._launch(f"skt_estimates_{cupy_gpu._sfx(table)}_r{r}", sk.d,
                      (t, kk, rows, cols, np.int64(sk.d), est, work[:1 << _cuda_src.HIST_BITS],
-                      work[1 << _cuda_src.HIST_BITS:], np.uint64(k), np.int32(31), np.int32((sk.d - 1).bit_length())))
+                      work[1 << _cuda_src.HIST_BITS:], np.uint64(k), np.int32(31), np.int32((sk.d - 1).bit_length())),
+                     version=sk.hash_version)
+
+
+def _bench_inserts(sk, x, variants, reps, add, peak, tag, check_with=None):
+    """Time each dense-insert kernel on ``sk``'s table (checked against ``check_with`` or the
+    default kernel); add a row per variant and one for the fastest correct one, returned."""
+    cp = _cp()
+    from sketchlib._backends import cupy_gpu
+    table, keys, hv = sk.table, sk.keys, sk.hash_version
+    saved = dict(cupy_gpu._options)
+    want = cp.zeros_like(table)
+    cupy_gpu._options["insert"] = check_with or saved["insert"]
+    cupy_gpu.insert_dense(want, x, keys, hv)
+    best = None
+    for variant in variants:
+        cupy_gpu._options["insert"] = variant
+        got = cp.zeros_like(table)
+        cupy_gpu.insert_dense(got, x, keys, hv)
+        same = bool(cp.allclose(got, want, rtol=1e-4, atol=1e-3))
+        del got
+        ms = time_ms(lambda: cupy_gpu.insert_dense(table, x, keys, hv), reps)
+        if same:
+            best = min(best or (ms, variant), (ms, variant))
+        add(f"insert{tag} [{variant}]", ms, mb=peak.measure(lambda: cupy_gpu.insert_dense(table, x, keys, hv)),
+            note="" if same else "WRONG TABLE")
+    cupy_gpu._options.update(saved)
+    return add(f"insert{tag}", best[0], note=f"fastest variant: {best[1]} (default {saved['insert']})")
+
+
+def _bench_batched(name, sk, x, stack, tag, reps, add, peak, results, each_variants):
+    """Batched sum and batched each of ``stack`` into ``sk``'s table(s), against single inserts."""
+    cp = _cp()
+    from sketchlib._backends import cupy_gpu
+    table, keys, hv = sk.table, sk.keys, sk.hash_version
+    single = time_ms(lambda: cupy_gpu.insert_dense(table, x, keys, hv), reps)
+    ms = time_ms(lambda: cupy_gpu.insert_stack_sum(table, stack, keys, hv), reps)
+    base_sum = time_ms(lambda: cupy_gpu.insert_dense(table, stack.sum(axis=0), keys, hv), reps)
+    add(f"batched sum n={N_STACK}{tag}", ms, base_sum, peak.measure(
+        lambda: cupy_gpu.insert_stack_sum(table, stack, keys, hv)),
+        note="baseline: stack.sum(axis=0) then one insert")
+    tables = cp.zeros((N_STACK,) + table.shape, dtype=cp.float32)
+    for variant in each_variants:
+        cupy_gpu._options["stack_each"] = variant
+        ms = time_ms(lambda: cupy_gpu.insert_stack_each(tables, stack, keys, hv), max(3, reps // 4))
+        mb = peak.measure(lambda: cupy_gpu.insert_stack_each(tables, stack, keys, hv))
+        results.append(dict(size=name, d=sk.d, rows=sk.rows, cols=sk.cols,
+                            op=f"batched each n={N_STACK}{tag} [{variant}]",
+                            ours_ms=ms, base_ms=N_STACK * single, peak_mb=mb, base_peak_mb=None,
+                            csvec_h100_ms=None, goal_ms=N_STACK * single / 2,
+                            note=f"baseline: {N_STACK} x single insert ({single:.3f} ms)"))
+    del tables
 
 
 def bench_size(name, d, rows, cols, args, results, peak, variants, topk_variants, each_variants):
@@ -245,32 +304,17 @@ def bench_size(name, d, rows, cols, args, results, peak, variants, topk_variants
     reps = 5 if args.quick else (20 if d < 2e7 else 10)
     x = cp.random.standard_normal(d, dtype=cp.float32)
     sk = CountSketch(d, rows, cols, backend="cupy")
-    table, keys = sk.table, sk.keys
+    keys = sk.keys
 
     def add(op, ours_ms, base_ms=None, mb=None, base_mb=None, note=""):
-        ref, goal = ANCHORS.get((name, op.split(" [")[0]), (None, None))
+        ref, goal = ANCHORS.get((name, _base_op(op)), (None, None))
         results.append(dict(size=name, d=d, rows=rows, cols=cols, op=op, ours_ms=ours_ms, base_ms=base_ms,
                             peak_mb=mb, base_peak_mb=base_mb, csvec_h100_ms=ref, goal_ms=goal, note=note))
         return results[-1]
 
     # inserts: every kernel variant (checked against the default one), then the public call
     saved = dict(cupy_gpu._options)
-    want = cp.zeros_like(table)
-    cupy_gpu.insert_dense(want, x, keys)
-    best = None
-    for variant in variants:
-        cupy_gpu._options["insert"] = variant
-        got = cp.zeros_like(table)
-        cupy_gpu.insert_dense(got, x, keys)
-        same = bool(cp.allclose(got, want, rtol=1e-4, atol=1e-3))
-        del got
-        ms = time_ms(lambda: cupy_gpu.insert_dense(table, x, keys), reps)
-        if same:
-            best = min(best or (ms, variant), (ms, variant))
-        add(f"insert [{variant}]", ms, mb=peak.measure(lambda: cupy_gpu.insert_dense(table, x, keys)),
-            note="" if same else "WRONG TABLE")
-    cupy_gpu._options.update(saved)
-    insert_row = add("insert", best[0], note=f"fastest variant: {best[1]} (default {saved['insert']})")
+    insert_row = _bench_inserts(sk, x, variants, reps, add, peak, "")
     add("insert via API, check_finite", time_ms(lambda: sk.insert(x), reps),
         mb=peak.measure(lambda: sk.insert(x)))
     sk.zero().insert(x)
@@ -311,31 +355,37 @@ def bench_size(name, d, rows, cols, args, results, peak, variants, topk_variants
     add("unsketch top-k", unsk_ms, base_unsk, unsk_mb, base_unsk_mb,
         f"default top-k {saved['topk']!r}, fastest {fastest!r}; {base_note}")
 
+    # Hash version 2: the same work on a sketch with the blocked hash (its tables are other
+    # numbers, so its group kernels are checked against its own scalar "simple" kernel).
+    sk2 = CountSketch(d, rows, cols, hash_version=2, backend="cupy")
+    ins2 = _bench_inserts(sk2, x, [v for v in ("veccs", "vec2xcs", "simple") if v in variants or not args.focus],
+                          reps, add, peak, " (hash 2)", check_with="simple")
+    ins2["base_ms"], ins2["base_peak_mb"] = base_ins, base_ins_mb
+    add("insert via API, check_finite (hash 2)", time_ms(lambda: sk2.insert(x), reps))
+    sk2.zero().insert(x)
+    add("estimate_all (hash 2)", time_ms(lambda: sk2.estimate_all(), reps), mb=peak.measure(lambda: sk2.estimate_all()))
+    unsk2 = {}
+    for variant in topk_variants:
+        cupy_gpu._options["topk"] = variant
+        add(f"top-k k={K} (hash 2) [{variant}]", time_ms(lambda: sk2.topk(K), reps))
+        unsk2[variant] = (time_ms(lambda: sk2.unsketch(K), reps), peak.measure(lambda: sk2.unsketch(K)))
+        add(f"unsketch top-k (hash 2) [{variant}]", *unsk2[variant][:1], mb=unsk2[variant][1])
+    cupy_gpu._options.update(saved)
+    ms2, mb2 = unsk2[saved["topk"]] if saved["topk"] in unsk2 else unsk2[fastest]
+    add("unsketch top-k (hash 2)", ms2, base_unsk, mb2, base_unsk_mb, f"default top-k {saved['topk']!r}")
+
     if d < 2e7:  # stacks of 100 vectors of 124M floats would take 50 GB
         stack = cp.random.standard_normal((N_STACK, d), dtype=cp.float32)
-        single = time_ms(lambda: cupy_gpu.insert_dense(table, x, keys), reps)
-        ms = time_ms(lambda: cupy_gpu.insert_stack_sum(table, stack, keys), reps)
-        base_sum = time_ms(lambda: cupy_gpu.insert_dense(table, stack.sum(axis=0), keys), reps)
-        add(f"batched sum n={N_STACK}", ms, base_sum, peak.measure(
-            lambda: cupy_gpu.insert_stack_sum(table, stack, keys)),
-            note="baseline: stack.sum(axis=0) then one insert")
-        tables = cp.zeros((N_STACK, rows, cols), dtype=cp.float32)
-        for variant in each_variants:
-            cupy_gpu._options["stack_each"] = variant
-            ms = time_ms(lambda: cupy_gpu.insert_stack_each(tables, stack, keys), max(3, reps // 4))
-            mb = peak.measure(lambda: cupy_gpu.insert_stack_each(tables, stack, keys))
-            results.append(dict(size=name, d=d, rows=rows, cols=cols, op=f"batched each n={N_STACK} [{variant}]",
-                                ours_ms=ms, base_ms=N_STACK * single, peak_mb=mb, base_peak_mb=None,
-                                csvec_h100_ms=None, goal_ms=N_STACK * single / 2,
-                                note=f"baseline: {N_STACK} x single insert ({single:.3f} ms)"))
+        for s, tag in ((sk, ""), (sk2, " (hash 2)")):
+            _bench_batched(name, s, x, stack, tag, reps, add, peak, results, each_variants)
         cupy_gpu._options.update(saved)
-        del stack, tables
+        del stack
 
 
 def print_table(results, card):
     """The results as an aligned text table."""
     print(f"\nmachine: {platform.node()}  card: {card}  python {sys.version.split()[0]}")
-    head = f"{'size':8} {'operation':32} {'ours ms':>9} {'base ms':>9} {'base/ours':>9} {'csvec':>7} " \
+    head = f"{'size':8} {'operation':40} {'ours ms':>9} {'base ms':>9} {'base/ours':>9} {'csvec':>7} " \
            f"{'goal':>7} {'ok':>3} {'peak MB':>8} {'base MB':>8}  note"
     print(head)
     print("-" * len(head))
@@ -345,7 +395,7 @@ def print_table(results, card):
     for r in results:
         ratio = r["base_ms"] / r["ours_ms"] if r["base_ms"] and r["ours_ms"] else None
         ok = "-" if r["goal_ms"] is None else ("yes" if r["ours_ms"] <= r["goal_ms"] else "NO")
-        print(f"{r['size']:8} {r['op']:32} {fmt(r['ours_ms'], '9.3f')} {fmt(r['base_ms'], '9.3f')} "
+        print(f"{r['size']:8} {r['op']:40} {fmt(r['ours_ms'], '9.3f')} {fmt(r['base_ms'], '9.3f')} "
               f"{fmt(ratio, '9.1f')} {fmt(r['csvec_h100_ms'], '7.2f')} {fmt(r['goal_ms'], '7.2f')} {ok:>3} "
               f"{fmt(r['peak_mb'], '8.1f')} {fmt(r['base_peak_mb'], '8.1f')}  {r['note']}")
 

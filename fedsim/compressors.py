@@ -166,10 +166,10 @@ class IdentitySketch:
         return float(self._xp.linalg.norm(self._table[0]))
 
 
-def make_compressor(kind, d, *, rows, cols, seed=0, backend="numpy", dtype="float32"):
+def make_compressor(kind, d, *, rows, cols, seed=0, backend="numpy", dtype="float32", hash_version=1):
     """A zero compressor: ``"count"`` (CountSketch) or ``"identity"`` (exact)."""
     if kind == "count":
-        return CountSketch(d, rows, cols, seed=seed, dtype=dtype, backend=backend)
+        return CountSketch(d, rows, cols, seed=seed, dtype=dtype, hash_version=hash_version, backend=backend)
     if kind == "identity":
         return IdentitySketch(d, dtype=dtype, backend=backend)
     raise SketchError(f"unknown compressor {kind!r}; choose 'count' or 'identity'")

@@ -81,5 +81,5 @@ if os.path.exists(path):
             continue
         base = "-" if r["base_ms"] is None else f"{r['base_ms']:.3f}"
         goal = "-" if r["goal_ms"] is None else f"{r['goal_ms']:.2f}"
-        print(f"  {r['size']:8} {r['op']:32} ours {r['ours_ms']:8.3f}  base {base:>8}  goal {goal:>6}")
+        print(f"  {r['size']:8} {r['op']:40} ours {r['ours_ms']:8.3f}  base {base:>8}  goal {goal:>6}")
 EOF

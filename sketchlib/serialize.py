@@ -23,7 +23,7 @@ import zlib
 
 import numpy as np
 
-from ._hash import HASH_VERSION
+from ._hash import HASH_VERSIONS
 from .errors import SerializationError
 
 __all__ = ["FORMAT_VERSION", "sketch_to_bytes", "sketch_from_bytes", "save", "load"]
@@ -49,7 +49,7 @@ def sketch_to_bytes(sketch):
     """
     table = np.ascontiguousarray(sketch._backend.to_numpy(sketch.table))
     payload = table.astype(table.dtype.newbyteorder("<"), copy=False).tobytes()
-    header = _HEADER.pack(_MAGIC, FORMAT_VERSION, HASH_VERSION, _DTYPE_CODES[sketch.dtype.name],
+    header = _HEADER.pack(_MAGIC, FORMAT_VERSION, sketch.hash_version, _DTYPE_CODES[sketch.dtype.name],
                           sketch.d, sketch.rows, sketch.cols, sketch.seed, len(payload))
     crc = zlib.crc32(payload, zlib.crc32(header))
     return header + payload + _CRC.pack(crc)
@@ -79,8 +79,8 @@ def sketch_from_bytes(data, *, backend="auto"):
         raise SerializationError("not a serialized CountSketch (bad magic bytes)")
     if fmt != FORMAT_VERSION:
         raise SerializationError(f"unsupported format version {fmt} (this library reads {FORMAT_VERSION})")
-    if hver != HASH_VERSION:
-        raise SerializationError(f"sketch uses hash version {hver}; this library implements {HASH_VERSION}")
+    if hver not in HASH_VERSIONS:
+        raise SerializationError(f"sketch uses hash version {hver}; this library implements {HASH_VERSIONS}")
     if code not in _CODE_DTYPES:
         raise SerializationError(f"unknown dtype code {code}")
     dtype = np.dtype(_CODE_DTYPES[code]).newbyteorder("<")
@@ -93,7 +93,7 @@ def sketch_from_bytes(data, *, backend="auto"):
     if zlib.crc32(data[:expected - _CRC.size]) != crc:
         raise SerializationError("checksum mismatch: the bytes are corrupted")
     try:
-        sketch = CountSketch(d, rows, cols, seed=seed, dtype=dtype.name, backend=backend)
+        sketch = CountSketch(d, rows, cols, seed=seed, dtype=dtype.name, hash_version=hver, backend=backend)
     except ValueError as exc:
         raise SerializationError(f"header holds invalid parameters: {exc}") from exc
     table = np.frombuffer(data, dtype=dtype, count=rows * cols, offset=_HEADER.size).reshape(rows, cols)

@@ -10,7 +10,7 @@ import operator
 import numpy as np
 
 from . import _backends
-from ._hash import HASH_VERSION, row_keys
+from ._hash import BLOCKED_WIDTH, HASH_VERSION, HASH_VERSIONS, row_keys
 from .errors import IncompatibleSketches, SketchError
 
 __all__ = ["CountSketch", "MAX_ROWS", "SUPPORTED_DTYPES"]
@@ -53,6 +53,12 @@ class CountSketch:
         in different processes merge unless told otherwise.
     dtype : {"float32", "float64"}, default "float32"
         Table dtype.
+    hash_version : {1, 2}, default 1
+        Hash family (see ``sketchlib._hash``).  Version 2 hashes aligned blocks
+        of four coordinates into aligned groups of four buckets, with the same
+        collision probability per pair of coordinates as version 1; a GPU
+        inserts with one 16-byte atomic per block and row instead of four
+        (about 2.5x faster on an H100).  It needs ``cols`` divisible by 4.
     backend : {"auto", "numpy", "numba", "cupy"}, default "auto"
         Where the table lives.  ``"auto"`` picks the GPU (CuPy) when a CUDA
         device is usable, else Numba, else the NumPy reference; the choice is
@@ -66,9 +72,9 @@ class CountSketch:
     is passed to the insert, in which case they poison the buckets they touch.
     """
 
-    __slots__ = ("_d", "_rows", "_cols", "_seed", "_dtype", "_backend", "_keys", "_table")
+    __slots__ = ("_d", "_rows", "_cols", "_seed", "_dtype", "_backend", "_keys", "_hv", "_table")
 
-    def __init__(self, d, rows, cols, *, seed=0, dtype="float32", backend="auto"):
+    def __init__(self, d, rows, cols, *, seed=0, dtype="float32", hash_version=HASH_VERSION, backend="auto"):
         d = _positive_int(d, "d", upper=2**62)
         rows = _positive_int(rows, "rows", upper=MAX_ROWS)
         cols = _positive_int(cols, "cols", upper=MAX_COLS)
@@ -80,10 +86,14 @@ class CountSketch:
             raise SketchError(f"dtype must be one of {SUPPORTED_DTYPES}, got {dtype!r}") from exc
         if dtype.name not in SUPPORTED_DTYPES:
             raise SketchError(f"dtype must be one of {SUPPORTED_DTYPES}, got {dtype.name!r}")
+        if isinstance(hash_version, bool) or hash_version not in HASH_VERSIONS:
+            raise SketchError(f"hash_version must be one of {HASH_VERSIONS}, got {hash_version!r}")
+        if hash_version == 2 and cols % BLOCKED_WIDTH:
+            raise SketchError(f"hash_version=2 needs cols divisible by {BLOCKED_WIDTH}, got cols={cols}")
         name = _backends.auto_backend() if backend == "auto" else backend
         self._backend = _backends.get_backend(name)
         self._d, self._rows, self._cols, self._seed, self._dtype = d, rows, cols, int(seed), dtype
-        self._keys = row_keys(self._seed, rows)
+        self._keys, self._hv = row_keys(self._seed, rows), int(hash_version)
         self._table = self._backend.zeros((rows, cols), dtype)
 
     # ------------------------------------------------------------------ identity
@@ -92,7 +102,7 @@ class CountSketch:
     cols = property(lambda self: self._cols, doc="Buckets per row.")
     seed = property(lambda self: self._seed, doc="Hash seed.")
     dtype = property(lambda self: self._dtype, doc="Table dtype (numpy.dtype).")
-    hash_version = property(lambda self: HASH_VERSION, doc="Version of the hash family.")
+    hash_version = property(lambda self: self._hv, doc="Version of the hash family (1 or 2).")
     backend = property(lambda self: self._backend.NAME, doc="Name of the backend holding the table.")
 
     @property
@@ -128,18 +138,18 @@ class CountSketch:
 
     def signature(self):
         """The tuple that must match for two sketches to combine."""
-        return (self._d, self._rows, self._cols, self._seed, HASH_VERSION, self._dtype.name)
+        return (self._d, self._rows, self._cols, self._seed, self._hv, self._dtype.name)
 
     def __repr__(self):
         return (f"CountSketch(d={self._d}, rows={self._rows}, cols={self._cols}, seed={self._seed}, "
-                f"dtype={self._dtype.name!r}, backend={self.backend!r}, device={self.device!r})")
+                f"dtype={self._dtype.name!r}, hash_version={self._hv}, backend={self.backend!r}, device={self.device!r})")
 
     # -------------------------------------------------------------- construction
     def empty_like(self):
         """A zero sketch with the same parameters and backend."""
         new = object.__new__(CountSketch)
         new._d, new._rows, new._cols, new._seed = self._d, self._rows, self._cols, self._seed
-        new._dtype, new._backend, new._keys = self._dtype, self._backend, self._keys
+        new._dtype, new._backend, new._keys, new._hv = self._dtype, self._backend, self._keys, self._hv
         new._table = self._backend.zeros((self._rows, self._cols), self._dtype)
         return new
 
@@ -158,12 +168,12 @@ class CountSketch:
         target = _backends.get_backend(backend)
         new = object.__new__(CountSketch)
         new._d, new._rows, new._cols, new._seed = self._d, self._rows, self._cols, self._seed
-        new._dtype, new._backend, new._keys = self._dtype, target, self._keys
+        new._dtype, new._backend, new._keys, new._hv = self._dtype, target, self._keys, self._hv
         new._table = target.from_numpy(self._backend.to_numpy(self._table).copy())
         return new
 
     @classmethod
-    def from_table(cls, table, d, *, seed=0, backend=None):
+    def from_table(cls, table, d, *, seed=0, hash_version=HASH_VERSION, backend=None):
         """Wrap an existing ``(rows, cols)`` table (no copy) as a sketch.
 
         The table's array type picks the backend unless ``backend`` names one
@@ -176,7 +186,7 @@ class CountSketch:
         if getattr(table, "ndim", None) != 2:
             raise SketchError(f"table must be 2-D (rows, cols), got shape {getattr(table, 'shape', None)}")
         rows, cols = table.shape
-        new = cls(d, rows, cols, seed=seed, dtype=table.dtype, backend=name)
+        new = cls(d, rows, cols, seed=seed, dtype=table.dtype, hash_version=hash_version, backend=name)
         if not table.flags.c_contiguous:
             raise SketchError("table must be C-contiguous")
         new._table = table
@@ -252,7 +262,7 @@ class CountSketch:
             ``self``, for chaining.
         """
         x = self._floating(x, "x", (self._d,), check_finite)
-        self._backend.insert_dense(self._table, x, self._keys)
+        self._backend.insert_dense(self._table, x, self._keys, self._hv)
         return self
 
     def insert_sparse(self, indices, values, *, check_finite=True):
@@ -272,7 +282,7 @@ class CountSketch:
         idx = self._indices(indices)
         vals = self._floating(values, "values", (idx.shape[0],), check_finite)
         if idx.shape[0]:
-            self._backend.insert_sparse(self._table, idx, vals, self._keys)
+            self._backend.insert_sparse(self._table, idx, vals, self._keys, self._hv)
         return self
 
     def insert_batch(self, stack, *, check_finite=True):
@@ -281,7 +291,7 @@ class CountSketch:
         By linearity this equals inserting each row in turn.
         """
         stack = self._floating(stack, "stack", (getattr(stack, "shape", (0,))[0], self._d), check_finite)
-        self._backend.insert_stack_sum(self._table, stack, self._keys)
+        self._backend.insert_stack_sum(self._table, stack, self._keys, self._hv)
         return self
 
     def sketch_each(self, stack, *, check_finite=True):
@@ -295,7 +305,7 @@ class CountSketch:
         """
         stack = self._floating(stack, "stack", (getattr(stack, "shape", (0,))[0], self._d), check_finite)
         tables = self._backend.zeros((stack.shape[0], self._rows, self._cols), self._dtype)
-        self._backend.insert_stack_each(tables, stack, self._keys)
+        self._backend.insert_stack_each(tables, stack, self._keys, self._hv)
         out = []
         for table in tables:
             new = self.empty_like()
@@ -391,11 +401,11 @@ class CountSketch:
         array of shape (n,), the table dtype
         """
         idx = self._indices(indices)
-        return self._backend.query(self._table, idx, self._keys)
+        return self._backend.query(self._table, idx, self._keys, self._hv)
 
     def estimate_all(self):
         """Estimates of all d coordinates as one d-length array."""
-        return self._backend.estimate_all(self._table, self._d, self._keys)
+        return self._backend.estimate_all(self._table, self._d, self._keys, self._hv)
 
     def _k(self, k):
         """Validate a top-k count."""
@@ -420,14 +430,14 @@ class CountSketch:
         values : array of shape (k,)
             Their estimates, signs included.
         """
-        return self._backend.topk(self._table, self._d, self._k(k), self._keys)
+        return self._backend.topk(self._table, self._d, self._k(k), self._keys, self._hv)
 
     def heavy_hitters(self, threshold):
         """Coordinates with ``|estimate| >= threshold``, as ``(indices, values)``.
 
         Indices come in ascending order; negative heavy hitters are included.
         """
-        return self._backend.heavy(self._table, self._d, self._threshold(threshold), self._keys)
+        return self._backend.heavy(self._table, self._d, self._threshold(threshold), self._keys, self._hv)
 
     def unsketch(self, k=None, *, threshold=None):
         """Dense d-vector holding only the heavy hitters (top-k or by threshold)."""
@@ -450,7 +460,7 @@ class CountSketch:
         """
         idx = self._indices(indices)
         if idx.shape[0]:
-            self._backend.zero_buckets(self._table, idx, self._keys)
+            self._backend.zero_buckets(self._table, idx, self._keys, self._hv)
         return self
 
     # ------------------------------------------------------------ serialization

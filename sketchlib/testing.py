@@ -23,19 +23,22 @@ from .sketch import CountSketch
 __all__ = ["sketch_params", "dense_vectors", "sparse_updates", "sketches", "scalars"]
 
 
-def sketch_params(*, max_d=2000, max_rows=7, max_cols=300, dtypes=("float32", "float64")):
+def sketch_params(*, max_d=2000, max_rows=7, max_cols=300, dtypes=("float32", "float64"), hash_versions=(1, 2)):
     """Dictionaries of valid ``CountSketch`` keyword arguments.
 
     Parameters
     ----------
     max_d, max_rows, max_cols : int
-        Upper bounds of the drawn sizes.
+        Upper bounds of the drawn sizes (hash version 2 rounds ``cols`` up to a
+        multiple of 4, so it may pass ``max_cols`` by up to 3).
     dtypes : tuple of str
         Table dtypes to draw from.
+    hash_versions : tuple of int
+        Hash versions to draw from.
 
     Returns
     -------
-    SearchStrategy of dict with keys d, rows, cols, seed, dtype.
+    SearchStrategy of dict with keys d, rows, cols, seed, dtype, hash_version.
     """
     return st.fixed_dictionaries({
         "d": st.integers(1, max_d),
@@ -43,7 +46,15 @@ def sketch_params(*, max_d=2000, max_rows=7, max_cols=300, dtypes=("float32", "f
         "cols": st.integers(1, max_cols),
         "seed": st.integers(0, 2**64 - 1),
         "dtype": st.sampled_from(dtypes),
-    })
+        "hash_version": st.sampled_from(hash_versions),
+    }).map(_valid_cols)
+
+
+def _valid_cols(params):
+    """Round ``cols`` up to a multiple of 4 under hash version 2."""
+    if params["hash_version"] == 2:
+        params = {**params, "cols": -(-params["cols"] // 4) * 4}
+    return params
 
 
 def scalars(max_magnitude=1e3):

@@ -1,4 +1,4 @@
-// CPU emulation of the CUDA features that the top-k and batched-each kernels of
+// CPU emulation of the CUDA features that the top-k, batched-each and group kernels of
 // sketchlib/_backends/_cuda_src.py use, for tests/test_cuda_emulated.py: each block's
 // threads are real threads (__syncthreads is a barrier; warp ballots and shuffles exchange
 // through a per-warp barrier), blocks run one after another, inline PTX is dropped
@@ -26,6 +26,7 @@ inline dim3e blockDim, gridDim;
 struct float4 { float x, y, z, w; };
 struct double2 { double x, y; };
 inline float4 make_float4(float a, float b, float c, float d) { return {a, b, c, d}; }
+inline double2 make_double2(double a, double b) { return {a, b}; }
 template <class T> inline T __ldg(const T* p) { return *p; }
 template <class T> inline T __ldcs(const T* p) { return *p; }
 template <class T> inline T __ldcg(const T* p) { return *p; }

@@ -18,7 +18,7 @@ D, ROWS, COLS = 500, 5, 64
 def _numpy_twin(sketch):
     """A sketch with the same parameters on the reference backend."""
     return CountSketch(sketch.d, sketch.rows, sketch.cols, seed=sketch.seed, dtype=sketch.dtype,
-                       backend="numpy")
+                       hash_version=sketch.hash_version, backend="numpy")
 
 
 def test_import_adapters_does_not_import_torch():
@@ -70,6 +70,14 @@ def test_insert_matches_numpy_path(host_backend):
     s = CountSketch(D, ROWS, COLS, seed=3, backend=host_backend)
     ref = _numpy_twin(s).insert(x.numpy().copy())
     at.insert(s, x)
+    np.testing.assert_allclose(s.table, ref.table, rtol=1e-5, atol=1e-5)
+
+
+def test_sketch_tensor_with_hash_version_2():
+    x = torch.randn(D, dtype=torch.float32)
+    s = at.sketch_tensor(x, ROWS, COLS, seed=3, hash_version=2)
+    assert s.hash_version == 2
+    ref = _numpy_twin(s).insert(x.numpy().copy())
     np.testing.assert_allclose(s.table, ref.table, rtol=1e-5, atol=1e-5)
 
 

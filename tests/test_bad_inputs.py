@@ -148,3 +148,17 @@ def test_missing_backend_says_what_to_install(monkeypatch):
     monkeypatch.setitem(_backends._usable, "cupy", False)
     with pytest.raises(_backends.BackendUnavailable, match="pip install"):
         CountSketch(10, 1, 1, backend="cupy")
+
+
+def test_hash_versions_do_not_mix():
+    one = CountSketch(1000, 3, 64, hash_version=1, backend="numpy")
+    two = CountSketch(1000, 3, 64, hash_version=2, backend="numpy").insert(np.ones(1000))
+    before = two.table.copy()
+    with pytest.raises(IncompatibleSketches, match="hash_version: 2 != 1"):
+        two.merge(one)
+    np.testing.assert_array_equal(two.table, before)
+    back = CountSketch.from_bytes(two.to_bytes(), backend="numpy")
+    assert back.hash_version == 2 and back.signature() == two.signature()
+    np.testing.assert_array_equal(back.table, before)
+    with pytest.raises(SketchError, match="divisible by 4"):
+        CountSketch.from_table(np.zeros((3, 10), np.float32), 100, hash_version=2)

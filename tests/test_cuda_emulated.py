@@ -1,4 +1,4 @@
-"""The "dev" top-k chain and the "v4rows" batched-each kernels, run from the real CUDA source on CPU threads.
+"""The "dev" top-k chain, the batched-each and the group kernels, run from the real CUDA source on CPU threads.
 
 CI has no GPU.  ``_cuda_emu.h`` maps the CUDA features these kernels use onto C++20
 threads (a block's threads are real threads, ``__syncthreads`` a barrier, warp ballots and
@@ -7,6 +7,9 @@ schedule for kernels that never wait on other blocks; inline PTX is dropped and 
 reductions become atomics).  So the selection logic, the last-block picks, the chunked
 compaction and its warp scans are checked against the NumPy reference wherever g++
 builds C++20; speed and memory ordering on a device are the GPU tests' business.
+The source is built once per hash version (``-DSK_HASH_VERSION``, as the backend
+compiles it), so version 2's group kernels (the XOR shuffle of a group into its
+bucket slots, the 16-byte loads and stores) are checked against the reference too.
 """
 import ctypes
 import shutil
@@ -18,6 +21,7 @@ import pytest
 
 from sketchlib import CountSketch
 from sketchlib._backends import _cuda_src
+from sketchlib._hash import buckets_and_signs
 
 HARNESS = r'''
 // Throws (the test then fails cleanly) where a wrong kernel would otherwise write out of bounds.
@@ -82,6 +86,31 @@ extern "C" void each_v4r(const float* stack, i64 n, i64 d, float* tables, const 
         }
     }
 }
+extern "C" void locate(const i64* idx, i64 n, const u32* keys, int rows, u32 cols, i64* buckets, signed char* signs) {
+    for (i64 t = 0; t < n; ++t)
+        for (int j = 0; j < rows; ++j) {
+            const SkLoc l = sk_locate(idx[t], keys[2 * j], keys[2 * j + 1], cols);
+            buckets[(i64)j * n + t] = l.bucket; signs[(i64)j * n + t] = l.neg ? -1 : 1;
+        }
+}
+template <typename T>
+static void run_groups(const T* x, const T* stack, i64 n, i64 d, T* table, T* table_sum, const u32* keys, int rows,
+                       u32 cols, T* est, u64* hist, int shift, u64* count, T thr) {
+    emu_launch(2, 64, [&] { sk_insert_vec<T, 2, true>(x, d, table, keys, rows, cols); });
+    emu_launch(2, 64, [&] { sk_stack_sum_vec<T>(stack, n, d, table_sum, keys, rows, cols); });
+    emu_launch(2, 64, [&] {
+        if (rows == 5) sk_estimates4<T, 5>(table, keys, rows, cols, d, est, hist, 0, shift, 12, count, thr);
+        else sk_estimates4<T, 0>(table, keys, rows, cols, d, est, hist, 0, shift, 12, count, thr);
+    });
+}
+extern "C" void groups_f32(const float* x, const float* stack, i64 n, i64 d, float* table, float* table_sum,
+                           const u32* keys, int rows, u32 cols, float* est, u64* hist, u64* count, float thr) {
+    run_groups<float>(x, stack, n, d, table, table_sum, keys, rows, cols, est, hist, 31 - 12, count, thr);
+}
+extern "C" void groups_f64(const double* x, const double* stack, i64 n, i64 d, double* table, double* table_sum,
+                           const u32* keys, int rows, u32 cols, double* est, u64* hist, u64* count, double thr) {
+    run_groups<double>(x, stack, n, d, table, table_sum, keys, rows, cols, est, hist, 63 - 12, count, thr);
+}
 '''
 
 _P = ctypes.c_void_p
@@ -92,9 +121,9 @@ def _ptr(a):
     return a.ctypes.data_as(_P)
 
 
-@pytest.fixture(scope="module")
-def lib(tmp_path_factory):
-    """The kernels' device code + a launch harness, built as a shared library with g++."""
+@pytest.fixture(scope="module", params=[1, 2], ids=["hash1", "hash2"])
+def lib(request, tmp_path_factory):
+    """The kernels' device code + a launch harness for one hash version, built as a shared library with g++."""
     if shutil.which("g++") is None:
         pytest.skip("g++ not on PATH")
     src = _cuda_src.SOURCE
@@ -107,12 +136,15 @@ def lib(tmp_path_factory):
     work = tmp_path_factory.mktemp("cuda_emu")
     cpp = work / "kernels.cpp"
     header = Path(__file__).with_name("_cuda_emu.h")
-    cpp.write_text(f'#include "{header}"\n#define __CUDA_ARCH__ 800\n' + dev + HARNESS)
+    cpp.write_text(f'#include "{header}"\n#define __CUDA_ARCH__ 800\n#define SK_HASH_VERSION {request.param}\n'
+                   + dev + HARNESS)
     so = work / "kernels.so"
     proc = subprocess.run(["g++", "-std=c++20", "-O1", "-fPIC", "-shared", "-pthread", "-w", "-o", str(so), str(cpp)],
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    return ctypes.CDLL(str(so))
+    handle = ctypes.CDLL(str(so))
+    handle.version = request.param
+    return handle
 
 
 def _emu_topk(lib, table, keys, d, k, cap, packed=True):
@@ -143,14 +175,14 @@ def _emu_topk(lib, table, keys, d, k, cap, packed=True):
                                              ("float64", 5, "rounded"), ("float64", 2, "zeros")])
 def test_emulated_dev_topk_equals_exact(lib, dtype, rows, kind):
     rng = np.random.default_rng(rows)
-    d, cols = 7001, 150
+    d, cols = 7001, 152
     table = rng.standard_normal((rows, cols))
     if kind == "rounded":      # many exact ties of |v|, both signs
         table = np.round(table, 1)
     else:                      # ties at zero
         table[rng.random((rows, cols)) < 0.5] = 0
     table = table.astype(dtype)
-    ref = CountSketch.from_table(table, d, seed=rows, backend="numpy")
+    ref = CountSketch.from_table(table, d, seed=rows, hash_version=lib.version, backend="numpy")
     est = ref.estimate_all()
     order = np.lexsort((np.arange(d), -np.abs(est)))
     for k in (1, 1234, d):
@@ -169,7 +201,7 @@ def test_emulated_dev_topk_equals_exact(lib, dtype, rows, kind):
 
 def test_emulated_v4rows_each(lib):
     rng = np.random.default_rng(2)
-    n, d, rows, cols = 6, 3001, 5, 37
+    n, d, rows, cols = 6, 3001, 5, 36
     stack = rng.standard_normal((n, d)).astype(np.float32)
     stack[:, rng.random(d) < 0.2] = 0
     keys = CountSketch(d, rows, cols, seed=3, backend="numpy").keys
@@ -178,5 +210,53 @@ def test_emulated_v4rows_each(lib):
     lib.each_v4r(_ptr(stack), _I64(n), _I64(d), _ptr(tables), _ptr(np.ascontiguousarray(keys, np.uint32).ravel()),
                  rows, ctypes.c_uint(cols), 2)      # rows in groups of 2, 2, 1; vectors in groups of 4, 2
     for i in range(n):
-        want = CountSketch(d, rows, cols, seed=3, backend="numpy").insert(stack[i]).table
+        want = CountSketch(d, rows, cols, seed=3, hash_version=lib.version, backend="numpy").insert(stack[i]).table
         np.testing.assert_allclose(tables[i] - start[i], want, rtol=1e-4, atol=1e-4)
+
+
+def test_emulated_locate_matches_spec(lib):
+    rows, cols = 4, 1000
+    keys = CountSketch(10, rows, cols, seed=11, backend="numpy").keys
+    idx = np.array([0, 1, 2, 3, 4, 7, 2**31 - 1, 2**31, 2**32 - 1, 2**32, 2**32 + 5, 2**40 + 3, 2**62 - 1], np.int64)
+    buckets, signs = np.zeros((rows, idx.size), np.int64), np.zeros((rows, idx.size), np.int8)
+    lib.locate(_ptr(idx), _I64(idx.size), _ptr(np.ascontiguousarray(keys, np.uint32).ravel()), rows,
+               ctypes.c_uint(cols), _ptr(buckets), _ptr(signs))
+    for j in range(rows):
+        want_b, want_s = buckets_and_signs(idx, keys[j, 0], keys[j, 1], cols, lib.version)
+        np.testing.assert_array_equal(buckets[j], want_b)
+        np.testing.assert_array_equal(signs[j], want_s)
+
+
+@pytest.mark.parametrize("dtype,rows,d", [("float32", 5, 4003), ("float32", 3, 4000), ("float64", 5, 4002)])
+def test_emulated_group_kernels(lib, dtype, rows, d):
+    """Group insert, group stack-sum and group estimates (with histogram and count) equal the reference."""
+    rng = np.random.default_rng(d)
+    cols, n = 64, 3
+    x = rng.standard_normal(d).astype(dtype)
+    x[rng.random(d) < 0.3] = 0                     # whole zero groups are skipped
+    x[:8] = 0
+    stack = rng.standard_normal((n, d)).astype(dtype)
+    ref = CountSketch(d, rows, cols, seed=5, dtype=dtype, hash_version=lib.version, backend="numpy")
+    kk = np.ascontiguousarray(ref.keys, np.uint32).ravel()
+    table, table_sum = np.zeros((rows, cols), dtype), np.zeros((rows, cols), dtype)
+    est = np.zeros(d, dtype)
+    hist, count = np.zeros(1 << 12, np.uint64), np.zeros(1, np.uint64)
+    thr = np.float64(0.5)
+    fn = lib.groups_f32 if dtype == "float32" else lib.groups_f64
+    ctype = ctypes.c_float if dtype == "float32" else ctypes.c_double
+    # The stack rows must each be 16-byte aligned, as the backend requires: d * itemsize % 16 == 0.
+    stack_arg = stack if (d * stack.itemsize) % 16 == 0 else None
+    fn(_ptr(x), _ptr(stack_arg) if stack_arg is not None else None, _I64(n if stack_arg is not None else 0), _I64(d),
+       _ptr(table), _ptr(table_sum), _ptr(kk), rows, ctypes.c_uint(cols), _ptr(est), _ptr(hist), _ptr(count),
+       ctype(thr))
+    tol = dict(rtol=1e-5, atol=1e-4) if dtype == "float32" else dict(rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(table, ref.copy().insert(x).table, **tol)
+    if stack_arg is not None:
+        np.testing.assert_allclose(table_sum, ref.copy().insert_batch(stack).table, **tol)
+    want = CountSketch.from_table(table, d, seed=5, hash_version=lib.version, backend="numpy").estimate_all()
+    np.testing.assert_array_equal(est, want)
+    bits = est.view(np.uint32 if dtype == "float32" else np.uint64) & (0x7FFFFFFF if dtype == "float32" else
+                                                                          0x7FFFFFFFFFFFFFFF)
+    top = (bits >> (19 if dtype == "float32" else 51)).astype(np.int64)
+    np.testing.assert_array_equal(hist, np.bincount(top, minlength=1 << 12))
+    assert int(count[0]) == int(np.sum(np.abs(want) >= thr))

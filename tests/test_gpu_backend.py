@@ -27,10 +27,19 @@ def options():
     cupy_gpu._options.update(saved)
 
 
-def _pair(d, rows, cols, dtype="float32", seed=7):
+HV = pytest.mark.parametrize("hv", [1, 2], ids=["hash1", "hash2"])
+
+
+def _cols(cols, hv):
+    """``cols`` as given for hash version 1; rounded up to a multiple of 4 for version 2."""
+    return cols if hv == 1 else -(-cols // 4) * 4
+
+
+def _pair(d, rows, cols, dtype="float32", seed=7, hv=1):
     """A GPU sketch and a NumPy sketch with the same parameters."""
-    return (CountSketch(d, rows, cols, seed=seed, dtype=dtype, backend="cupy"),
-            CountSketch(d, rows, cols, seed=seed, dtype=dtype, backend="numpy"))
+    cols = _cols(cols, hv)
+    return (CountSketch(d, rows, cols, seed=seed, dtype=dtype, hash_version=hv, backend="cupy"),
+            CountSketch(d, rows, cols, seed=seed, dtype=dtype, hash_version=hv, backend="numpy"))
 
 
 def _assert_table_close(gpu, ref, x_max, terms):
@@ -59,14 +68,15 @@ def test_auto_prefers_gpu():
 # ----------------------------------------------------------------------------- hash
 @given(st.lists(st.integers(0, 2**63 - 1), min_size=1, max_size=64),
        st.sampled_from([1, 2, 3, 1000, 65537, 2**31 - 1]),
-       st.integers(0, 2**64 - 1), st.integers(1, 6))
-def test_hash_bit_identical(indices, cols, seed, rows):
+       st.integers(0, 2**64 - 1), st.integers(1, 6), st.sampled_from([1, 2]))
+def test_hash_bit_identical(indices, cols, seed, rows, hv):
     idx = np.array(indices + [2**32, 2**32 - 1, 2**62 + 12345], dtype=np.int64)
+    cols = max(4, cols // 4 * 4) if hv == 2 else cols
     keys = row_keys(seed, rows)
-    buckets, signs = cupy_gpu._buckets_and_signs(cp.asarray(idx), keys, cols)
+    buckets, signs = cupy_gpu._buckets_and_signs(cp.asarray(idx), keys, cols, hv)
     buckets, signs = cp.asnumpy(buckets), cp.asnumpy(signs)
     for j in range(rows):
-        ref_b, ref_s = buckets_and_signs(idx, keys[j, 0], keys[j, 1], cols)
+        ref_b, ref_s = buckets_and_signs(idx, keys[j, 0], keys[j, 1], cols, hv)
         np.testing.assert_array_equal(buckets[j], ref_b)
         np.testing.assert_array_equal(signs[j], ref_s)
 
@@ -75,39 +85,59 @@ def test_hash_bit_identical(indices, cols, seed, rows):
 @pytest.mark.parametrize("variant", cupy_gpu.INSERT_VARIANTS)
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("offset", [0, 1])
-def test_insert_dense_variants(variant, dtype, offset, options):
+@HV
+def test_insert_dense_variants(variant, dtype, offset, hv, options):
     options["insert"] = variant
     d, rows, cols = 10_003, 5, 257
     rng = np.random.default_rng(1)
     x = rng.standard_normal(d + offset).astype(dtype)
     x[rng.random(d + offset) < 0.1] = 0          # zeros are skipped: must not matter
-    gpu, ref = _pair(d, rows, cols, dtype)
+    x[offset:offset + 8] = 0                     # two whole zero groups (version 2 skips them)
+    gpu, ref = _pair(d, rows, cols, dtype, hv=hv)
     xg = cp.asarray(x)[offset:]                   # offset 1: unaligned, falls back to scalar loads
     gpu.insert(xg).insert(xg)
     ref.insert(x[offset:]).insert(x[offset:])
     _assert_table_close(gpu, ref, 2 * np.abs(x).max(), d / cols)
 
 
-def test_insert_sparse_huge_d_and_duplicates():
+@HV
+def test_insert_sparse_huge_d_and_duplicates(hv):
     d = 2**40
     rng = np.random.default_rng(2)
     idx = np.concatenate([rng.integers(0, d, 500), [2**32, 2**32 + 1, d - 1, 0, 5, 5, 5]]).astype(np.int64)
     vals = rng.standard_normal(idx.shape[0]).astype(np.float32)
-    gpu, ref = _pair(d, 4, 101)
+    gpu, ref = _pair(d, 4, 101, hv=hv)
     gpu.insert_sparse(cp.asarray(idx), cp.asarray(vals))
     ref.insert_sparse(idx, vals)
     _assert_table_close(gpu, ref, np.abs(vals).max(), len(idx) / 101)
     np.testing.assert_array_equal(cp.asnumpy(gpu.query(cp.asarray(idx[-7:]))),
-                                  CountSketch.from_table(cp.asnumpy(gpu.table), d, seed=7, backend="numpy")
-                                  .query(idx[-7:]))
+                                  CountSketch.from_table(cp.asnumpy(gpu.table), d, seed=7, hash_version=hv,
+                                                         backend="numpy").query(idx[-7:]))
 
 
-@pytest.mark.parametrize("d", [4096, 4099])   # vector path / scalar path
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-def test_insert_batch_is_sum(d, dtype):
+def test_hash2_on_an_unaligned_table(dtype):
+    """A table view off the 16-byte grid cannot take vector atomics: the scalar kernels serve it."""
+    d, rows, cols = 9001, 5, 64
+    x = np.random.default_rng(5).standard_normal(d).astype(dtype)
+    flat = cp.zeros(rows * cols + 1, dtype=dtype)
+    gpu = CountSketch.from_table(flat[1:].reshape(rows, cols), d, seed=2, hash_version=2)
+    assert gpu.table.data.ptr % 16 != 0
+    ref = CountSketch(d, rows, cols, seed=2, dtype=dtype, hash_version=2, backend="numpy").insert(x)
+    gpu.insert(cp.asarray(x))
+    _assert_table_close(gpu, ref, np.abs(x).max(), d / cols)
+    est = CountSketch.from_table(cp.asnumpy(gpu.table), d, seed=2, hash_version=2, backend="numpy").estimate_all()
+    np.testing.assert_array_equal(cp.asnumpy(gpu.estimate_all()), est)
+    assert float(flat[0]) == 0.0
+
+
+@pytest.mark.parametrize("d", [4096, 4098, 4099])   # vector path / vector + tail (float64) / scalar path
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@HV
+def test_insert_batch_is_sum(d, dtype, hv):
     rng = np.random.default_rng(3)
     stack = rng.standard_normal((7, d)).astype(dtype)
-    gpu, ref = _pair(d, 3, 64, dtype)
+    gpu, ref = _pair(d, 3, 64, dtype, hv=hv)
     gpu.insert_batch(cp.asarray(stack))
     for row in stack:
         ref.insert(row)
@@ -117,14 +147,15 @@ def test_insert_batch_is_sum(d, dtype):
 @pytest.mark.parametrize("variant", cupy_gpu.EACH_VARIANTS)
 @pytest.mark.parametrize("n", [1, 4, 9])
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-def test_sketch_each(variant, n, dtype, options, monkeypatch):
+@HV
+def test_sketch_each(variant, n, dtype, hv, options, monkeypatch):
     options["stack_each"] = variant
+    d, rows, cols = 3001, 5, _cols(97, hv)
     if variant == "v4rows":   # a small "L2" so that the rows go in groups of 2 (and a last of 1)
-        monkeypatch.setattr(cupy_gpu, "_l2_bytes", lambda: 3 * 16 * 97 * 2)
-    d, rows, cols = 3001, 5, 97
+        monkeypatch.setattr(cupy_gpu, "_l2_bytes", lambda: 3 * 16 * cols * 2)
     rng = np.random.default_rng(4)
     stack = rng.standard_normal((n, d)).astype(dtype)
-    gpu, ref = _pair(d, rows, cols, dtype)
+    gpu, ref = _pair(d, rows, cols, dtype, hv=hv)
     parts = gpu.sketch_each(cp.asarray(stack))
     assert len(parts) == n
     for part, row in zip(parts, stack):
@@ -151,11 +182,12 @@ def test_rejects_host_arrays_and_nonfinite():
 # --------------------------------------------------------------------------- queries
 @pytest.mark.parametrize("rows", [1, 2, 3, 4, 5, 6, 7, 8, 9, 12])
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-def test_estimates_exact(rows, dtype):
-    d, cols = 20_000, 331
+@HV
+def test_estimates_exact(rows, dtype, hv):
+    d, cols = 20_000 + hv, _cols(331, hv)     # version 2: a last group of 3 coordinates
     table = _random_table(rows, cols, dtype, np.random.default_rng(rows))
-    ref = CountSketch.from_table(table, d, seed=11, backend="numpy")
-    gpu = CountSketch.from_table(cp.asarray(table), d, seed=11)
+    ref = CountSketch.from_table(table, d, seed=11, hash_version=hv, backend="numpy")
+    gpu = CountSketch.from_table(cp.asarray(table), d, seed=11, hash_version=hv)
     np.testing.assert_array_equal(cp.asnumpy(gpu.estimate_all()), ref.estimate_all())
     idx = np.array([0, 5, d - 1, 12345, 5], dtype=np.int64)
     np.testing.assert_array_equal(cp.asnumpy(gpu.query(cp.asarray(idx))), ref.query(idx))
@@ -180,13 +212,14 @@ def _check_topk(gpu_idx, gpu_val, est, k):
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("rows,zeros,cap", [(5, 0.0, None), (1, 0.0, None), (3, 0.6, None),
                                             (5, 0.0, 8), (1, 0.0, 8), (2, 0.9, 8)])
-def test_topk_equals_exact(variant, dtype, rows, zeros, cap, options):
+@HV
+def test_topk_equals_exact(variant, dtype, rows, zeros, cap, hv, options):
     options["topk"] = variant
     options["cand_cap"] = cap   # 8: forces the extra radix passes / candidate overflow and the all-tied path
     d, cols = 50_000, 2000
     table = _random_table(rows, cols, dtype, np.random.default_rng(rows + 10), zeros)
-    ref = CountSketch.from_table(table, d, seed=3, backend="numpy")
-    gpu = CountSketch.from_table(cp.asarray(table), d, seed=3)
+    ref = CountSketch.from_table(table, d, seed=3, hash_version=hv, backend="numpy")
+    gpu = CountSketch.from_table(cp.asarray(table), d, seed=3, hash_version=hv)
     est = ref.estimate_all()
     for k in (1, 7, 500, 4096, d - 1, d):
         _check_topk(*gpu.topk(k), est, k)
@@ -259,11 +292,12 @@ def test_topk_dev_never_waits_for_the_device(options):
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-def test_heavy_and_unsketch_match_reference(dtype):
-    d, rows, cols = 40_000, 5, 500
+@HV
+def test_heavy_and_unsketch_match_reference(dtype, hv):
+    d, rows, cols = 40_001, 5, 500
     table = _random_table(rows, cols, dtype, np.random.default_rng(6), zeros=0.3)
-    ref = CountSketch.from_table(table, d, seed=9, backend="numpy")
-    gpu = CountSketch.from_table(cp.asarray(table), d, seed=9)
+    ref = CountSketch.from_table(table, d, seed=9, hash_version=hv, backend="numpy")
+    gpu = CountSketch.from_table(cp.asarray(table), d, seed=9, hash_version=hv)
     for thr in (0.0, 0.5, 1.7, 1e9):
         gi, gv = gpu.heavy_hitters(thr)
         ri, rv = ref.heavy_hitters(thr)
@@ -276,11 +310,12 @@ def test_heavy_and_unsketch_match_reference(dtype):
     np.testing.assert_array_equal(np.sort(np.abs(got)), np.sort(np.abs(want)))
 
 
-def test_zero_coordinates_and_l2():
+@HV
+def test_zero_coordinates_and_l2(hv):
     d, rows, cols = 10_000, 5, 300
     table = _random_table(rows, cols, "float32", np.random.default_rng(8))
-    ref = CountSketch.from_table(table.copy(), d, seed=1, backend="numpy")
-    gpu = CountSketch.from_table(cp.asarray(table), d, seed=1)
+    ref = CountSketch.from_table(table.copy(), d, seed=1, hash_version=hv, backend="numpy")
+    gpu = CountSketch.from_table(cp.asarray(table), d, seed=1, hash_version=hv)
     assert gpu.l2_estimate() == pytest.approx(ref.l2_estimate(), rel=1e-12)
     idx = np.array([3, 77, 9999, 77], dtype=np.int64)
     ref.zero_coordinates(idx)
@@ -289,14 +324,15 @@ def test_zero_coordinates_and_l2():
 
 
 # --------------------------------------------------------------- CPU <-> GPU, bytes
-def test_gpu_and_cpu_sketches_merge():
+@HV
+def test_gpu_and_cpu_sketches_merge(hv):
     d, rows, cols = 30_000, 5, 400
     rng = np.random.default_rng(12)
     x, y = rng.standard_normal((2, d)).astype(np.float32)
-    gpu, cpu = _pair(d, rows, cols)
+    gpu, cpu = _pair(d, rows, cols, hv=hv)
     gpu.insert(cp.asarray(x))
     cpu.insert(y)
-    want = CountSketch(d, rows, cols, seed=7, backend="numpy").insert(x + y)
+    want = CountSketch(d, rows, cols, seed=7, hash_version=hv, backend="numpy").insert(x + y)
     on_host = gpu.to("numpy").merge(cpu)
     _assert_table_close(on_host.to("cupy"), want, np.abs(x + y).max() * 2, d / cols)
     gpu.merge(cpu.to("cupy"))
@@ -315,12 +351,13 @@ def test_serialization_roundtrip():
 
 # ------------------------------------------------------------- streams and memory
 @pytest.mark.parametrize("variant", cupy_gpu.INSERT_VARIANTS)
-def test_insert_runs_on_current_stream(variant, options):
+@HV
+def test_insert_runs_on_current_stream(variant, hv, options):
     """A captured CUDA graph replays the insert: every launch went to the current stream."""
     options["insert"] = variant
     d = 20_000
     x = cp.asarray(np.random.default_rng(1).standard_normal(d).astype(np.float32))
-    gpu = CountSketch(d, 4, 128, backend="cupy")
+    gpu = CountSketch(d, 4, 128, hash_version=hv, backend="cupy")
     once = gpu.copy().insert(x).table.copy()
     stream = cp.cuda.Stream(non_blocking=True)
     with stream:

@@ -37,7 +37,8 @@ PARAMS = st.fixed_dictionaries({
     "cols": st.integers(1, 400),
     "seed": st.integers(0, 2**64 - 1),
     "dtype": st.sampled_from(["float32", "float64"]),
-})
+    "hash_version": st.sampled_from([1, 2]),
+}).map(lambda p: {**p, "cols": -(-p["cols"] // 4) * 4} if p["hash_version"] == 2 else p)
 
 
 def pair(params):
@@ -53,13 +54,14 @@ def vector(seed, n, dtype, scale=10.0):
     return x.astype(dtype)
 
 
-def rounding_bound(d_indices, values, keys, cols, dtype):
+def rounding_bound(d_indices, values, sketch):
     """Per-bucket bound on the difference of two summation orders, shape (rows, cols)."""
+    keys, cols, dtype = sketch.keys, sketch.cols, sketch.dtype
     eps = np.finfo(dtype).eps
     bound = np.empty((keys.shape[0], cols))
     mag = np.abs(values.astype(np.float64))
     for j in range(keys.shape[0]):
-        b, _ = buckets_and_signs(d_indices, keys[j, 0], keys[j, 1], cols)
+        b, _ = buckets_and_signs(d_indices, keys[j, 0], keys[j, 1], cols, sketch.hash_version)
         count = np.bincount(b, minlength=cols)
         bound[j] = (count + 2) * eps * np.bincount(b, weights=mag, minlength=cols)
     return bound + np.finfo(dtype).tiny
@@ -73,11 +75,12 @@ def assert_tables_close(a, b, bound):
 
 # ---------------------------------------------------------------------- hashes
 @given(st.lists(st.integers(0, 2**62), min_size=1, max_size=200), st.integers(0, 2**32 - 1),
-       st.integers(0, 2**32 - 1), st.integers(1, 2**31 - 1))
-def test_hash_bit_identical(indices, a, b, cols):
+       st.integers(0, 2**32 - 1), st.integers(1, 2**31 - 1), st.sampled_from([1, 2]))
+def test_hash_bit_identical(indices, a, b, cols, version):
     idx = np.array(indices, dtype=np.int64)
-    got_b, got_s = numba_cpu._k().hash_many(idx, a, b, cols)
-    want_b, want_s = buckets_and_signs(idx, a, b, cols)
+    cols = max(4, cols // 4 * 4) if version == 2 else cols
+    got_b, got_s = numba_cpu._k().hash_many(idx, a, b, cols, version)
+    want_b, want_s = buckets_and_signs(idx, a, b, cols, version)
     np.testing.assert_array_equal(got_b, want_b)
     np.testing.assert_array_equal(got_s, want_s)
 
@@ -89,7 +92,7 @@ def test_unit_vectors_land_in_the_reference_buckets(params):
     steps = np.arange(1, params["d"] + 1, dtype=params["dtype"])  # distinct weights
     ref.insert_sparse(idx, steps)
     fast.insert(steps)
-    assert_tables_close(ref, fast, rounding_bound(idx, steps, ref.keys, params["cols"], params["dtype"]))
+    assert_tables_close(ref, fast, rounding_bound(idx, steps, ref))
 
 
 # --------------------------------------------------------------------- inserts
@@ -100,7 +103,7 @@ def test_insert_dense_matches_reference(params, vseed):
     ref.insert(x)
     fast.insert(x)
     idx = np.arange(params["d"], dtype=np.int64)
-    assert_tables_close(ref, fast, rounding_bound(idx, x, ref.keys, params["cols"], params["dtype"]))
+    assert_tables_close(ref, fast, rounding_bound(idx, x, ref))
 
 
 @pytest.mark.parametrize("rows", [1, 2, 5, 6])
@@ -114,7 +117,7 @@ def test_parallel_insert_paths_match_reference(rows, dtype):
     ref.insert(x)
     fast.insert(x)
     idx = np.arange(d, dtype=np.int64)
-    assert_tables_close(ref, fast, rounding_bound(idx, x, ref.keys, cols, dtype))
+    assert_tables_close(ref, fast, rounding_bound(idx, x, ref))
     np.testing.assert_array_equal(ref.query(idx[::97]), CountSketch.from_table(
         ref.table.copy(), d, seed=11, backend="numba").query(idx[::97]))
 
@@ -128,7 +131,7 @@ def test_insert_sparse_with_duplicates(params, vseed, n):
     vals = vector(vseed, idx.shape[0], params["dtype"]) if idx.shape[0] else np.zeros(0, params["dtype"])
     ref.insert_sparse(idx, vals)
     fast.insert_sparse(idx, vals)
-    assert_tables_close(ref, fast, rounding_bound(idx, vals, ref.keys, params["cols"], params["dtype"]))
+    assert_tables_close(ref, fast, rounding_bound(idx, vals, ref))
 
 
 @given(st.integers(0, 2**64 - 1), st.integers(1, 6), st.integers(1, 1000),
@@ -141,7 +144,7 @@ def test_indices_beyond_2_pow_32(seed, rows, cols, big):
     vals = np.linspace(1.0, 2.0, idx.shape[0])
     ref.insert_sparse(idx, vals)
     fast.insert_sparse(idx, vals)
-    assert_tables_close(ref, fast, rounding_bound(idx, vals, ref.keys, cols, "float64"))
+    assert_tables_close(ref, fast, rounding_bound(idx, vals, ref))
     # Same table on both sides: estimates are bit-identical.
     fast.table[...] = ref.table
     probe = np.concatenate([idx, idx + 1 - (idx + 1 >= d)])
@@ -156,13 +159,13 @@ def test_insert_batch_and_sketch_each(params, vseed, n):
     ref.insert_batch(stack)
     fast.insert_batch(stack)
     idx = np.tile(np.arange(params["d"], dtype=np.int64), n)
-    bound = rounding_bound(idx, stack.reshape(-1), ref.keys, params["cols"], params["dtype"])
+    bound = rounding_bound(idx, stack.reshape(-1), ref)
     assert_tables_close(ref, fast, bound)
     each_ref, each_fast = ref.sketch_each(stack), fast.sketch_each(stack)
     assert len(each_fast) == n
     for m, (a, b) in enumerate(zip(each_ref, each_fast)):
         one = np.arange(params["d"], dtype=np.int64)
-        assert_tables_close(a, b, rounding_bound(one, stack[m], ref.keys, params["cols"], params["dtype"]))
+        assert_tables_close(a, b, rounding_bound(one, stack[m], ref))
 
 
 @pytest.mark.parametrize("rows", [1, 5])
@@ -178,14 +181,14 @@ def test_serial_and_parallel_paths_agree(rows, monkeypatch):
         results.append((s, s.topk(100), s.heavy_hitters(1.0), s.estimate_all(),
                         s.empty_like().insert_batch(stack), s.sketch_each(stack)))
     (a, ta, ha, ea, ba, sa), (b, tb, hb, eb, bb, sb) = results
-    assert_tables_close(a, b, rounding_bound(idx, x, a.keys, cols, "float64"))
+    assert_tables_close(a, b, rounding_bound(idx, x, a))
     b.table[...] = a.table
     for u, v in zip(ta + ha + (ea,), b.topk(100) + b.heavy_hitters(1.0) + (b.estimate_all(),)):
         np.testing.assert_array_equal(u, v)
     both = np.concatenate([idx, idx])
-    assert_tables_close(ba, bb, rounding_bound(both, stack.reshape(-1), a.keys, cols, "float64"))
+    assert_tables_close(ba, bb, rounding_bound(both, stack.reshape(-1), a))
     for u, v, row in zip(sa, sb, stack):
-        assert_tables_close(u, v, rounding_bound(idx, row, a.keys, cols, "float64"))
+        assert_tables_close(u, v, rounding_bound(idx, row, a))
 
 
 @pytest.mark.parametrize("chunk", [4099, 1 << 22])
@@ -199,7 +202,7 @@ def test_insert_batch_parallel_path_equals_one_by_one(chunk, monkeypatch):
     for x in stack:
         single.insert(x)
     idx = np.tile(np.arange(d, dtype=np.int64), 3)
-    assert_tables_close(batch, single, rounding_bound(idx, stack.reshape(-1), batch.keys, cols, "float64"))
+    assert_tables_close(batch, single, rounding_bound(idx, stack.reshape(-1), batch))
 
 
 # -------------------------------------------------------------------- queries
@@ -346,13 +349,13 @@ def test_insert_stack_each_into_non_contiguous_tables():
     """The backend writes back when handed a strided (n, rows, cols) array."""
     d, rows, cols = 5000, 3, 64
     stack = np.stack([vector(m, d, "float64") for m in range(3)])
-    keys = row_keys(1, rows)
+    shape = CountSketch(d, rows, cols, seed=1, dtype="float64", hash_version=2, backend="numpy")
     want = np.zeros((3, rows, cols))
-    numpy_ref.insert_stack_each(want, stack, keys)
+    numpy_ref.insert_stack_each(want, stack, shape.keys, 2)
     big = np.zeros((3, rows, 2 * cols))
-    numba_cpu.insert_stack_each(big[:, :, ::2], stack, keys)
+    numba_cpu.insert_stack_each(big[:, :, ::2], stack, shape.keys, 2)
     idx = np.arange(d, dtype=np.int64)
     for m in range(3):
-        bound = rounding_bound(idx, stack[m], keys, cols, "float64")
+        bound = rounding_bound(idx, stack[m], shape)
         assert (np.abs(big[m, :, ::2] - want[m]) <= bound).all()
     assert not big[:, :, 1::2].any()

@@ -178,8 +178,10 @@ def test_identity_sketch_is_exact_and_linear():
     assert np.all(s.query(idx) == 0)
 
 
-def test_fetchsgd_count_sketch_update_is_k_sparse_and_counts_sketch_bytes():
-    sim = make_sim("fetchsgd", k=40, rows=3, cols=700)
+@pytest.mark.parametrize("hash_version", [1, 2])
+def test_fetchsgd_count_sketch_update_is_k_sparse_and_counts_sketch_bytes(hash_version):
+    sim = make_sim("fetchsgd", k=40, rows=3, cols=700, sketch_hash_version=hash_version)
+    assert sim.rule.state.momentum.hash_version == hash_version
     start = sim.params.clone()
     row = sim.step()
     assert int((sim.params != start).sum()) == 40

@@ -31,6 +31,8 @@ def tiny(**sections):
     (tiny(rule={"rows": 0}), "rule.rows must be positive"),
     (tiny(rule={"cols": -3}), "rule.cols must be positive"),
     (tiny(rule={"k": 0}), "rule.k must be positive"),
+    (tiny(rule={"sketch_hash_version": 3}), "rule.sketch_hash_version must be 1 or 2"),
+    (tiny(rule={"sketch_hash_version": 2, "cols": 1001}), "needs rule.cols divisible by 4"),
     (tiny(rule={"colz": 3}), "unknown key rule.colz"),
     (tiny(rule={"k": "many"}), "rule.k must be int"),
     (tiny(train={"schedule": "step"}), "train.schedule must be one of"),

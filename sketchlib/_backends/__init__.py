@@ -11,18 +11,19 @@ reference implementation and the contract of each function)::
     to_numpy(array) -> numpy.ndarray
     from_numpy(ndarray) -> array
     all_finite(x) -> bool
-    insert_dense(table, x, keys)            table[r, c] += S(x)
-    insert_sparse(table, indices, values, keys)
-    insert_stack_sum(table, stack, keys)    table += S(sum of the rows of stack)
-    insert_stack_each(tables, stack, keys)  tables[n] += S(stack[n])
-    query(table, indices, keys) -> values
-    estimate_all(table, d, keys) -> values
-    topk(table, d, k, keys) -> (indices, values)     by |value|, descending
-    heavy(table, d, threshold, keys) -> (indices, values)   ascending indices
-    zero_buckets(table, indices, keys)
+    insert_dense(table, x, keys, version)   table[r, c] += S(x)
+    insert_sparse(table, indices, values, keys, version)
+    insert_stack_sum(table, stack, keys, version)    table += S(sum of the rows of stack)
+    insert_stack_each(tables, stack, keys, version)  tables[n] += S(stack[n])
+    query(table, indices, keys, version) -> values
+    estimate_all(table, d, keys, version) -> values
+    topk(table, d, k, keys, version) -> (indices, values)     by |value|, descending
+    heavy(table, d, threshold, keys, version) -> (indices, values)   ascending indices
+    zero_buckets(table, indices, keys, version)
     l2_estimate(table) -> float
 
-Inputs reach a backend already validated (shapes, dtypes, ranges, finiteness):
+``keys`` are the ``(rows, 2)`` uint32 row keys and ``version`` the hash
+version (1 or 2) of ``sketchlib._hash``.  Inputs reach a backend already validated (shapes, dtypes, ranges, finiteness):
 kernels trust them.  Dispatch looks at ``type(x).__module__`` only, so no
 array library is imported to classify an array.
 """

@@ -10,7 +10,14 @@ Conventions shared by every kernel:
 * grid-stride loops over 64-bit indices, so any ``d`` and any grid size work;
 * the row keys ``(a_j, b_j)`` arrive as a device array of ``2*rows`` uint32 and
   are copied into shared memory once per block;
-* the hash is hash version 1 of ``sketchlib/_hash.py``, bit for bit;
+* the hash is the version of ``sketchlib/_hash.py`` named by the macro
+  ``SK_HASH_VERSION`` (1 when undefined), bit for bit: the backend compiles the
+  source once per version (``-DSK_HASH_VERSION=2``), so kernels never branch on it;
+* "group" kernels handle aligned groups of four coordinates: under version 2 a
+  group lands in one aligned group of four buckets per row, added with a single
+  16-byte ``red.global.add.v4.f32`` and read with one 16-byte load (the host
+  launches them only on a 16-byte-aligned table); under version 1 the same
+  code does four scalar operations, which keeps one code path for both;
 * table offsets ``j*cols + bucket`` are 64-bit (``rows*cols`` may pass 2**31);
 * additions into the table are ``red.global.add`` (inline PTX): fire-and-forget
   atomics, never a returning ``atom``.
@@ -27,6 +34,9 @@ MEDIAN_ROWS = (1, 2, 3, 4, 5, 6, 7, 8)   # rows with a register-only median; oth
 TOPK_WORDS = 16      # u64 state words of the "dev" top-k (SKT_* in the source)
 
 SOURCE = r"""
+#ifndef SK_HASH_VERSION
+#define SK_HASH_VERSION 1
+#endif
 #define SK_MAX_ROWS 32
 #define SK_HIST_BITS 12
 #define SK_HIST_SIZE (1 << SK_HIST_BITS)
@@ -35,7 +45,7 @@ typedef unsigned int u32;
 typedef unsigned long long u64;
 typedef long long i64;
 
-// ---------------------------------------------------------------- hash (version 1)
+// ---------------------------------------------------------------- hash
 __device__ __forceinline__ u32 sk_mix32(u32 x) {
     x ^= x >> 16; x *= 0x7feb352dU;
     x ^= x >> 15; x *= 0x846ca68bU;
@@ -50,6 +60,37 @@ __device__ __forceinline__ u32 sk_hash(i64 i, u32 a, u32 b) {
 
 // Lemire's range map: high word of the 64-bit product h * cols.
 __device__ __forceinline__ u32 sk_bucket(u32 h, u32 cols) { return __umulhi(h, cols); }
+
+// Bucket and sign bit of coordinate i in the row with keys (a, b).
+struct SkLoc { u32 bucket; u32 neg; };
+__device__ __forceinline__ SkLoc sk_locate(i64 i, u32 a, u32 b, u32 cols) {
+#if SK_HASH_VERSION == 1
+    const u32 h = sk_hash(i, a, b);
+    return {sk_bucket(h, cols), h & 1u};
+#else
+    const u32 off = (u32)i & 3u;
+    const u32 h = sk_hash((i64)((u64)i >> 2), a, b);
+    return {4u * __umulhi(h, cols >> 2) + (off ^ (h & 3u)), (h >> (2u + off)) & 1u};
+#endif
+}
+
+#if SK_HASH_VERSION == 2
+// Version 2, group g = coordinates [4g, 4g + 4): first bucket of its group of buckets,
+// the XOR mask that shuffles offsets into slots, and the four sign bits (bit o: offset o).
+struct SkGroup { u32 base; u32 mask; u32 negs; };
+__device__ __forceinline__ SkGroup sk_group(i64 g, u32 a, u32 b, u32 cols) {
+    const u32 h = sk_hash(g, a, b);
+    return {4u * __umulhi(h, cols >> 2), h & 3u, (h >> 2) & 15u};
+}
+
+// v[o] -> v[o ^ mask] in registers (two conditional swaps, no local memory); an
+// involution, so it maps offsets to slots and slots back to offsets.
+template <typename T>
+__device__ __forceinline__ void sk_xor_shuffle(T* v, u32 mask) {
+    if (mask & 1u) { T t = v[0]; v[0] = v[1]; v[1] = t; t = v[2]; v[2] = v[3]; v[3] = t; }
+    if (mask & 2u) { T t = v[0]; v[0] = v[2]; v[2] = t; t = v[1]; v[1] = v[3]; v[3] = t; }
+}
+#endif
 
 __device__ __forceinline__ void sk_load_keys(u32* sk, const u32* __restrict__ keys, int rows) {
     for (int t = threadIdx.x; t < 2 * rows; t += blockDim.x) sk[t] = keys[t];
@@ -74,6 +115,10 @@ __device__ __forceinline__ void sk_red4(float* p, float a, float b, float c, flo
     sk_red(p, a); sk_red(p + 1, b); sk_red(p + 2, c); sk_red(p + 3, d);
 #endif
 }
+// No 4-wide double reduction exists: four scalar ones (same bucket group, one L2 line).
+__device__ __forceinline__ void sk_red4(double* p, double a, double b, double c, double d) {
+    sk_red(p, a); sk_red(p + 1, b); sk_red(p + 2, c); sk_red(p + 3, d);
+}
 
 // All rows of one coordinate: table[j, h_j(i)] += s_j(i) * v.  Zeros are skipped:
 // they change nothing and sparse gradients are common.
@@ -82,8 +127,8 @@ __device__ __forceinline__ void sk_scatter(T* __restrict__ table, const u32* sk,
                                            i64 i, T v) {
     if (v == T(0)) return;
     for (int j = 0; j < rows; ++j) {
-        u32 h = sk_hash(i, sk[2 * j], sk[2 * j + 1]);
-        sk_red(table + (i64)j * cols + sk_bucket(h, cols), (h & 1u) ? -v : v);
+        const SkLoc l = sk_locate(i, sk[2 * j], sk[2 * j + 1], cols);
+        sk_red(table + (i64)j * cols + l.bucket, l.neg ? -v : v);
     }
 }
 
@@ -109,6 +154,43 @@ template <> struct SkVec<double> {
     }
 };
 
+// One group of four coordinates from 16-byte-aligned memory: one float4 or two double2.
+template <bool CS>
+__device__ __forceinline__ void sk_load4(const float* p, i64 g, float* out) { SkVec<float>::load<CS>(p, g, out); }
+template <bool CS>
+__device__ __forceinline__ void sk_load4(const double* p, i64 g, double* out) {
+    SkVec<double>::load<CS>(p, 2 * g, out);
+    SkVec<double>::load<CS>(p, 2 * g + 1, out + 2);
+}
+__device__ __forceinline__ void sk_store4cs(float* p, i64 g, const float* v) {
+    __stcs(reinterpret_cast<float4*>(p) + g, make_float4(v[0], v[1], v[2], v[3]));
+}
+__device__ __forceinline__ void sk_store4cs(double* p, i64 g, const double* v) {
+    __stcs(reinterpret_cast<double2*>(p) + 2 * g, make_double2(v[0], v[1]));
+    __stcs(reinterpret_cast<double2*>(p) + 2 * g + 1, make_double2(v[2], v[3]));
+}
+
+// All rows of group g (coordinates 4g..4g+3, values v): version 2 adds the group with one
+// vector reduction per row (slot s takes offset s ^ mask); version 1 scatters each value.
+template <typename T>
+__device__ __forceinline__ void sk_scatter_group(T* __restrict__ table, const u32* sk, int rows, u32 cols,
+                                                 i64 g, const T* v) {
+#if SK_HASH_VERSION == 2
+    if (v[0] == T(0) && v[1] == T(0) && v[2] == T(0) && v[3] == T(0)) return;
+    for (int j = 0; j < rows; ++j) {
+        const SkGroup q = sk_group(g, sk[2 * j], sk[2 * j + 1], cols);
+        T w[4];
+#pragma unroll
+        for (int o = 0; o < 4; ++o) w[o] = ((q.negs >> o) & 1u) ? -v[o] : v[o];
+        sk_xor_shuffle(w, q.mask);
+        sk_red4(table + (i64)j * cols + q.base, w[0], w[1], w[2], w[3]);
+    }
+#else
+#pragma unroll
+    for (int o = 0; o < 4; ++o) sk_scatter(table, sk, rows, cols, 4 * g + o, v[o]);
+#endif
+}
+
 // ---------------------------------------------------------------- dense insert variants
 // "simple": one coordinate per thread, every row.
 template <typename T>
@@ -129,30 +211,29 @@ __device__ void sk_insert_rowy(const T* __restrict__ x, i64 d, T* __restrict__ t
     for (i64 i = sk_tid(); i < d; i += sk_nthreads()) {
         T v = x[i];
         if (v == T(0)) continue;
-        u32 h = sk_hash(i, a, b);
-        sk_red(row + sk_bucket(h, cols), (h & 1u) ? -v : v);
+        const SkLoc l = sk_locate(i, a, b, cols);
+        sk_red(row + l.bucket, l.neg ? -v : v);
     }
 }
 
-// "vec"/"vec2x": U 16-byte vectors (U*W coordinates) per thread per step; x must be
-// 16-byte aligned (the host checks).  The tail past the last full vector is scalar.
+// "vec"/"vec2x": U groups of four coordinates per thread per step, loaded as 16-byte
+// vectors; x must be 16-byte aligned and, under version 2, the table too (the host
+// checks).  The tail past the last whole step is scalar.
 // "veccs"/"vec2xcs": the same with streaming loads.
 template <typename T, int U, bool CS>
 __device__ void sk_insert_vec(const T* __restrict__ x, i64 d, T* __restrict__ table,
                               const u32* __restrict__ keys, int rows, u32 cols) {
     __shared__ u32 sk[2 * SK_MAX_ROWS];
     sk_load_keys(sk, keys, rows);
-    const int W = SkVec<T>::W;
-    const i64 nvec = d / W;
-    const i64 ngroups = nvec / U;
-    for (i64 g = sk_tid(); g < ngroups; g += sk_nthreads()) {
-        T v[U * W];
+    const i64 nsteps = d / (4 * U);
+    for (i64 g = sk_tid(); g < nsteps; g += sk_nthreads()) {
+        T v[U * 4];
 #pragma unroll
-        for (int u = 0; u < U; ++u) SkVec<T>::template load<CS>(x, g * U + u, v + u * W);
+        for (int u = 0; u < U; ++u) sk_load4<CS>(x, g * U + u, v + u * 4);
 #pragma unroll
-        for (int w = 0; w < U * W; ++w) sk_scatter(table, sk, rows, cols, g * U * W + w, v[w]);
+        for (int u = 0; u < U; ++u) sk_scatter_group(table, sk, rows, cols, g * U + u, v + u * 4);
     }
-    for (i64 i = ngroups * U * W + sk_tid(); i < d; i += sk_nthreads())
+    for (i64 i = nsteps * U * 4 + sk_tid(); i < d; i += sk_nthreads())
         sk_scatter(table, sk, rows, cols, i, x[i]);
 }
 
@@ -188,13 +269,13 @@ __device__ void sk_insert_dsmem(const float* __restrict__ x, i64 d, float* __res
     for (i64 i = (i64)rank * blockDim.x + threadIdx.x; i < d; i += stride) {
         const float v = __ldg(x + i);
         if (v == 0.0f) continue;
-        const u32 h = sk_hash(i, a, b);
-        const u32 c = sk_bucket(h, cols);
+        const SkLoc l = sk_locate(i, a, b, cols);
+        const u32 c = l.bucket;
         if (c < lo || c >= hi) continue;
         const u32 off = c - lo, owner = off / per_block, k = off - owner * per_block;
         u32 remote;
         asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(remote) : "r"(base + 4u * k), "r"(owner));
-        asm volatile("red.shared::cluster.add.f32 [%0], %1;" :: "r"(remote), "f"((h & 1u) ? -v : v) : "memory");
+        asm volatile("red.shared::cluster.add.f32 [%0], %1;" :: "r"(remote), "f"(l.neg ? -v : v) : "memory");
     }
     sk_cluster_sync();
     const u32 first = lo + rank * per_block;
@@ -233,26 +314,30 @@ __device__ void sk_stack_sum_simple(const T* __restrict__ stack, i64 n, i64 d, T
     }
 }
 
-// Vector version: needs d % W == 0 and an aligned base so every row is aligned.
+// Group version: needs every row 16-byte aligned (aligned base, d * sizeof(T) % 16 == 0)
+// and, under version 2, an aligned table; the tail past the last whole group is scalar.
 template <typename T>
 __device__ void sk_stack_sum_vec(const T* __restrict__ stack, i64 n, i64 d, T* __restrict__ table,
                                  const u32* __restrict__ keys, int rows, u32 cols) {
     __shared__ u32 sk[2 * SK_MAX_ROWS];
     sk_load_keys(sk, keys, rows);
-    const int W = SkVec<T>::W;
-    const i64 nvec = d / W;
-    for (i64 c = sk_tid(); c < nvec; c += sk_nthreads()) {
-        T acc[W], v[W];
+    const i64 ngroups = d / 4;
+    for (i64 g = sk_tid(); g < ngroups; g += sk_nthreads()) {
+        T acc[4], v[4];
 #pragma unroll
-        for (int w = 0; w < W; ++w) acc[w] = T(0);
+        for (int o = 0; o < 4; ++o) acc[o] = T(0);
 #pragma unroll 4
         for (i64 r = 0; r < n; ++r) {
-            SkVec<T>::template load<true>(stack + r * d, c, v);
+            sk_load4<true>(stack + r * d, g, v);
 #pragma unroll
-            for (int w = 0; w < W; ++w) acc[w] += v[w];
+            for (int o = 0; o < 4; ++o) acc[o] += v[o];
         }
-#pragma unroll
-        for (int w = 0; w < W; ++w) sk_scatter(table, sk, rows, cols, c * W + w, acc[w]);
+        sk_scatter_group(table, sk, rows, cols, g, acc);
+    }
+    for (i64 i = ngroups * 4 + sk_tid(); i < d; i += sk_nthreads()) {
+        T acc = T(0);
+        for (i64 r = 0; r < n; ++r) acc += __ldcs(stack + r * d + i);
+        sk_scatter(table, sk, rows, cols, i, acc);
     }
 }
 
@@ -283,10 +368,10 @@ __device__ void sk_stack_each_v4(const float* __restrict__ stack, i64 n0, int ng
         for (int g = 0; g < 4; ++g) v[g] = g < ng ? __ldcs(stack + (n0 + g) * d + i) : 0.0f;
         if (v[0] == 0.0f && v[1] == 0.0f && v[2] == 0.0f && v[3] == 0.0f) continue;
         for (int j = 0; j < rows; ++j) {
-            u32 h = sk_hash(i, sk[2 * j], sk[2 * j + 1]);
-            float s = (h & 1u) ? -1.0f : 1.0f;
-            float* p = scratch + ((i64)j * cols + sk_bucket(h, cols)) * 4;
-sk_red4(p, s * v[0], s * v[1], s * v[2], s * v[3]);
+            const SkLoc l = sk_locate(i, sk[2 * j], sk[2 * j + 1], cols);
+            const float s = l.neg ? -1.0f : 1.0f;
+            float* p = scratch + ((i64)j * cols + l.bucket) * 4;
+            sk_red4(p, s * v[0], s * v[1], s * v[2], s * v[3]);
         }
     }
 }
@@ -317,9 +402,9 @@ __device__ void sk_stack_each_v4r(const float* __restrict__ stack, i64 n0, int n
         for (int g = 0; g < 4; ++g) v[g] = g < ng ? __ldcs(stack + (n0 + g) * d + i) : 0.0f;
         if (v[0] == 0.0f && v[1] == 0.0f && v[2] == 0.0f && v[3] == 0.0f) continue;
         for (int j = j0; j < j1; ++j) {
-            u32 h = sk_hash(i, sk[2 * j], sk[2 * j + 1]);
-            float s = (h & 1u) ? -1.0f : 1.0f;
-            float* p = scratch + ((i64)(j - j0) * cols + sk_bucket(h, cols)) * 4;
+            const SkLoc l = sk_locate(i, sk[2 * j], sk[2 * j + 1], cols);
+            const float s = l.neg ? -1.0f : 1.0f;
+            float* p = scratch + ((i64)(j - j0) * cols + l.bucket) * 4;
             sk_red4(p, s * v[0], s * v[1], s * v[2], s * v[3]);
         }
     }
@@ -341,16 +426,9 @@ __device__ void sk_deinterleave_at(float* __restrict__ scratch, i64 m, float* __
 // ---------------------------------------------------------------- estimates
 // Median over rows of s_j(i) * T[j, h_j(i)]: for even rows the mean of the two middle
 // values computed as (lo + hi) * 0.5 in T, which is what numpy.median gives.
+// Median of R values in registers: insertion sort as a fixed network of compare-exchanges.
 template <typename T, int R>
-__device__ __forceinline__ T sk_median_fixed(const T* __restrict__ table, const u32* sk, u32 cols, i64 i) {
-    T v[R];
-#pragma unroll
-    for (int j = 0; j < R; ++j) {
-        u32 h = sk_hash(i, sk[2 * j], sk[2 * j + 1]);
-        T t = __ldg(table + (i64)j * cols + sk_bucket(h, cols));
-        v[j] = (h & 1u) ? -t : t;
-    }
-    // Insertion sort as a fixed network of compare-exchanges: stays in registers.
+__device__ __forceinline__ T sk_median_regs(T* v) {
 #pragma unroll
     for (int a = 1; a < R; ++a) {
 #pragma unroll
@@ -363,14 +441,26 @@ __device__ __forceinline__ T sk_median_fixed(const T* __restrict__ table, const 
     return (R & 1) ? v[R / 2] : (v[R / 2 - 1] + v[R / 2]) * T(0.5);
 }
 
+template <typename T, int R>
+__device__ __forceinline__ T sk_median_fixed(const T* __restrict__ table, const u32* sk, u32 cols, i64 i) {
+    T v[R];
+#pragma unroll
+    for (int j = 0; j < R; ++j) {
+        const SkLoc l = sk_locate(i, sk[2 * j], sk[2 * j + 1], cols);
+        const T t = __ldg(table + (i64)j * cols + l.bucket);
+        v[j] = l.neg ? -t : t;
+    }
+    return sk_median_regs<T, R>(v);
+}
+
 template <typename T>
 __device__ __forceinline__ T sk_median_any(const T* __restrict__ table, const u32* sk, int rows,
                                            u32 cols, i64 i) {
     T v[SK_MAX_ROWS];
     for (int j = 0; j < rows; ++j) {
-        u32 h = sk_hash(i, sk[2 * j], sk[2 * j + 1]);
-        T t = __ldg(table + (i64)j * cols + sk_bucket(h, cols));
-        T x = (h & 1u) ? -t : t;
+        const SkLoc l = sk_locate(i, sk[2 * j], sk[2 * j + 1], cols);
+        const T t = __ldg(table + (i64)j * cols + l.bucket);
+        T x = l.neg ? -t : t;
         int b = j;
         while (b > 0 && x < v[b - 1]) { v[b] = v[b - 1]; --b; }
         v[b] = x;
@@ -382,6 +472,34 @@ template <typename T, int R>
 __device__ __forceinline__ T sk_estimate(const T* __restrict__ table, const u32* sk, int rows, u32 cols, i64 i) {
     if (R > 0) return sk_median_fixed<T, (R > 0 ? R : 1)>(table, sk, cols, i);
     return sk_median_any<T>(table, sk, rows, cols, i);
+}
+
+// Estimates of the four coordinates of group g into e.  Under version 2 with a fixed row
+// count, each row's group of buckets is one 16-byte load (the table must be aligned).
+template <typename T, int R>
+__device__ __forceinline__ void sk_estimate_group(const T* __restrict__ table, const u32* sk, int rows, u32 cols,
+                                                  i64 g, T* e) {
+#if SK_HASH_VERSION == 2
+    if (R > 0) {
+        constexpr int RR = R > 0 ? R : 1;
+        T v[4][RR];
+#pragma unroll
+        for (int j = 0; j < RR; ++j) {
+            const SkGroup q = sk_group(g, sk[2 * j], sk[2 * j + 1], cols);
+            T t[4];
+            sk_load4<false>(table + (i64)j * cols + q.base, 0, t);
+            sk_xor_shuffle(t, q.mask);
+#pragma unroll
+            for (int o = 0; o < 4; ++o) v[o][j] = ((q.negs >> o) & 1u) ? -t[o] : t[o];
+        }
+#pragma unroll
+        for (int o = 0; o < 4; ++o) e[o] = sk_median_regs<T, RR>(v[o]);
+    } else
+#endif
+    {
+#pragma unroll
+        for (int o = 0; o < 4; ++o) e[o] = sk_estimate<T, R>(table, sk, rows, cols, 4 * g + o);
+    }
 }
 
 // |v| as an order-preserving unsigned key (sign bit cleared): 31 bits for float,
@@ -432,6 +550,48 @@ __device__ void sk_estimates(const T* __restrict__ table, const u32* __restrict_
             }
         }
         if (count != nullptr) mine += __popc(__ballot_sync(0xffffffffU, in && !(v < thr && -v < thr)));
+    }
+    if (count != nullptr && lane == 0 && mine) atomicAdd(count, mine);
+    if (hist != nullptr) {
+        __syncthreads();
+        for (int t = threadIdx.x; t <= (int)mask; t += blockDim.x)
+            if (sh[t]) atomicAdd(hist + t, (u64)sh[t]);
+    }
+}
+
+// sk_estimates for all coordinates 0..n-1 (idx null), a group of four per thread: the
+// form that version 2's 16-byte gathers need.  out must be 16-byte aligned.
+template <typename T, int R>
+__device__ void sk_estimates4(const T* __restrict__ table, const u32* __restrict__ keys, int rows, u32 cols,
+                              i64 n, T* __restrict__ out, u64* __restrict__ hist, u64 prefix, int shift,
+                              int width, u64* __restrict__ count, T thr) {
+    __shared__ u32 sk[2 * SK_MAX_ROWS];
+    __shared__ u32 sh[SK_HIST_SIZE];
+    if (hist != nullptr)
+        for (int t = threadIdx.x; t < SK_HIST_SIZE; t += blockDim.x) sh[t] = 0;
+    sk_load_keys(sk, keys, rows);  // includes __syncthreads
+    const u64 mask = (1ULL << width) - 1ULL;
+    const int lane = threadIdx.x & 31;
+    const i64 ngroups = (n + 3) / 4;
+    u64 mine = 0;
+    for (i64 base = sk_tid() - lane; base < ngroups; base += sk_nthreads()) {
+        const i64 g = base + lane;
+        const int m = g < ngroups ? (int)min((i64)4, n - 4 * g) : 0;  // coordinates of the group below n
+        T e[4] = {T(0), T(0), T(0), T(0)};
+        if (m > 0) {
+            sk_estimate_group<T, R>(table, sk, rows, cols, g, e);
+            if (m == 4) sk_store4cs(out, g, e);
+            else for (int o = 0; o < m; ++o) __stcs(out + 4 * g + o, e[o]);
+            if (hist != nullptr)
+                for (int o = 0; o < m; ++o) {
+                    const u64 key = sk_key(e[o]);
+                    if ((key >> (shift + width)) == prefix) atomicAdd(&sh[(key >> shift) & mask], 1U);
+                }
+        }
+        if (count != nullptr)
+#pragma unroll
+            for (int o = 0; o < 4; ++o)
+                mine += __popc(__ballot_sync(0xffffffffU, o < m && !(e[o] < thr && -e[o] < thr)));
     }
     if (count != nullptr && lane == 0 && mine) atomicAdd(count, mine);
     if (hist != nullptr) {
@@ -737,7 +897,7 @@ __device__ void sk_zero_buckets(const i64* __restrict__ idx, i64 n, T* __restric
     for (i64 t = sk_tid(); t < n; t += sk_nthreads()) {
         const i64 i = idx[t];
         for (int j = 0; j < rows; ++j)
-            table[(i64)j * cols + sk_bucket(sk_hash(i, sk[2 * j], sk[2 * j + 1]), cols)] = T(0);
+            table[(i64)j * cols + sk_locate(i, sk[2 * j], sk[2 * j + 1], cols).bucket] = T(0);
     }
 }
 
@@ -780,9 +940,9 @@ __global__ void sk_hash_rows(const i64* __restrict__ idx, i64 n, const u32* __re
                              u32 cols, i64* __restrict__ buckets, signed char* __restrict__ signs) {
     for (i64 t = sk_tid(); t < n; t += sk_nthreads())
         for (int j = 0; j < rows; ++j) {
-            u32 h = sk_hash(idx[t], keys[2 * j], keys[2 * j + 1]);
-            buckets[(i64)j * n + t] = (i64)sk_bucket(h, cols);
-            signs[(i64)j * n + t] = (h & 1u) ? -1 : 1;
+            const SkLoc l = sk_locate(idx[t], keys[2 * j], keys[2 * j + 1], cols);
+            buckets[(i64)j * n + t] = (i64)l.bucket;
+            signs[(i64)j * n + t] = l.neg ? -1 : 1;
         }
 }
 
@@ -820,7 +980,10 @@ sk_insert_dsmem_f32(const float* x, i64 d, float* table, const u32* keys, int ro
 #define SK_EST_CALL table, keys, rows, cols, idx, n, out, hist, prefix, shift, width, count, thr
 
 #define SK_EST_R(T, S, R) \
-__global__ void sk_estimates_##S##_r##R(SK_EST_ARGS(T)) { sk_estimates<T, R>(SK_EST_CALL); }
+__global__ void sk_estimates_##S##_r##R(SK_EST_ARGS(T)) { sk_estimates<T, R>(SK_EST_CALL); } \
+__global__ void sk_estimates4_##S##_r##R(const T* table, const u32* keys, int rows, u32 cols, i64 n, T* out, \
+                                         u64* hist, u64 prefix, int shift, int width, u64* count, T thr) { \
+    sk_estimates4<T, R>(table, keys, rows, cols, n, out, hist, prefix, shift, width, count, thr); }
 
 #define SKT_EST_R(T, S, R) \
 __global__ void skt_estimates_##S##_r##R(const T* table, const u32* keys, int rows, u32 cols, i64 n, T* out, \

@@ -27,7 +27,11 @@ is up to the order of the atomics (as for "sync", whose ties come in any order).
 Dense inserts are bound by random float atomics into the table (~100 G/s on an
 H200, whatever the kernel: every variant in ``INSERT_VARIANTS`` timed within 4%
 of the others, except "dsmem", which keeps the table in distributed shared
-memory and was 2.6x slower); ``bench/bench_gpu.py`` times them all.
+memory and was 2.6x slower); ``bench/bench_gpu.py`` times them all.  Hash
+version 2 cuts the atomics four-fold: its groups of four coordinates land in
+aligned groups of four buckets, added with one 16-byte vector atomic, and
+estimates read a group with one 16-byte load.  The source is compiled once per
+hash version (``-DSK_HASH_VERSION``), so the kernels carry no version branch.
 
 Floating-point atomics land in a device-chosen order, so a table built here
 equals the NumPy reference's only up to float rounding: each bucket is a sum of
@@ -123,16 +127,22 @@ def from_numpy(array):
 
 
 # ------------------------------------------------------------------ kernel plumbing
-def _fn(name):
-    """Kernel ``name`` of the module compiled for the current device (cached)."""
+def _fn(name, version=None):
+    """Kernel ``name`` compiled for the current device and hash ``version`` (cached).
+
+    ``version=None`` is for kernels that do not hash: any module already built serves.
+    """
     cp = _cp()
     dev = cp.cuda.Device().id
-    key = (dev, name)
+    if version is None:
+        version = next((v for (d, v) in _modules if d == dev), 1)
+    key = (dev, version, name)
     fn = _functions.get(key)
     if fn is None:
-        if dev not in _modules:
-            _modules[dev] = cp.RawModule(code=_cuda_src.SOURCE, options=("-std=c++17",))
-        fn = _functions[key] = _modules[dev].get_function(name)
+        if (dev, version) not in _modules:
+            _modules[(dev, version)] = cp.RawModule(
+                code=_cuda_src.SOURCE, options=("-std=c++17", f"-DSK_HASH_VERSION={int(version)}"))
+        fn = _functions[key] = _modules[(dev, version)].get_function(name)
     return fn
 
 
@@ -146,9 +156,9 @@ def _grid(work):
     return int(max(1, min(cap, -(-int(work) // _BLOCK))))
 
 
-def _launch(name, work, args, grid_y=1):
-    """Launch kernel ``name`` over ``work`` items on the current stream."""
-    _fn(name)((_grid(work), grid_y), (_BLOCK,), args)
+def _launch(name, work, args, grid_y=1, version=None):
+    """Launch kernel ``name`` (of hash ``version``) over ``work`` items on the current stream."""
+    _fn(name, version)((_grid(work), grid_y), (_BLOCK,), args)
 
 
 def _dev_keys(keys):
@@ -174,6 +184,11 @@ def _aligned(array):
     return array.data.ptr % 16 == 0
 
 
+def _groups_ok(table, version):
+    """Whether the group kernels may run: version 2's vector atomics and loads need an aligned table."""
+    return version == 1 or _aligned(table)
+
+
 def _table_args(table, keys):
     """The ``(table, keys, rows, cols)`` kernel arguments."""
     rows, cols = table.shape
@@ -194,7 +209,7 @@ def all_finite(x):
 
 
 # -------------------------------------------------------------------------- inserts
-def insert_dense(table, x, keys):
+def insert_dense(table, x, keys, version):
     """``table += S(x)`` for a dense vector (kernel chosen by ``_options['insert']``)."""
     with table.device:
         variant = _options["insert"]
@@ -202,14 +217,16 @@ def insert_dense(table, x, keys):
             raise ValueError(f"unknown insert variant {variant!r}; choose one of {INSERT_VARIANTS}")
         if variant == "dsmem":
             if table.dtype == np.float32 and int(_cp().cuda.Device().compute_capability) >= 90:
-                return _insert_dsmem(table, x, keys)
+                return _insert_dsmem(table, x, keys, version)
             variant = "veccs"
-        if variant.startswith("vec") and not _aligned(x):
+        if variant.startswith("vec") and not (_aligned(x) and _groups_ok(table, version)):
             variant = "simple"
         t, k, rows, cols = _table_args(table, keys)
         d = x.shape[0]
         args = (x, np.int64(d), t, k, rows, cols)
-        _launch(f"sk_insert_{variant}_{_sfx(table)}", d, args, grid_y=int(rows) if variant == "rowy" else 1)
+        work = d // 4 if variant.startswith("vec") else d
+        _launch(f"sk_insert_{variant}_{_sfx(table)}", work, args, grid_y=int(rows) if variant == "rowy" else 1,
+                version=version)
     return None
 
 
@@ -233,11 +250,11 @@ def _dsmem_plan(rows, cols):
     return plan
 
 
-def _insert_dsmem(table, x, keys):
+def _insert_dsmem(table, x, keys, version):
     """Launch the distributed-shared-memory insert (float32, sm_90)."""
     t, k, rows, cols = _table_args(table, keys)
     nseg, seg_cols, per_block = _dsmem_plan(int(rows), int(cols))
-    fn = _fn("sk_insert_dsmem_f32")
+    fn = _fn("sk_insert_dsmem_f32", version)
     smem = per_block * 4
     dev = _cp().cuda.Device().id
     if smem > _dsmem_smem.get(dev, 48 * 1024):  # a driver call: only when the maximum grows
@@ -249,28 +266,28 @@ def _insert_dsmem(table, x, keys):
        shared_mem=smem)
 
 
-def insert_sparse(table, indices, values, keys):
+def insert_sparse(table, indices, values, keys, version):
     """``table += S(v)`` for ``v[indices] += values`` (duplicates accumulate)."""
     with table.device:
         t, k, rows, cols = _table_args(table, keys)
         n = indices.shape[0]
-        _launch("sk_insert_sparse_" + _sfx(table), n, (indices, values, np.int64(n), t, k, rows, cols))
+        _launch("sk_insert_sparse_" + _sfx(table), n, (indices, values, np.int64(n), t, k, rows, cols),
+                version=version)
 
 
-def insert_stack_sum(table, stack, keys):
+def insert_stack_sum(table, stack, keys, version):
     """``table += S(sum of the rows of stack)``: summed in registers, one atomic per row."""
     with table.device:
         n, d = stack.shape
         if n == 0 or d == 0:
             return
         t, k, rows, cols = _table_args(table, keys)
-        vec = d % _VEC_WIDTH[table.dtype.name] == 0 and _aligned(stack)
+        vec = (d * stack.dtype.itemsize) % 16 == 0 and _aligned(stack) and _groups_ok(table, version)
         name = f"sk_stack_sum_{'vec' if vec else 'simple'}_{_sfx(table)}"
-        work = d // _VEC_WIDTH[table.dtype.name] if vec else d
-        _launch(name, work, (stack, np.int64(n), np.int64(d), t, k, rows, cols))
+        _launch(name, d // 4 if vec else d, (stack, np.int64(n), np.int64(d), t, k, rows, cols), version=version)
 
 
-def insert_stack_each(tables, stack, keys):
+def insert_stack_each(tables, stack, keys, version):
     """``tables[i] += S(stack[i])``; float32 goes four vectors at a time through 16-byte atomics."""
     cp = _cp()
     with tables.device:
@@ -280,18 +297,19 @@ def insert_stack_each(tables, stack, keys):
         _, rows, cols = tables.shape
         k = _dev_keys(keys)
         if tables.dtype.name == "float32" and _options["stack_each"] in ("v4rows", "v4rows1"):
-            return _stack_each_v4rows(tables, stack, k, one_row=_options["stack_each"] == "v4rows1")
+            return _stack_each_v4rows(tables, stack, k, version, one_row=_options["stack_each"] == "v4rows1")
         if tables.dtype.name == "float32" and _options["stack_each"] == "v4":
             rc = rows * cols
             scratch = cp.zeros(rc * 4, dtype=np.float32)
             for n0 in range(0, n, 4):
                 ng = np.int32(min(4, n - n0))
                 _launch("sk_stack_each_v4_f32", d,
-                        (stack, np.int64(n0), ng, np.int64(d), scratch, k, np.int32(rows), np.uint32(cols)))
-                _launch("sk_deinterleave_f32", rc, (scratch, np.int64(rc), tables, np.int64(n0), ng))
+                        (stack, np.int64(n0), ng, np.int64(d), scratch, k, np.int32(rows), np.uint32(cols)),
+                        version=version)
+                _launch("sk_deinterleave_f32", rc, (scratch, np.int64(rc), tables, np.int64(n0), ng), version=version)
             return
         _launch("sk_stack_each_simple_" + _sfx(tables), d,
-                (stack, np.int64(n), np.int64(d), tables, k, np.int32(rows), np.uint32(cols)))
+                (stack, np.int64(n), np.int64(d), tables, k, np.int32(rows), np.uint32(cols)), version=version)
 
 
 def _l2_bytes():
@@ -303,7 +321,7 @@ def _l2_bytes():
     return _l2_sizes[dev]
 
 
-def _stack_each_v4rows(tables, stack, k, one_row=False):
+def _stack_each_v4rows(tables, stack, k, version, one_row=False):
     """``sk_stack_each_v4`` by groups of rows whose interleaved scratch fits in L2.
 
     With all rows at once a 500k-column scratch (40 MB) left the 16-byte atomics to
@@ -321,61 +339,68 @@ def _stack_each_v4rows(tables, stack, k, one_row=False):
         for j0 in range(0, rows, per):
             j1 = min(rows, j0 + per)
             _launch("sk_stack_each_v4r_f32", d, (stack, np.int64(n0), ng, np.int64(d), scratch, k,
-                                                 np.int32(j0), np.int32(j1), np.uint32(cols)))
+                                                 np.int32(j0), np.int32(j1), np.uint32(cols)), version=version)
             m = (j1 - j0) * cols
             _launch("sk_deinterleave_at_f32", m, (scratch, np.int64(m), tables, np.int64(rc),
-                                                  np.int64(j0 * cols), np.int64(n0), ng))
+                                                  np.int64(j0 * cols), np.int64(n0), ng), version=version)
 
 
 # -------------------------------------------------------------------------- queries
-def _estimates(table, keys, idx, n, out, hist=_NULL, prefix=0, shift=0, width=_HIST_BITS,
+def _estimates(table, keys, version, idx, n, out, hist=_NULL, prefix=0, shift=0, width=_HIST_BITS,
                count=_NULL, thr=0.0):
-    """Launch the estimate kernel (optionally with a radix histogram or a threshold count)."""
+    """Launch the estimate kernel (optionally with a radix histogram or a threshold count).
+
+    Version 2 estimates of all coordinates go a group of four per thread (16-byte gathers).
+    """
     t, k, rows, cols = _table_args(table, keys)
     r = int(rows) if int(rows) in _cuda_src.MEDIAN_ROWS else 0
-    name = f"sk_estimates_{_sfx(table)}_r{r}"
-    _launch(name, n, (t, k, rows, cols, _NULL if idx is None else idx, np.int64(n), out, hist,
-                      np.uint64(prefix), np.int32(shift), np.int32(width), count, table.dtype.type(thr)))
+    tail = (np.uint64(prefix), np.int32(shift), np.int32(width), count, table.dtype.type(thr))
+    if idx is None and version == 2 and _aligned(table) and _aligned(out):
+        _launch(f"sk_estimates4_{_sfx(table)}_r{r}", -(-n // 4), (t, k, rows, cols, np.int64(n), out, hist) + tail,
+                version=version)
+        return
+    _launch(f"sk_estimates_{_sfx(table)}_r{r}", n,
+            (t, k, rows, cols, _NULL if idx is None else idx, np.int64(n), out, hist) + tail, version=version)
 
 
-def query(table, indices, keys):
+def query(table, indices, keys, version):
     """Median-over-rows estimates of the given coordinates."""
     cp = _cp()
     with table.device:
         n = indices.shape[0]
         out = cp.empty(n, dtype=table.dtype)
         if n:
-            _estimates(table, keys, indices, n, out)
+            _estimates(table, keys, version, indices, n, out)
         return out
 
 
-def estimate_all(table, d, keys):
+def estimate_all(table, d, keys, version):
     """Estimates of all d coordinates (the one d-length buffer)."""
     cp = _cp()
     with table.device:
         out = cp.empty(d, dtype=table.dtype)
-        _estimates(table, keys, None, d, out)
+        _estimates(table, keys, version, None, d, out)
         return out
 
 
-def _pick(hist, width, need, state):
+def _pick(hist, width, need, state, version):
     """Find, on the device, the bin where the count from the top reaches ``need``; read it back."""
-    _fn("sk_radix_pick")((1,), (1024,), (hist, np.int32(1 << width), np.uint64(need), state))
+    _fn("sk_radix_pick", version)((1,), (1024,), (hist, np.int32(1 << width), np.uint64(need), state))
     b, above, eq = (int(v) for v in state.get())
     return b, above, eq
 
 
-def topk(table, d, k, keys):
+def topk(table, d, k, keys, version):
     """The k coordinates of largest |estimate|, by |estimate| descending (radix select)."""
     variant = _options["topk"]
     if variant == "dev":
-        return _topk_dev(table, d, k, keys)
+        return _topk_dev(table, d, k, keys, version)
     if variant != "sync":
         raise ValueError(f"unknown top-k variant {variant!r}; choose one of {TOPK_VARIANTS}")
-    return _topk_sync(table, d, k, keys)
+    return _topk_sync(table, d, k, keys, version)
 
 
-def _topk_dev(table, d, k, keys):
+def _topk_dev(table, d, k, keys, version):
     """Top-k with every count kept on the device: the host enqueues the chain and never waits.
 
     Estimates + 12-bit histogram + pick (last block), compaction of the entries above
@@ -406,7 +431,7 @@ def _topk_dev(table, d, k, keys):
         r = int(rows) if int(rows) in _cuda_src.MEDIAN_ROWS else 0
         grid, block, n, ncap = (_grid(d),), (_BLOCK,), np.int64(d), np.int64(cap)
         # The host must stay ahead of the device here: grid and kernels looked up once.
-        estimates, compact, refine, select = (_fn(name) for name in (
+        estimates, compact, refine, select = (_fn(name, version) for name in (
             f"skt_estimates_{sfx}_r{r}", "skt_compact_" + sfx, "skt_refine_" + sfx, "skt_select_" + sfx))
         nib = np.int32(ib)
         estimates(grid, block, (t, kk, rows, cols, n, est, hist, state, np.uint64(k), np.int32(kbits), nib))
@@ -418,14 +443,14 @@ def _topk_dev(table, d, k, keys):
         if packed:
             out_key.sort()
             idx, val = cp.empty(k, np.int64), cp.empty(k, dt)
-            _launch("skt_unpack_f32", k, (out_key, np.int64(k), idx, val))
+            _launch("skt_unpack_f32", k, (out_key, np.int64(k), idx, val), version=version)
             return idx, val
         first = cp.argsort(out_idx)                       # stable sorts: index, then -|v|
         order = first[cp.argsort(-cp.abs(out_val[first]))]
         return out_idx[order], out_val[order]
 
 
-def _topk_sync(table, d, k, keys):
+def _topk_sync(table, d, k, keys, version):
     """Top-k reading the radix counts back once per pass (the first design)."""
     cp = _cp()
     with table.device:
@@ -438,10 +463,10 @@ def _topk_sync(table, d, k, keys):
         state = cp.empty(3, dtype=np.uint64)  # sk_radix_pick always writes it
         pshift = _KEY_BITS[dt.name]
         width = min(_HIST_BITS, pshift)
-        _estimates(table, keys, None, d, est, hist=hist, prefix=0, shift=pshift - width, width=width)
+        _estimates(table, keys, version, None, d, est, hist=hist, prefix=0, shift=pshift - width, width=width)
         prefix, above_total, need = 0, 0, k
         while True:
-            b, above, eq = _pick(hist, width, need, state)
+            b, above, eq = _pick(hist, width, need, state, version)
             prefix, pshift = (prefix << width) | b, pshift - width
             above_total, need = above_total + above, need - above
             if eq <= cap or pshift == 0:
@@ -449,14 +474,15 @@ def _topk_sync(table, d, k, keys):
             width = min(_HIST_BITS, pshift)
             hist.fill(0)
             _launch("sk_radix_hist_" + sfx, d,
-                    (est, np.int64(d), hist, np.uint64(prefix), np.int32(pshift - width), np.int32(width)))
+                    (est, np.int64(d), hist, np.uint64(prefix), np.int32(pshift - width), np.int32(width)),
+                    version=version)
         n_cand = min(eq, cap)
         n_out = above_total + n_cand
         out_idx, out_val, out_key = cp.empty(n_out, np.int64), cp.empty(n_out, dt), cp.empty(n_out, dt)
         counters = cp.zeros(2, dtype=np.uint64)
         _launch("sk_radix_compact_" + sfx, d,
                 (est, np.int64(d), np.uint64(prefix), np.int32(pshift), out_idx, out_val, out_key, counters,
-                 np.int64(above_total), np.int64(n_cand)))
+                 np.int64(above_total), np.int64(n_cand)), version=version)
         del est
         # Every "sure" entry outranks every candidate, so one radix sort of -|v| over the
         # k + a few candidates both selects and orders.  (cupy.argpartition, tried first,
@@ -465,7 +491,7 @@ def _topk_sync(table, d, k, keys):
         return out_idx[order], out_val[order]
 
 
-def heavy(table, d, threshold, keys):
+def heavy(table, d, threshold, keys, version):
     """Coordinates with ``|estimate| >= threshold``, ascending (count, compact, sort the few)."""
     cp = _cp()
     with table.device:
@@ -473,25 +499,25 @@ def heavy(table, d, threshold, keys):
         thr = dt.type(threshold)
         est = cp.empty(d, dtype=dt)
         count = cp.zeros(1, dtype=np.uint64)
-        _estimates(table, keys, None, d, est, count=count, thr=thr)
+        _estimates(table, keys, version, None, d, est, count=count, thr=thr)
         m = int(count.get()[0])
         out_idx, out_val = cp.empty(m, np.int64), cp.empty(m, dt)
         if m == 0:
             return out_idx, out_val
         n_out = cp.zeros(1, dtype=np.uint64)
         _launch("sk_threshold_compact_" + _sfx(table), d,
-                (est, np.int64(d), thr, out_idx, out_val, n_out, np.int64(m)))
+                (est, np.int64(d), thr, out_idx, out_val, n_out, np.int64(m)), version=version)
         del est
         order = cp.argsort(out_idx)
         return out_idx[order], out_val[order]
 
 
-def zero_buckets(table, indices, keys):
+def zero_buckets(table, indices, keys, version):
     """Zero, in every row, each bucket that one of ``indices`` hashes to."""
     with table.device:
         t, k, rows, cols = _table_args(table, keys)
         n = indices.shape[0]
-        _launch("sk_zero_buckets_" + _sfx(table), n, (indices, np.int64(n), t, k, rows, cols))
+        _launch("sk_zero_buckets_" + _sfx(table), n, (indices, np.int64(n), t, k, rows, cols), version=version)
 
 
 def l2_estimate(table):
@@ -503,7 +529,7 @@ def l2_estimate(table):
         return float(np.sqrt(np.median(row_sq)))
 
 
-def _buckets_and_signs(indices, keys, cols):
+def _buckets_and_signs(indices, keys, cols, version=1):
     """Device buckets ``(rows, n)`` int64 and signs int8 of ``indices`` (tests the hash spec)."""
     cp = _cp()
     with indices.device:
@@ -513,5 +539,5 @@ def _buckets_and_signs(indices, keys, cols):
         signs = cp.empty((rows, n), dtype=np.int8)
         if n:
             _launch("sk_hash_rows", n, (indices, np.int64(n), _dev_keys(keys), np.int32(rows),
-                                        np.uint32(cols), buckets, signs))
+                                        np.uint32(cols), buckets, signs), version=version)
         return buckets, signs

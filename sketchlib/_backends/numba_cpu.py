@@ -92,7 +92,7 @@ def all_finite(x):
     return all(np.isfinite(flat[i:i + step]).all() for i in range(0, flat.shape[0], step))
 
 
-def _insert(tables, stack, base, keys):
+def _insert(tables, stack, base, keys, version):
     """Scatter ``stack[q // rows]`` into flat row q of ``tables`` on the threads available."""
     nflat, cols = tables.shape
     d = stack.shape[1]
@@ -104,21 +104,21 @@ def _insert(tables, stack, base, keys):
         buf_row = np.array([(work * t // threads) // d if (work * t // threads) % d else -1
                             for t in range(threads)], dtype=np.int64)
         bufs = np.zeros((threads, cols), dtype=tables.dtype)
-        _k().insert_flat(tables, stack, base, keys, bufs, buf_row)
+        _k().insert_flat(tables, stack, base, keys, version, bufs, buf_row)
 
 
-def insert_dense(table, x, keys):
+def insert_dense(table, x, keys, version):
     """``table += S(x)`` for a dense vector ``x`` of length d."""
-    _insert(table, x.reshape(1, -1), 0, _keys64(keys))
+    _insert(table, x.reshape(1, -1), 0, _keys64(keys), version)
 
 
-def insert_sparse(table, indices, values, keys):
+def insert_sparse(table, indices, values, keys, version):
     """``table += S(v)`` where ``v`` is zero except ``v[indices] += values``."""
     with _Threads(indices.shape[0] * table.shape[0]):
-        _k().insert_sparse(table, indices, values, _keys64(keys))
+        _k().insert_sparse(table, indices, values, _keys64(keys), version)
 
 
-def insert_stack_sum(table, stack, keys):
+def insert_stack_sum(table, stack, keys, version):
     """``table += S(stack[0] + ... + stack[n-1])``.
 
     The sum is formed a chunk of coordinates at a time (``SUM_CHUNK`` floats)
@@ -132,34 +132,34 @@ def insert_stack_sum(table, stack, keys):
     for lo in range(0, d, SUM_CHUNK):
         hi = min(d, lo + SUM_CHUNK)
         part = np.add.reduce(stack[:, lo:hi], axis=0)
-        _insert(table, part.reshape(1, -1), lo, keys64)
+        _insert(table, part.reshape(1, -1), lo, keys64, version)
 
 
-def insert_stack_each(tables, stack, keys):
+def insert_stack_each(tables, stack, keys, version):
     """``tables[i] += S(stack[i])`` for every i."""
     if stack.shape[0] == 0:
         return
     n, rows, cols = tables.shape
     work = np.ascontiguousarray(tables)  # so the reshape below is a view
-    _insert(work.reshape(n * rows, cols), stack, 0, _keys64(keys))
+    _insert(work.reshape(n * rows, cols), stack, 0, _keys64(keys), version)
     if work is not tables:
         tables[...] = work
 
 
-def query(table, indices, keys):
+def query(table, indices, keys, version):
     """Median-over-rows estimates of the given coordinates."""
     out = np.empty(indices.shape[0], dtype=table.dtype)
     if indices.shape[0]:
         with _Threads(indices.shape[0] * table.shape[0]):
-            _k().query(table, indices, _keys64(keys), out)
+            _k().query(table, indices, _keys64(keys), version, out)
     return out
 
 
-def estimate_all(table, d, keys):
+def estimate_all(table, d, keys, version):
     """Estimates of all d coordinates."""
     out = np.empty(d, dtype=table.dtype)
     with _Threads(d * table.shape[0]):
-        _k().estimate_all(table, _keys64(keys), out)
+        _k().estimate_all(table, _keys64(keys), version, out)
     return out
 
 
@@ -190,20 +190,20 @@ def _ntasks(d, threads):
     return int(max(1, min(4 * threads, d // 4096)))
 
 
-def topk(table, d, k, keys):
+def topk(table, d, k, keys, version):
     """The k coordinates of largest |estimate|, by |estimate| descending."""
     with _Threads(d * table.shape[0]) as threads:
-        return _topk(table, d, k, keys, threads)
+        return _topk(table, d, k, keys, version, threads)
 
 
-def _topk(table, d, k, keys, threads):
+def _topk(table, d, k, keys, version, threads):
     """Histogram pass, candidate gather, exact selection among the candidates."""
     kern = _k()
     keys64 = _keys64(keys)
     ubits, absmask, shift = _bits_layout(table.dtype)
     ntasks = _ntasks(d, threads)
     est_bits = np.empty(d if STORE_ESTIMATES else 1, dtype=ubits)
-    hist = kern.est_hist(table, keys64, d, ntasks, est_bits, STORE_ESTIMATES, absmask, shift)
+    hist = kern.est_hist(table, keys64, version, d, ntasks, est_bits, STORE_ESTIMATES, absmask, shift)
     total = hist.sum(axis=0)
     from_top = np.cumsum(total[::-1])
     # Highest bin b such that bins >= b hold at least k coordinates.
@@ -214,7 +214,7 @@ def _topk(table, d, k, keys, threads):
     n = int(per_task.sum())
     cand_idx = np.empty(n, dtype=np.int64)
     cand_bits = np.empty(n, dtype=ubits)
-    kern.gather_bins(table, keys64, d, ntasks, est_bits, STORE_ESTIMATES, absmask, shift,
+    kern.gather_bins(table, keys64, version, d, ntasks, est_bits, STORE_ESTIMATES, absmask, shift,
                      min_bin, offsets, cand_idx, cand_bits)
     del est_bits
     cand_val = cand_bits.view(table.dtype)
@@ -224,13 +224,13 @@ def _topk(table, d, k, keys, threads):
     return _order_by_magnitude(cand_idx, cand_val)
 
 
-def heavy(table, d, threshold, keys):
+def heavy(table, d, threshold, keys, version):
     """Coordinates with ``|estimate| >= threshold``, ascending."""
     with _Threads(d * table.shape[0]) as threads:
-        return _heavy(table, d, threshold, keys, threads)
+        return _heavy(table, d, threshold, keys, version, threads)
 
 
-def _heavy(table, d, threshold, keys, threads):
+def _heavy(table, d, threshold, keys, version, threads):
     """Counting pass, then a gather at per-task offsets (ascending by construction)."""
     kern = _k()
     keys64 = _keys64(keys)
@@ -238,20 +238,20 @@ def _heavy(table, d, threshold, keys, threads):
     est = np.empty(d if STORE_ESTIMATES else 1, dtype=table.dtype)
     # Compared in the table's dtype, as NumPy does for the reference's float32 array.
     thr = table.dtype.type(threshold)
-    counts = kern.count_above(table, keys64, d, ntasks, est, STORE_ESTIMATES, thr)
+    counts = kern.count_above(table, keys64, version, d, ntasks, est, STORE_ESTIMATES, thr)
     offsets = np.zeros(ntasks, dtype=np.int64)
     np.cumsum(counts[:-1], out=offsets[1:])
     n = int(counts.sum())
     idx = np.empty(n, dtype=np.int64)
     vals = np.empty(n, dtype=table.dtype)
-    kern.gather_above(table, keys64, d, ntasks, est, STORE_ESTIMATES, thr, offsets, idx, vals)
+    kern.gather_above(table, keys64, version, d, ntasks, est, STORE_ESTIMATES, thr, offsets, idx, vals)
     return idx, vals
 
 
-def zero_buckets(table, indices, keys):
+def zero_buckets(table, indices, keys, version):
     """Zero, in every row, each bucket that one of ``indices`` hashes to."""
     with _Threads(indices.shape[0] * table.shape[0]):
-        _k().zero_buckets(table, indices, _keys64(keys))
+        _k().zero_buckets(table, indices, _keys64(keys), version)
 
 
 def l2_estimate(table):

@@ -33,64 +33,64 @@ def _chunks(n):
         yield start, min(n, start + CHUNK)
 
 
-def _scatter(table_row, indices, values, key, cols):
+def _scatter(table_row, indices, values, key, cols, version):
     """Add ``sign * value`` of each coordinate into its bucket of one row."""
-    buckets, signs = buckets_and_signs(indices, key[0], key[1], cols)
+    buckets, signs = buckets_and_signs(indices, key[0], key[1], cols, version)
     table_row += np.bincount(buckets, weights=signs * values.astype(np.float64),
                              minlength=cols).astype(table_row.dtype)
 
 
-def insert_dense(table, x, keys):
+def insert_dense(table, x, keys, version):
     """``table += S(x)`` for a dense vector ``x`` of length d."""
     rows, cols = table.shape
     for start, stop in _chunks(x.shape[0]):
         idx = np.arange(start, stop, dtype=np.int64)
         for j in range(rows):
-            _scatter(table[j], idx, x[start:stop], keys[j], cols)
+            _scatter(table[j], idx, x[start:stop], keys[j], cols, version)
 
 
-def insert_sparse(table, indices, values, keys):
+def insert_sparse(table, indices, values, keys, version):
     """``table += S(v)`` where ``v`` is zero except ``v[indices] += values``."""
     rows, cols = table.shape
     for start, stop in _chunks(indices.shape[0]):
         for j in range(rows):
-            _scatter(table[j], indices[start:stop], values[start:stop], keys[j], cols)
+            _scatter(table[j], indices[start:stop], values[start:stop], keys[j], cols, version)
 
 
-def insert_stack_sum(table, stack, keys):
+def insert_stack_sum(table, stack, keys, version):
     """``table += S(stack[0] + ... + stack[n-1])``, one vector at a time."""
     for x in stack:
-        insert_dense(table, x, keys)
+        insert_dense(table, x, keys, version)
 
 
-def insert_stack_each(tables, stack, keys):
+def insert_stack_each(tables, stack, keys, version):
     """``tables[i] += S(stack[i])`` for every i."""
     for table, x in zip(tables, stack):
-        insert_dense(table, x, keys)
+        insert_dense(table, x, keys, version)
 
 
-def _row_values(table, indices, keys):
+def _row_values(table, indices, keys, version):
     """``(rows, n)`` array of ``s_j(i) * T[j, h_j(i)]``."""
     rows, cols = table.shape
     out = np.empty((rows, indices.shape[0]), dtype=table.dtype)
     for j in range(rows):
-        buckets, signs = buckets_and_signs(indices, keys[j, 0], keys[j, 1], cols)
+        buckets, signs = buckets_and_signs(indices, keys[j, 0], keys[j, 1], cols, version)
         out[j] = table[j, buckets] * signs
     return out
 
 
-def query(table, indices, keys):
+def query(table, indices, keys, version):
     """Median-over-rows estimates of the given coordinates."""
     if indices.shape[0] == 0:
         return np.zeros(0, dtype=table.dtype)
-    return np.median(_row_values(table, indices, keys), axis=0).astype(table.dtype)
+    return np.median(_row_values(table, indices, keys, version), axis=0).astype(table.dtype)
 
 
-def estimate_all(table, d, keys):
+def estimate_all(table, d, keys, version):
     """Estimates of all d coordinates."""
     out = np.empty(d, dtype=table.dtype)
     for start, stop in _chunks(d):
-        out[start:stop] = query(table, np.arange(start, stop, dtype=np.int64), keys)
+        out[start:stop] = query(table, np.arange(start, stop, dtype=np.int64), keys, version)
     return out
 
 
@@ -100,25 +100,25 @@ def _order_by_magnitude(indices, values):
     return indices[order], values[order]
 
 
-def topk(table, d, k, keys):
+def topk(table, d, k, keys, version):
     """The k coordinates of largest |estimate|, by |estimate| descending."""
-    est = estimate_all(table, d, keys)
+    est = estimate_all(table, d, keys, version)
     idx = np.argpartition(-np.abs(est), k - 1)[:k].astype(np.int64)
     return _order_by_magnitude(idx, est[idx])
 
 
-def heavy(table, d, threshold, keys):
+def heavy(table, d, threshold, keys, version):
     """Coordinates with ``|estimate| >= threshold``, ascending."""
-    est = estimate_all(table, d, keys)
+    est = estimate_all(table, d, keys, version)
     idx = np.flatnonzero(np.abs(est) >= threshold).astype(np.int64)
     return idx, est[idx]
 
 
-def zero_buckets(table, indices, keys):
+def zero_buckets(table, indices, keys, version):
     """Zero, in every row, each bucket that one of ``indices`` hashes to."""
     rows, cols = table.shape
     for j in range(rows):
-        buckets, _ = buckets_and_signs(indices, keys[j, 0], keys[j, 1], cols)
+        buckets, _ = buckets_and_signs(indices, keys[j, 0], keys[j, 1], cols, version)
         table[j, buckets] = 0
 
 
