@@ -176,7 +176,7 @@ def _cuda_index(obj):
     return None
 
 
-def new_sketch_like(obj, rows, cols, *, d=None, seed=0, dtype=None, hash_version=1):
+def new_sketch_like(obj, rows, cols, *, d=None, seed=0, dtype=None, hash_version="auto"):
     """A zero sketch whose table lives on the same device as ``obj``.
 
     Parameters
@@ -189,7 +189,7 @@ def new_sketch_like(obj, rows, cols, *, d=None, seed=0, dtype=None, hash_version
     seed : int, default 0
     dtype : {"float32", "float64"}, optional
         Defaults to ``obj``'s dtype when it is float32/float64, else float32.
-    hash_version : {1, 2}, default 1
+    hash_version : {"auto", 1, 2}, default "auto"
         See ``sketchlib.CountSketch``.
 
     Returns

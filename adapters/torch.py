@@ -178,7 +178,7 @@ def backend_for_device(device):
     raise SketchError(f"no sketch backend for tensors on {device}; only CPU and CUDA are supported")
 
 
-def new_sketch_like_tensor(tensor, rows, cols, *, d=None, seed=0, dtype=None, hash_version=1):
+def new_sketch_like_tensor(tensor, rows, cols, *, d=None, seed=0, dtype=None, hash_version="auto"):
     """A zero sketch on ``tensor``'s device.
 
     Parameters
@@ -190,7 +190,7 @@ def new_sketch_like_tensor(tensor, rows, cols, *, d=None, seed=0, dtype=None, ha
     d : int, optional
     seed : int, default 0
     dtype : {"float32", "float64"} or torch.dtype, optional
-    hash_version : {1, 2}, default 1
+    hash_version : {"auto", 1, 2}, default "auto"
         See ``sketchlib.CountSketch``.
 
     Returns
@@ -230,7 +230,7 @@ def insert(sketch, tensor, *, check_finite=True):
         return sketch.insert(array.reshape(-1), check_finite=check_finite)
 
 
-def sketch_tensor(tensor, rows, cols, *, seed=0, dtype=None, hash_version=1):
+def sketch_tensor(tensor, rows, cols, *, seed=0, dtype=None, hash_version="auto"):
     """A new sketch of ``tensor`` (flattened) on its device: ``new_sketch_like_tensor`` + ``insert``."""
     sketch = new_sketch_like_tensor(tensor, rows, cols, seed=seed, dtype=dtype, hash_version=hash_version)
     return insert(sketch, tensor)

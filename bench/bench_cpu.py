@@ -36,13 +36,13 @@ from sketchlib._hash import buckets_and_signs
 class Baseline:
     """The reference design: precomputed per-coordinate hashes."""
 
-    def __init__(self, d, rows, cols, keys):
+    def __init__(self, d, rows, cols, keys, version):
         self.d, self.rows, self.cols = d, rows, cols
         self.buckets = np.empty((rows, d), np.int64)
         self.signs = np.empty((rows, d), np.float32)
         idx = np.arange(d, dtype=np.int64)
         for j in range(rows):
-            b, s = buckets_and_signs(idx, keys[j, 0], keys[j, 1], cols)
+            b, s = buckets_and_signs(idx, keys[j, 0], keys[j, 1], cols, version)
             self.buckets[j], self.signs[j] = b, s
         self.table = np.zeros((rows, cols), np.float32)
 
@@ -132,7 +132,7 @@ def main():
     qidx = rng.integers(0, d, size=nq)
     ours = CountSketch(d, rows, cols, backend="numba")
     t0 = time.perf_counter()
-    base = Baseline(d, rows, cols, ours.keys)
+    base = Baseline(d, rows, cols, ours.keys, ours.hash_version)
     setup = time.perf_counter() - t0
     base.insert(x)
     ours.insert(x)

@@ -8,10 +8,10 @@ after warm-up; "peak MB" is the most pool memory the operation held at once
 beyond what existed before it (inputs and tables excluded).  Every insert,
 top-k and batched-each variant of the backend is timed so that one run shows
 which wins; the experimental ones are first run in a child process ("probe")
-and checked, so that a faulting kernel cannot end the benchmark.  Rows marked
-"(hash 2)" time the same operations on a sketch with hash version 2 (groups of
-four coordinates, one 16-byte atomic per group and row); their baseline is the
-same csvec-design run, whose speed does not depend on the hash.
+and checked, so that a faulting kernel cannot end the benchmark.  Every operation
+is timed for both hash versions, "(hash 1)" and "(hash 2)" (groups of four
+coordinates, one 16-byte atomic per group and row; the default at these sizes);
+both rows get the same baseline run, whose speed does not depend on the hash.
 
 Usage::
 
@@ -44,7 +44,7 @@ ANCHORS = {
 
 def _base_op(op):
     """The operation's name without its variant and hash tags (the ANCHORS key)."""
-    return op.split(" [")[0].replace(" (hash 2)", "")
+    return op.split(" [")[0].replace(" (hash 1)", "").replace(" (hash 2)", "")
 
 
 def _cp():
@@ -104,11 +104,11 @@ def time_ms(fn, reps, warm=2):
 class CsvecLike:
     """The reference design in CuPy: hashes precomputed for every (row, coordinate)."""
 
-    def __init__(self, d, rows, cols, keys):
+    def __init__(self, d, rows, cols, keys, version):
         cp = _cp()
         from sketchlib._backends import cupy_gpu
         self.d, self.rows, self.cols = d, rows, cols
-        buckets, signs = cupy_gpu._buckets_and_signs(cp.arange(d, dtype=cp.int64), keys, cols)
+        buckets, signs = cupy_gpu._buckets_and_signs(cp.arange(d, dtype=cp.int64), keys, cols, version)
         self.buckets, self.signs = buckets, signs.astype(cp.float32)
         del signs
         self.table = cp.zeros((rows, cols), dtype=cp.float32)
@@ -297,14 +297,13 @@ def _bench_batched(name, sk, x, stack, tag, reps, add, peak, results, each_varia
 
 
 def bench_size(name, d, rows, cols, args, results, peak, variants, topk_variants, each_variants):
-    """Time every operation at one size; append result dicts."""
+    """Time every operation at one size, for both hash versions; append result dicts."""
     cp = _cp()
     from sketchlib import CountSketch
     from sketchlib._backends import cupy_gpu
+    from sketchlib._hash import row_keys
     reps = 5 if args.quick else (20 if d < 2e7 else 10)
     x = cp.random.standard_normal(d, dtype=cp.float32)
-    sk = CountSketch(d, rows, cols, backend="cupy")
-    keys = sk.keys
 
     def add(op, ours_ms, base_ms=None, mb=None, base_mb=None, note=""):
         ref, goal = ANCHORS.get((name, _base_op(op)), (None, None))
@@ -312,72 +311,59 @@ def bench_size(name, d, rows, cols, args, results, peak, variants, topk_variants
                             peak_mb=mb, base_peak_mb=base_mb, csvec_h100_ms=ref, goal_ms=goal, note=note))
         return results[-1]
 
-    # inserts: every kernel variant (checked against the default one), then the public call
-    saved = dict(cupy_gpu._options)
-    insert_row = _bench_inserts(sk, x, variants, reps, add, peak, "")
-    add("insert via API, check_finite", time_ms(lambda: sk.insert(x), reps),
-        mb=peak.measure(lambda: sk.insert(x)))
-    sk.zero().insert(x)
-
-    est_ms = time_ms(lambda: sk.estimate_all(), reps)
-    add("estimate_all", est_ms, mb=peak.measure(lambda: sk.estimate_all()))
-    if "dev" in topk_variants:
-        add("top-k pass 1 only [dev]", time_ms(lambda: _pass1(sk, K), reps),
-            note="estimates + 12-bit histogram + pick: the rest of top-k is the tail")
-    unsk = {}
-    for variant in topk_variants:
-        cupy_gpu._options["topk"] = variant
-        add(f"top-k k={K} [{variant}]", time_ms(lambda: sk.topk(K), reps), mb=peak.measure(lambda: sk.topk(K)))
-        unsk[variant] = (time_ms(lambda: sk.unsketch(K), reps), peak.measure(lambda: sk.unsketch(K)))
-    cupy_gpu._options.update(saved)
-    fastest = min(unsk, key=lambda v: unsk[v][0])
-    unsk_ms, unsk_mb = unsk[saved["topk"]] if saved["topk"] in unsk else unsk[fastest]
-    for variant, (ms, mb) in unsk.items():
-        add(f"unsketch top-k [{variant}]", ms, mb=mb)
-
-    base_ins = base_unsk = base_ins_mb = base_unsk_mb = None
+    # The baseline first: its numbers go into the insert and unsketch rows of both versions.
+    base = {"insert": (None, None), "unsketch": (None, None)}
     need = rows * d * (8 + 4 + 4 + 4) + 4 * d
     free = cp.cuda.runtime.memGetInfo()[0]
-    base_note = ""
     if args.no_baseline or args.focus:
         base_note = "baseline skipped (--no-baseline / --focus)"
     elif need > 0.8 * free:
         base_note = f"baseline skipped: needs ~{need / 2**30:.1f} GiB, {free / 2**30:.1f} GiB free"
     else:
-        base = CsvecLike(d, rows, cols, keys)
+        csvec = CsvecLike(d, rows, cols, row_keys(0, rows), 1)
         base_reps = max(3, reps // 4) if d > 2e7 else reps
-        base_ins = time_ms(lambda: base.insert(x), base_reps)
-        base_ins_mb = peak.measure(lambda: base.insert(x))
-        base_unsk = time_ms(lambda: base.unsketch(K), base_reps, warm=1)
-        base_unsk_mb = peak.measure(lambda: base.unsketch(K))
-        base_note = f"baseline holds {(base.buckets.nbytes + base.signs.nbytes) / 2**20:.0f} MB of hashes"
-    insert_row["base_ms"], insert_row["base_peak_mb"] = base_ins, base_ins_mb
-    add("unsketch top-k", unsk_ms, base_unsk, unsk_mb, base_unsk_mb,
-        f"default top-k {saved['topk']!r}, fastest {fastest!r}; {base_note}")
+        base["insert"] = (time_ms(lambda: csvec.insert(x), base_reps), peak.measure(lambda: csvec.insert(x)))
+        base["unsketch"] = (time_ms(lambda: csvec.unsketch(K), base_reps, warm=1),
+                            peak.measure(lambda: csvec.unsketch(K)))
+        base_note = f"baseline holds {(csvec.buckets.nbytes + csvec.signs.nbytes) / 2**20:.0f} MB of hashes"
+        del csvec
+        cp.get_default_memory_pool().free_all_blocks()
 
-    # Hash version 2: the same work on a sketch with the blocked hash (its tables are other
-    # numbers, so its group kernels are checked against its own scalar "simple" kernel).
-    sk2 = CountSketch(d, rows, cols, hash_version=2, backend="cupy")
-    ins2 = _bench_inserts(sk2, x, [v for v in ("veccs", "vec2xcs", "simple") if v in variants or not args.focus],
-                          reps, add, peak, " (hash 2)", check_with="simple")
-    ins2["base_ms"], ins2["base_peak_mb"] = base_ins, base_ins_mb
-    add("insert via API, check_finite (hash 2)", time_ms(lambda: sk2.insert(x), reps))
-    sk2.zero().insert(x)
-    add("estimate_all (hash 2)", time_ms(lambda: sk2.estimate_all(), reps), mb=peak.measure(lambda: sk2.estimate_all()))
-    unsk2 = {}
-    for variant in topk_variants:
-        cupy_gpu._options["topk"] = variant
-        add(f"top-k k={K} (hash 2) [{variant}]", time_ms(lambda: sk2.topk(K), reps))
-        unsk2[variant] = (time_ms(lambda: sk2.unsketch(K), reps), peak.measure(lambda: sk2.unsketch(K)))
-        add(f"unsketch top-k (hash 2) [{variant}]", *unsk2[variant][:1], mb=unsk2[variant][1])
-    cupy_gpu._options.update(saved)
-    ms2, mb2 = unsk2[saved["topk"]] if saved["topk"] in unsk2 else unsk2[fastest]
-    add("unsketch top-k (hash 2)", ms2, base_unsk, mb2, base_unsk_mb, f"default top-k {saved['topk']!r}")
+    sketches = [CountSketch(d, rows, cols, hash_version=hv, backend="cupy") for hv in (1, 2)]
+    for sk in sketches:
+        tag = f" (hash {sk.hash_version})"
+        # hash 2's tables are other numbers than hash 1's: its kernels are checked against its own
+        # scalar "simple" kernel
+        ins_variants = variants if sk.hash_version == 1 else \
+            [v for v in ("veccs", "vec2xcs", "simple") if v in variants or not args.focus]
+        row = _bench_inserts(sk, x, ins_variants, reps, add, peak, tag,
+                             check_with=None if sk.hash_version == 1 else "simple")
+        row["base_ms"], row["base_peak_mb"] = base["insert"]
+        add(f"insert via API, check_finite{tag}", time_ms(lambda: sk.insert(x), reps),
+            mb=peak.measure(lambda: sk.insert(x)))
+        sk.zero().insert(x)
+        add(f"estimate_all{tag}", time_ms(lambda: sk.estimate_all(), reps), mb=peak.measure(lambda: sk.estimate_all()))
+        if "dev" in topk_variants:
+            add(f"top-k pass 1 only{tag} [dev]", time_ms(lambda: _pass1(sk, K), reps),
+                note="estimates + 12-bit histogram + pick: the rest of top-k is the tail")
+        saved = dict(cupy_gpu._options)
+        unsk = {}
+        for variant in topk_variants:
+            cupy_gpu._options["topk"] = variant
+            add(f"top-k k={K}{tag} [{variant}]", time_ms(lambda: sk.topk(K), reps), mb=peak.measure(lambda: sk.topk(K)))
+            unsk[variant] = (time_ms(lambda: sk.unsketch(K), reps), peak.measure(lambda: sk.unsketch(K)))
+            add(f"unsketch top-k{tag} [{variant}]", unsk[variant][0], mb=unsk[variant][1])
+        cupy_gpu._options.update(saved)
+        fastest = min(unsk, key=lambda v: unsk[v][0])
+        ms, mb = unsk[saved["topk"]] if saved["topk"] in unsk else unsk[fastest]
+        add(f"unsketch top-k{tag}", ms, base["unsketch"][0], mb, base["unsketch"][1],
+            f"default top-k {saved['topk']!r}, fastest {fastest!r}; {base_note}")
 
     if d < 2e7:  # stacks of 100 vectors of 124M floats would take 50 GB
         stack = cp.random.standard_normal((N_STACK, d), dtype=cp.float32)
-        for s, tag in ((sk, ""), (sk2, " (hash 2)")):
-            _bench_batched(name, s, x, stack, tag, reps, add, peak, results, each_variants)
+        saved = dict(cupy_gpu._options)
+        for sk in sketches:
+            _bench_batched(name, sk, x, stack, f" (hash {sk.hash_version})", reps, add, peak, results, each_variants)
         cupy_gpu._options.update(saved)
         del stack
 

@@ -166,7 +166,7 @@ class IdentitySketch:
         return float(self._xp.linalg.norm(self._table[0]))
 
 
-def make_compressor(kind, d, *, rows, cols, seed=0, backend="numpy", dtype="float32", hash_version=1):
+def make_compressor(kind, d, *, rows, cols, seed=0, backend="numpy", dtype="float32", hash_version="auto"):
     """A zero compressor: ``"count"`` (CountSketch) or ``"identity"`` (exact)."""
     if kind == "count":
         return CountSketch(d, rows, cols, seed=seed, dtype=dtype, hash_version=hash_version, backend=backend)

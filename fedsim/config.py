@@ -94,7 +94,7 @@ class RuleConfig:
     sketch: str = "count"  # "identity": exact compressor (FetchSGD becomes true top-k)
     sketch_seed: int = 0
     sketch_backend: str = "auto"
-    sketch_hash_version: int = 1  # 2: blocked hash, ~2.5x faster GPU inserts; needs cols % 4 == 0
+    sketch_hash_version: typing.Optional[int] = None  # None: auto (2 when cols % 4 == 0, else 1)
     zeroing: str = "buckets"  # FetchSGD: "buckets" (reference code) or "subtract" (Algorithm 1)
     lr_placement: str = "inside"  # FetchSGD / true top-k: eta inside the error or after unsketching
     second_round: int = 0  # FetchSGD: p > 0 fetches exact values of p*k candidates
@@ -291,9 +291,9 @@ def _validate_section(name, obj):
         _check(obj.sketch in SKETCH_KINDS, f"rule.sketch must be one of {SKETCH_KINDS}, got {obj.sketch!r}")
         _check(obj.sketch_backend in ("auto", "numpy", "numba", "cupy"),
                f"rule.sketch_backend must be auto, numpy, numba or cupy, got {obj.sketch_backend!r}")
-        _check(obj.sketch_hash_version in (1, 2),
+        _check(obj.sketch_hash_version in (None, 1, 2),
                f"rule.sketch_hash_version must be 1 or 2, got {obj.sketch_hash_version!r}")
-        _check(obj.sketch_hash_version == 1 or obj.cols % 4 == 0,
+        _check(obj.sketch_hash_version != 2 or obj.cols % 4 == 0,
                f"rule.sketch_hash_version=2 needs rule.cols divisible by 4, got {obj.cols}")
         _check(obj.zeroing in ZEROINGS, f"rule.zeroing must be one of {ZEROINGS}, got {obj.zeroing!r}")
         _check(obj.lr_placement in LR_PLACEMENTS,

@@ -4,7 +4,7 @@ Importing this package needs only NumPy; Numba, CuPy and torch are imported
 lazily by the backends and adapters that use them.
 """
 from ._backends import BackendUnavailable, auto_backend, available_backends
-from ._hash import HASH_VERSION, HASH_VERSIONS
+from ._hash import HASH_VERSIONS
 from .errors import IncompatibleSketches, SerializationError, SketchError
 from .serialize import FORMAT_VERSION
 from .sketch import MAX_ROWS, SUPPORTED_DTYPES, CountSketch
@@ -17,7 +17,6 @@ __all__ = [
     "BackendUnavailable",
     "available_backends",
     "auto_backend",
-    "HASH_VERSION",
     "HASH_VERSIONS",
     "FORMAT_VERSION",
     "MAX_ROWS",

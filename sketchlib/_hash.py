@@ -40,7 +40,6 @@ estimation error of both versions).
 import numpy as np
 
 HASH_VERSIONS = (1, 2)
-HASH_VERSION = 1          # the default
 BLOCKED_WIDTH = 4         # coordinates per block in version 2
 _M32 = 0xFFFFFFFF
 _M64 = 0xFFFFFFFFFFFFFFFF
@@ -84,7 +83,12 @@ def hash32(indices, key_a, key_b):
     return _mix32(_mix32(lo ^ np.uint32(key_a)) ^ hi ^ np.uint32(key_b))
 
 
-def buckets_and_signs(indices, key_a, key_b, cols, version=HASH_VERSION):
+def auto_hash_version(cols):
+    """The version a sketch gets by default: 2 when ``cols`` is divisible by 4, else 1."""
+    return 2 if cols % BLOCKED_WIDTH == 0 else 1
+
+
+def buckets_and_signs(indices, key_a, key_b, cols, version=1):
     """Buckets (int64) and signs (+1/-1 as int8) of ``indices`` in one row."""
     if version == 1:
         h = hash32(indices, key_a, key_b)

@@ -10,7 +10,7 @@ import operator
 import numpy as np
 
 from . import _backends
-from ._hash import BLOCKED_WIDTH, HASH_VERSION, HASH_VERSIONS, row_keys
+from ._hash import BLOCKED_WIDTH, HASH_VERSIONS, auto_hash_version, row_keys
 from .errors import IncompatibleSketches, SketchError
 
 __all__ = ["CountSketch", "MAX_ROWS", "SUPPORTED_DTYPES"]
@@ -53,12 +53,16 @@ class CountSketch:
         in different processes merge unless told otherwise.
     dtype : {"float32", "float64"}, default "float32"
         Table dtype.
-    hash_version : {1, 2}, default 1
+    hash_version : {"auto", 1, 2}, default "auto"
         Hash family (see ``sketchlib._hash``).  Version 2 hashes aligned blocks
         of four coordinates into aligned groups of four buckets, with the same
         collision probability per pair of coordinates as version 1; a GPU
         inserts with one 16-byte atomic per block and row instead of four
-        (about 2.5x faster on an H100).  It needs ``cols`` divisible by 4.
+        scalar ones (3.4x faster inserts, 3x faster estimates on an H100).
+        It needs ``cols`` divisible by 4.  ``"auto"`` takes 2 when ``cols`` is
+        divisible by 4, else 1: a function of the parameters only, so equal
+        parameters give equal hashes everywhere.  The version is part of
+        :meth:`signature`; sketches of different versions never combine.
     backend : {"auto", "numpy", "numba", "cupy"}, default "auto"
         Where the table lives.  ``"auto"`` picks the GPU (CuPy) when a CUDA
         device is usable, else Numba, else the NumPy reference; the choice is
@@ -74,7 +78,7 @@ class CountSketch:
 
     __slots__ = ("_d", "_rows", "_cols", "_seed", "_dtype", "_backend", "_keys", "_hv", "_table")
 
-    def __init__(self, d, rows, cols, *, seed=0, dtype="float32", hash_version=HASH_VERSION, backend="auto"):
+    def __init__(self, d, rows, cols, *, seed=0, dtype="float32", hash_version="auto", backend="auto"):
         d = _positive_int(d, "d", upper=2**62)
         rows = _positive_int(rows, "rows", upper=MAX_ROWS)
         cols = _positive_int(cols, "cols", upper=MAX_COLS)
@@ -86,8 +90,10 @@ class CountSketch:
             raise SketchError(f"dtype must be one of {SUPPORTED_DTYPES}, got {dtype!r}") from exc
         if dtype.name not in SUPPORTED_DTYPES:
             raise SketchError(f"dtype must be one of {SUPPORTED_DTYPES}, got {dtype.name!r}")
+        if isinstance(hash_version, str) and hash_version == "auto":
+            hash_version = auto_hash_version(cols)
         if isinstance(hash_version, bool) or hash_version not in HASH_VERSIONS:
-            raise SketchError(f"hash_version must be one of {HASH_VERSIONS}, got {hash_version!r}")
+            raise SketchError(f"hash_version must be 'auto' or one of {HASH_VERSIONS}, got {hash_version!r}")
         if hash_version == 2 and cols % BLOCKED_WIDTH:
             raise SketchError(f"hash_version=2 needs cols divisible by {BLOCKED_WIDTH}, got cols={cols}")
         name = _backends.auto_backend() if backend == "auto" else backend
@@ -173,7 +179,7 @@ class CountSketch:
         return new
 
     @classmethod
-    def from_table(cls, table, d, *, seed=0, hash_version=HASH_VERSION, backend=None):
+    def from_table(cls, table, d, *, seed=0, hash_version="auto", backend=None):
         """Wrap an existing ``(rows, cols)`` table (no copy) as a sketch.
 
         The table's array type picks the backend unless ``backend`` names one

@@ -162,3 +162,13 @@ def test_hash_versions_do_not_mix():
     np.testing.assert_array_equal(back.table, before)
     with pytest.raises(SketchError, match="divisible by 4"):
         CountSketch.from_table(np.zeros((3, 10), np.float32), 100, hash_version=2)
+
+
+def test_auto_hash_version_is_a_function_of_cols():
+    assert CountSketch(100, 3, 12, backend="numpy").hash_version == 2
+    assert CountSketch(100, 3, 10, backend="numpy").hash_version == 1
+    assert CountSketch(100, 3, 12, hash_version=1, backend="numpy").hash_version == 1
+    assert CountSketch.from_table(np.zeros((3, 12), np.float32), 100).hash_version == 2
+    assert "hash_version=2" in repr(CountSketch(100, 3, 12, backend="numpy"))
+    with pytest.raises(SketchError, match="hash_version must be 'auto' or one of"):
+        CountSketch(100, 3, 12, hash_version="fast")

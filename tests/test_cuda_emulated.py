@@ -30,7 +30,7 @@ static void check_state(const u64* st, i64 k) {
 }
 template <typename T, int R>
 static void run_topk(const T* table, const u32* keys, int rows, u32 cols, i64 d, i64 k, i64 cap, int grid,
-                     int kbits, int ib, i64* out_idx, T* out_val, u64* out_key) {
+                     int kbits, int ib, i64* out_idx, T* out_val, u64* out_key, int groups) {
     std::vector<T> est(d);
     std::vector<u64> work(SK_HIST_SIZE + 16, 0);
     u64* hist = work.data(); u64* st = work.data() + SK_HIST_SIZE;
@@ -40,7 +40,10 @@ static void run_topk(const T* table, const u32* keys, int rows, u32 cols, i64 d,
     const i64 room = d + k;
     std::vector<i64> oi(out_idx ? room : 0, -7); std::vector<T> ov(out_val ? room : 0); std::vector<u64> ok(out_key ? room : 0, 7ULL);
     i64* pi = out_idx ? oi.data() : nullptr; T* pv = out_val ? ov.data() : nullptr; u64* pk = out_key ? ok.data() : nullptr;
-    emu_launch(grid, 256, [&] { skt_estimates<T, R>(table, keys, rows, cols, d, est.data(), hist, st, (u64)k, kbits, ib); });
+    emu_launch(grid, 256, [&] {
+        if (groups) skt_estimates4<T, R>(table, keys, rows, cols, d, est.data(), hist, st, (u64)k, kbits, ib);
+        else skt_estimates<T, R>(table, keys, rows, cols, d, est.data(), hist, st, (u64)k, kbits, ib);
+    });
     check_state(st, k);
     emu_launch(grid, 256, [&] { skt_compact<T>(est.data(), d, st, cidx.data(), cval.data(), cap, pi, pv, pk, ib); });
     for (int p = 0; p < (kbits + ib - 1) / 12; ++p) {   // as the host: ceil((kbits + ib - 12) / 12)
@@ -57,16 +60,19 @@ static void run_topk(const T* table, const u32* keys, int rows, u32 cols, i64 d,
     }
 }
 extern "C" int topk_f32(const float* table, const u32* keys, int rows, u32 cols, i64 d, i64 k, i64 cap, int grid,
-                        int ib, i64* out_idx, float* out_val, u64* out_key) {
+                        int groups, int ib, i64* out_idx, float* out_val, u64* out_key) {
     try {
-        if (rows == 3) run_topk<float, 3>(table, keys, rows, cols, d, k, cap, grid, 31, ib, out_idx, out_val, out_key);
-        else run_topk<float, 0>(table, keys, rows, cols, d, k, cap, grid, 31, ib, out_idx, out_val, out_key);
+        if (rows == 3) run_topk<float, 3>(table, keys, rows, cols, d, k, cap, grid, 31, ib, out_idx, out_val, out_key, groups);
+        else run_topk<float, 0>(table, keys, rows, cols, d, k, cap, grid, 31, ib, out_idx, out_val, out_key, groups);
     } catch (...) { return 1; }
     return 0;
 }
 extern "C" int topk_f64(const double* table, const u32* keys, int rows, u32 cols, i64 d, i64 k, i64 cap, int grid,
-                        i64* out_idx, double* out_val) {
-    try { run_topk<double, 0>(table, keys, rows, cols, d, k, cap, grid, 63, 0, out_idx, out_val, nullptr); }
+                        int groups, i64* out_idx, double* out_val) {
+    try {
+        if (rows == 5) run_topk<double, 5>(table, keys, rows, cols, d, k, cap, grid, 63, 0, out_idx, out_val, nullptr, groups);
+        else run_topk<double, 0>(table, keys, rows, cols, d, k, cap, grid, 63, 0, out_idx, out_val, nullptr, groups);
+    }
     catch (...) { return 1; }
     return 0;
 }
@@ -148,10 +154,11 @@ def lib(request, tmp_path_factory):
 
 
 def _emu_topk(lib, table, keys, d, k, cap, packed=True):
-    """The chain as ``cupy_gpu._topk_dev`` runs it, with NumPy's sort for thrust's."""
+    """The chain as ``cupy_gpu._topk_dev`` runs it, with NumPy's sort for thrust's (version 2:
+    the group estimates, as on a device)."""
     rows, cols = table.shape
     kk = np.ascontiguousarray(keys, dtype=np.uint32).ravel()
-    args = (_ptr(table), _ptr(kk), rows, ctypes.c_uint(cols), _I64(d), _I64(k), _I64(cap), 3)
+    args = (_ptr(table), _ptr(kk), rows, ctypes.c_uint(cols), _I64(d), _I64(k), _I64(cap), 3, int(lib.version == 2))
     if table.dtype == np.float64:
         idx, val = np.zeros(k, np.int64), np.zeros(k, np.float64)
         assert lib.topk_f64(*args, _ptr(idx), _ptr(val)) == 0

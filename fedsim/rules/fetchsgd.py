@@ -46,7 +46,7 @@ class FetchSGD(ServerRule):
             backend = backend_for_device(self.device)
         self._new = lambda: make_compressor(cfg.sketch, d, rows=cfg.rows, cols=cfg.cols,
                                             seed=cfg.sketch_seed, backend=backend,
-                                            hash_version=cfg.sketch_hash_version)
+                                            hash_version=cfg.sketch_hash_version or "auto")
         self.state = FetchSGDState(self._new(), self._new())
         self._round_sketch = self._new()
 

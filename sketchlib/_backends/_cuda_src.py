@@ -755,6 +755,30 @@ __device__ void skt_estimates(const T* __restrict__ table, const u32* __restrict
     skt_flush_and_pick(sh, SK_HIST_BITS, hist, st, 0ULL, (u64)(kbits + ib), 0ULL, k, true);
 }
 
+// skt_estimates a group of four coordinates per thread (version 2's 16-byte gathers; the
+// table and out must be 16-byte aligned).
+template <typename T, int R>
+__device__ void skt_estimates4(const T* __restrict__ table, const u32* __restrict__ keys, int rows, u32 cols,
+                               i64 n, T* __restrict__ out, u64* __restrict__ hist, u64* st, u64 k, int kbits,
+                               int ib) {
+    __shared__ u32 sk[2 * SK_MAX_ROWS];
+    __shared__ u32 sh[SK_HIST_SIZE];
+    for (int t = threadIdx.x; t < SK_HIST_SIZE; t += blockDim.x) sh[t] = 0;
+    sk_load_keys(sk, keys, rows);  // includes __syncthreads
+    const int shift = kbits - SK_HIST_BITS;
+    const i64 ngroups = (n + 3) / 4;
+    for (i64 g = sk_tid(); g < ngroups; g += sk_nthreads()) {
+        T e[4];
+        sk_estimate_group<T, R>(table, sk, rows, cols, g, e);
+        const int m = (int)min((i64)4, n - 4 * g);
+        if (m == 4) sk_store4cs(out, g, e);
+        else for (int o = 0; o < m; ++o) __stcs(out + 4 * g + o, e[o]);
+        for (int o = 0; o < m; ++o) atomicAdd(&sh[sk_key(e[o]) >> shift], 1U);
+    }
+    __syncthreads();
+    skt_flush_and_pick(sh, SK_HIST_BITS, hist, st, 0ULL, (u64)(kbits + ib), 0ULL, k, true);
+}
+
 // After pass 1: entries above the range go to the output (slots counted by NSURE), those
 // in it to the candidate buffer (the first cap of them; NCAND counts them all).  Each warp
 // takes chunks of 32 x 32 consecutive entries, counts its hits, and reserves their slots
@@ -988,7 +1012,10 @@ __global__ void sk_estimates4_##S##_r##R(const T* table, const u32* keys, int ro
 #define SKT_EST_R(T, S, R) \
 __global__ void skt_estimates_##S##_r##R(const T* table, const u32* keys, int rows, u32 cols, i64 n, T* out, \
                                          u64* hist, u64* st, u64 k, int kbits, int ib) { \
-    skt_estimates<T, R>(table, keys, rows, cols, n, out, hist, st, k, kbits, ib); }
+    skt_estimates<T, R>(table, keys, rows, cols, n, out, hist, st, k, kbits, ib); } \
+__global__ void skt_estimates4_##S##_r##R(const T* table, const u32* keys, int rows, u32 cols, i64 n, T* out, \
+                                          u64* hist, u64* st, u64 k, int kbits, int ib) { \
+    skt_estimates4<T, R>(table, keys, rows, cols, n, out, hist, st, k, kbits, ib); }
 
 #define SK_INSTANTIATE(T, S) \
 __global__ void sk_insert_simple_##S(SK_INSERT_ARGS(T)) { sk_insert_simple<T>(x, d, table, keys, rows, cols); } \

@@ -84,6 +84,8 @@ def _codes_range(codes, base, n, a, b, ucols, hv):
             h = _hash(base + k, a, b)
             codes[k] = np.int64((((h * ucols) >> S32) << ONE) | (h & ONE))
     else:
+        # A hash per coordinate, not one per block of four: this loop vectorizes, and the
+        # block-wise one (four codes from one hash) measured 1.7x slower on the 2-core CPU.
         ugroups = ucols >> TWO
         for k in range(n):
             codes[k] = _code_v2(base + k, a, b, ugroups)

@@ -431,8 +431,9 @@ def _topk_dev(table, d, k, keys, version):
         r = int(rows) if int(rows) in _cuda_src.MEDIAN_ROWS else 0
         grid, block, n, ncap = (_grid(d),), (_BLOCK,), np.int64(d), np.int64(cap)
         # The host must stay ahead of the device here: grid and kernels looked up once.
+        groups = "4" if version == 2 and _aligned(table) else ""   # version 2: 16-byte gathers
         estimates, compact, refine, select = (_fn(name, version) for name in (
-            f"skt_estimates_{sfx}_r{r}", "skt_compact_" + sfx, "skt_refine_" + sfx, "skt_select_" + sfx))
+            f"skt_estimates{groups}_{sfx}_r{r}", "skt_compact_" + sfx, "skt_refine_" + sfx, "skt_select_" + sfx))
         nib = np.int32(ib)
         estimates(grid, block, (t, kk, rows, cols, n, est, hist, state, np.uint64(k), np.int32(kbits), nib))
         compact(grid, block, (est, n, state, cand_idx, cand_val, ncap, out_idx, out_val, out_key, nib))
