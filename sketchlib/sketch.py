@@ -449,7 +449,9 @@ class CountSketch:
         """Dense d-vector holding only the heavy hitters (top-k or by threshold)."""
         if (k is None) == (threshold is None):
             raise SketchError("give exactly one of k or threshold")
-        idx, vals = self.topk(k) if threshold is None else self.heavy_hitters(threshold)
+        if threshold is None:
+            return self._backend.unsketch_topk(self._table, self._d, self._k(k), self._keys, self._hv)
+        idx, vals = self.heavy_hitters(threshold)
         out = self._backend.zeros((self._d,), self._dtype)
         out[idx] = vals
         return out

@@ -30,7 +30,7 @@ static void check_state(const u64* st, i64 k) {
 }
 template <typename T, int R>
 static void run_topk(const T* table, const u32* keys, int rows, u32 cols, i64 d, i64 k, i64 cap, int grid,
-                     int kbits, int ib, i64* out_idx, T* out_val, u64* out_key, int groups) {
+                     int kbits, int ib, i64* out_idx, T* out_val, u64* out_key, int groups, T* dense = nullptr) {
     std::vector<T> est(d);
     std::vector<u64> work(SK_HIST_SIZE + 16, 0);
     u64* hist = work.data(); u64* st = work.data() + SK_HIST_SIZE;
@@ -40,6 +40,7 @@ static void run_topk(const T* table, const u32* keys, int rows, u32 cols, i64 d,
     const i64 room = d + k;
     std::vector<i64> oi(out_idx ? room : 0, -7); std::vector<T> ov(out_val ? room : 0); std::vector<u64> ok(out_key ? room : 0, 7ULL);
     i64* pi = out_idx ? oi.data() : nullptr; T* pv = out_val ? ov.data() : nullptr; u64* pk = out_key ? ok.data() : nullptr;
+    if (dense) { pi = nullptr; pk = nullptr; pv = dense; }   // the unsketch: entries go to dense[i]
     emu_launch(grid, 256, [&] {
         if (groups) skt_estimates4<T, R>(table, keys, rows, cols, d, est.data(), hist, st, (u64)k, kbits, ib);
         else skt_estimates<T, R>(table, keys, rows, cols, d, est.data(), hist, st, (u64)k, kbits, ib);
@@ -73,6 +74,12 @@ extern "C" int topk_f64(const double* table, const u32* keys, int rows, u32 cols
         if (rows == 5) run_topk<double, 5>(table, keys, rows, cols, d, k, cap, grid, 63, 0, out_idx, out_val, nullptr, groups);
         else run_topk<double, 0>(table, keys, rows, cols, d, k, cap, grid, 63, 0, out_idx, out_val, nullptr, groups);
     }
+    catch (...) { return 1; }
+    return 0;
+}
+extern "C" int unsketch_f32(const float* table, const u32* keys, int rows, u32 cols, i64 d, i64 k, i64 cap, int grid,
+                            int groups, int ib, float* dense) {
+    try { run_topk<float, 0>(table, keys, rows, cols, d, k, cap, grid, 31, ib, nullptr, nullptr, nullptr, groups, dense); }
     catch (...) { return 1; }
     return 0;
 }
@@ -267,3 +274,25 @@ def test_emulated_group_kernels(lib, dtype, rows, d):
     top = (bits >> (19 if dtype == "float32" else 51)).astype(np.int64)
     np.testing.assert_array_equal(hist, np.bincount(top, minlength=1 << 12))
     assert int(count[0]) == int(np.sum(np.abs(want) >= thr))
+
+
+@pytest.mark.parametrize("kind", ["rounded", "zeros"])
+def test_emulated_dev_unsketch_writes_exactly_the_top_k(lib, kind):
+    """The "dev" chain in dense mode (the unsketch): the k entries land in the zeroed d-vector."""
+    rng = np.random.default_rng(4)
+    d, rows, cols = 5003, 4, 152
+    table = rng.standard_normal((rows, cols))
+    table = np.round(table, 1) if kind == "rounded" else np.where(rng.random((rows, cols)) < 0.5, 0, table)
+    table = table.astype(np.float32)
+    ref = CountSketch.from_table(table, d, seed=8, hash_version=lib.version, backend="numpy")
+    est = ref.estimate_all()
+    order = np.lexsort((np.arange(d), -np.abs(est)))
+    kk = np.ascontiguousarray(ref.keys, dtype=np.uint32).ravel()
+    for k in (1, 777, d):
+        for cap in (max(2 * k, 1 << 16), 5):
+            dense = np.full(d, 0.0, np.float32)
+            assert lib.unsketch_f32(_ptr(table), _ptr(kk), rows, ctypes.c_uint(cols), _I64(d), _I64(k), _I64(cap), 3,
+                                    int(lib.version == 2), (d - 1).bit_length(), _ptr(dense)) == 0
+            want = np.zeros(d, np.float32)
+            want[order[:k]] = est[order[:k]]
+            np.testing.assert_array_equal(dense, want)

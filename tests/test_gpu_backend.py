@@ -310,6 +310,32 @@ def test_heavy_and_unsketch_match_reference(dtype, hv):
     np.testing.assert_array_equal(np.sort(np.abs(got)), np.sort(np.abs(want)))
 
 
+@pytest.mark.parametrize("variant", cupy_gpu.TOPK_VARIANTS)
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@HV
+def test_unsketch_topk_variants(variant, dtype, hv, options):
+    """Both unsketch paths give the top-k of the estimates in a dense vector ("dev" writes them in
+    place, unsorted; float32 takes exactly the first k by |v| then index)."""
+    options["unsketch"] = variant
+    d, rows, cols = 30_001, 5, 400
+    table = np.round(_random_table(rows, cols, dtype, np.random.default_rng(31), zeros=0.2), 1)   # ties
+    ref = CountSketch.from_table(table, d, seed=2, hash_version=hv, backend="numpy")
+    gpu = CountSketch.from_table(cp.asarray(table), d, seed=2, hash_version=hv)
+    est = ref.estimate_all()
+    order = np.lexsort((np.arange(d), -np.abs(est)))
+    for k in (1, 1000, d):
+        got = cp.asnumpy(gpu.unsketch(k))
+        want = np.zeros(d, dtype)
+        want[order[:k]] = est[order[:k]]
+        np.testing.assert_array_equal(np.sort(np.abs(got)), np.sort(np.abs(want)))
+        nz = got != 0
+        np.testing.assert_array_equal(got[nz], est[nz])
+        strict = np.abs(est) > np.abs(est[order[k - 1]])
+        np.testing.assert_array_equal(got[strict], est[strict])
+        if variant == "dev" and dtype == "float32":
+            np.testing.assert_array_equal(got, want)
+
+
 @HV
 def test_zero_coordinates_and_l2(hv):
     d, rows, cols = 10_000, 5, 300

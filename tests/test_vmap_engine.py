@@ -292,8 +292,13 @@ def test_vmap_engine_on_cuda_equals_loop_engine_on_resnet9():
     assert_rows_close(vm.gradients(model, flat, batches), loop.gradients(model, flat, batches))
     w = torch.tensor([0.1, 0.2, 0.3, 0.4], device=dev)
     assert_rows_close(vm.gradient_sum(model, flat, batches, w), loop.gradient_sum(model, flat, batches, w))
-    assert_rows_close(vm.local_train(model, flat, batches, lr=0.05, epochs=2, batch_size=2),
-                      loop.local_train(model, flat, batches, lr=0.05, epochs=2, batch_size=2), rel=1e-3)
+    # Local training in float64: in float32 a max-pool near-tie that the two paths' kernels
+    # break differently moves the rest of a 2-epoch trajectory (a client once ended 7% apart);
+    # float64 leaves no such near-ties, so the comparison tests the engine, not the rounding.
+    model64, flat64 = model.double(), flat.double()
+    batches64 = [(x.double(), y) for x, y in batches]
+    assert_rows_close(vm.local_train(model64, flat64, batches64, lr=0.05, epochs=2, batch_size=2),
+                      loop.local_train(model64, flat64, batches64, lr=0.05, epochs=2, batch_size=2), rel=1e-9)
 
 
 @pytest.mark.gpu

@@ -18,6 +18,7 @@ reference implementation and the contract of each function)::
     query(table, indices, keys, version) -> values
     estimate_all(table, d, keys, version) -> values
     topk(table, d, k, keys, version) -> (indices, values)     by |value|, descending
+    unsketch_topk(table, d, k, keys, version) -> dense d-vector of the top-k, zeros elsewhere
     heavy(table, d, threshold, keys, version) -> (indices, values)   ascending indices
     zero_buckets(table, indices, keys, version)
     l2_estimate(table) -> float

@@ -722,15 +722,19 @@ __device__ __forceinline__ u64 skt_ckey(T v, i64 i, int ib) {
 
 // One output entry.  Packed (out_key != null, float32 with index < 2**32): one u64 whose
 // ascending order is |v| descending, then index ascending:
-// (0x7fffffff - |v| bits) << 33 | index << 1 | sign bit.  Else index and value.
+// (0x7fffffff - |v| bits) << 33 | index << 1 | sign bit.  Else index and value; or, with
+// out_idx null too, "dense": out_val is the zeroed d-vector of the unsketch and v goes to
+// out_val[i] (no slot, no sort: the unsketch needs no order).
 template <typename T>
 __device__ __forceinline__ void skt_emit(i64 slot, i64 i, T v, i64* out_idx, T* out_val, u64* out_key) {
     if (out_key != nullptr) {
         const u64 bits = (u64)sk_key(v);
         out_key[slot] = ((0x7fffffffULL - bits) << 33) | ((u64)i << 1) | (signbit(v) ? 1ULL : 0ULL);
-    } else {
+    } else if (out_idx != nullptr) {
         out_idx[slot] = i;
         out_val[slot] = v;
+    } else {
+        out_val[i] = v;
     }
 }
 

@@ -62,13 +62,17 @@ TOPK_VARIANTS = ("sync", "dev")
 #                 "v4rows1": one row at a time)
 #   topk        - top-k tail, one of TOPK_VARIANTS: "sync" reads the radix counts back
 #                 once per pass to size its buffers; "dev" keeps them on the device
+#   unsketch    - top-k unsketch: "sync" (top-k, then a scatter into zeros) or "dev" (the
+#                 "dev" chain writing the k entries straight into the zeroed d-vector: no
+#                 sort); None follows "topk"
 #   cand_cap    - top-k candidate buffer size (None: max(2k, 65536)); tests shrink it
 #                 to exercise the extra radix passes and the overflow paths
 #   blocks_per_sm - grid size of the grid-stride kernels
 # Defaults from one H100 run (bench/RESULTS.md): "v4rows" batched-each 14.4 ms vs 23.0 ms for
 # "v4"; the "dev" top-k is not the default until a GPU run has timed it (its probe there
 # compared two calls' picks among tied magnitudes, which may differ: fixed since).
-_options = {"insert": "veccs", "stack_each": "v4rows", "topk": "sync", "cand_cap": None, "blocks_per_sm": 8}
+_options = {"insert": "veccs", "stack_each": "v4rows", "topk": "sync", "unsketch": None, "cand_cap": None,
+            "blocks_per_sm": 8}
 
 _BLOCK = _cuda_src.BLOCK
 _HIST_BITS = _cuda_src.HIST_BITS
@@ -400,7 +404,22 @@ def topk(table, d, k, keys, version):
     return _topk_sync(table, d, k, keys, version)
 
 
-def _topk_dev(table, d, k, keys, version):
+def unsketch_topk(table, d, k, keys, version):
+    """Dense d-vector holding the top-k estimates, zeros elsewhere (``_options['unsketch']``)."""
+    variant = _options["unsketch"] or _options["topk"]
+    if variant == "dev":
+        return _topk_dev(table, d, k, keys, version, dense=True)
+    if variant != "sync":
+        raise ValueError(f"unknown unsketch variant {variant!r}; choose one of {TOPK_VARIANTS}")
+    cp = _cp()
+    with table.device:
+        idx, val = _topk_sync(table, d, k, keys, version)
+        out = cp.zeros(d, dtype=table.dtype)
+        out[idx] = val
+        return out
+
+
+def _topk_dev(table, d, k, keys, version, dense=False):
     """Top-k with every count kept on the device: the host enqueues the chain and never waits.
 
     Estimates + 12-bit histogram + pick (last block), compaction of the entries above
@@ -409,7 +428,8 @@ def _topk_dev(table, d, k, keys, version):
     ``d <= 2**32`` selects on |v| then the reversed index, so the result is exactly the
     first k by (|v| descending, index ascending), and sorts packed u64 keys; otherwise
     two stable argsorts give that order to the k taken (ties at the k-th magnitude
-    taken in atomic order).
+    taken in atomic order).  ``dense``: the k entries go straight into a zeroed d-vector,
+    which is returned (the unsketch: no order, so no sort).
     """
     cp = _cp()
     with table.device:
@@ -423,7 +443,9 @@ def _topk_dev(table, d, k, keys, version):
         hist, state = work[:1 << _HIST_BITS], work[1 << _HIST_BITS:]
         est = cp.empty(d, dtype=dt)
         cand_idx, cand_val = cp.empty(cap, np.int64), cp.empty(cap, dt)
-        if packed:
+        if dense:
+            out_key, out_idx, out_val = _NULL, _NULL, cp.zeros(d, dt)
+        elif packed:
             out_key, out_idx, out_val = cp.empty(k, np.uint64), _NULL, _NULL
         else:
             out_key, out_idx, out_val = _NULL, cp.empty(k, np.int64), cp.empty(k, dt)
@@ -441,6 +463,8 @@ def _topk_dev(table, d, k, keys, version):
             refine(grid, block, (est, n, cand_idx, cand_val, ncap, hist, state, nib))
         select(grid, block, (est, n, cand_idx, cand_val, ncap, state, out_idx, out_val, out_key, nib))
         del est, cand_idx, cand_val
+        if dense:
+            return out_val
         if packed:
             out_key.sort()
             idx, val = cp.empty(k, np.int64), cp.empty(k, dt)

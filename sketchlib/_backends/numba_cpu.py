@@ -23,7 +23,7 @@ one (``_PARALLEL_WORK``); otherwise they use ``numba.get_num_threads()``, so
 """
 import numpy as np
 
-from ._host import array_module, device_of, from_numpy, to_numpy, zeros  # noqa: F401
+from ._host import array_module, dense_from_topk, device_of, from_numpy, to_numpy, zeros  # noqa: F401
 
 NAME = "numba"
 ARRAY_LIBRARY = "numpy"
@@ -222,6 +222,11 @@ def _topk(table, d, k, keys, version, threads):
         keep = np.argpartition(-np.abs(cand_val), k - 1)[:k]
         cand_idx, cand_val = cand_idx[keep], cand_val[keep]
     return _order_by_magnitude(cand_idx, cand_val)
+
+
+def unsketch_topk(table, d, k, keys, version):
+    """Dense d-vector holding the top-k estimates, zeros elsewhere."""
+    return dense_from_topk(topk, table, d, k, keys, version)
 
 
 def heavy(table, d, threshold, keys, version):

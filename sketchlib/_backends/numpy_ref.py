@@ -9,7 +9,7 @@ import numpy as np
 
 from .._hash import buckets_and_signs
 
-from ._host import array_module, device_of, from_numpy, to_numpy, zeros  # noqa: F401
+from ._host import array_module, dense_from_topk, device_of, from_numpy, to_numpy, zeros  # noqa: F401
 
 NAME = "numpy"
 ARRAY_LIBRARY = "numpy"
@@ -105,6 +105,11 @@ def topk(table, d, k, keys, version):
     est = estimate_all(table, d, keys, version)
     idx = np.argpartition(-np.abs(est), k - 1)[:k].astype(np.int64)
     return _order_by_magnitude(idx, est[idx])
+
+
+def unsketch_topk(table, d, k, keys, version):
+    """Dense d-vector holding the top-k estimates, zeros elsewhere."""
+    return dense_from_topk(topk, table, d, k, keys, version)
 
 
 def heavy(table, d, threshold, keys, version):
