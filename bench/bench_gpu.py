@@ -356,6 +356,8 @@ def bench_size(name, d, rows, cols, args, results, peak, variants, topk_variants
         cupy_gpu._options.update(saved)
         fastest = min(unsk, key=lambda v: unsk[v][0])
         default = saved["unsketch"] or saved["topk"]
+        if default == "auto":
+            default = "dev" if d <= cupy_gpu.DEV_UNSKETCH_MAX_D else "sync"
         ms, mb = unsk[default] if default in unsk else unsk[fastest]
         add(f"unsketch top-k{tag}", ms, base["unsketch"][0], mb, base["unsketch"][1],
             f"default unsketch {default!r}, fastest {fastest!r}; {base_note}")

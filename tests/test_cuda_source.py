@@ -15,7 +15,7 @@ from sketchlib._backends import _cuda_src
 # Every kernel name the backend asks for must exist.
 EXPECTED = ["sk_radix_pick", "sk_hash_rows", "sk_stack_each_v4_f32", "sk_deinterleave_f32",
             "sk_insert_dsmem_f32", "sk_stack_each_v4r_f32", "sk_deinterleave_at_f32", "skt_unpack_f32"] + [
-    f"skt_{k}_{s}" for s in ("f32", "f64") for k in ("compact", "refine", "select")] + [
+    f"skt_{k}_{s}" for s in ("f32", "f64") for k in ("compact", "refine", "select", "mask")] + [
     f"skt_estimates{g}_{s}_r{r}" for g in ("", "4") for s in ("f32", "f64") for r in (0,) + _cuda_src.MEDIAN_ROWS] + [
     f"sk_{k}_{s}" for s in ("f32", "f64") for k in (
         "insert_simple", "insert_rowy", "insert_vec", "insert_vec2x", "insert_veccs", "insert_vec2xcs", "insert_sparse",

@@ -722,9 +722,8 @@ __device__ __forceinline__ u64 skt_ckey(T v, i64 i, int ib) {
 
 // One output entry.  Packed (out_key != null, float32 with index < 2**32): one u64 whose
 // ascending order is |v| descending, then index ascending:
-// (0x7fffffff - |v| bits) << 33 | index << 1 | sign bit.  Else index and value; or, with
-// out_idx null too, "dense": out_val is the zeroed d-vector of the unsketch and v goes to
-// out_val[i] (no slot, no sort: the unsketch needs no order).
+// (0x7fffffff - |v| bits) << 33 | index << 1 | sign bit.  Else index and value; with all
+// three null, nothing (the unsketch keeps its entries in place: skt_mask).
 template <typename T>
 __device__ __forceinline__ void skt_emit(i64 slot, i64 i, T v, i64* out_idx, T* out_val, u64* out_key) {
     if (out_key != nullptr) {
@@ -733,8 +732,6 @@ __device__ __forceinline__ void skt_emit(i64 slot, i64 i, T v, i64* out_idx, T* 
     } else if (out_idx != nullptr) {
         out_idx[slot] = i;
         out_val[slot] = v;
-    } else {
-        out_val[i] = v;
     }
 }
 
@@ -889,6 +886,17 @@ __device__ void skt_select(const T* __restrict__ est, i64 n, const i64* __restri
         const i64 c = sk_warp_append(st + SKT_NTIE, in && top == prefix);
         if (c >= 0 && (u64)c < need) skt_emit<T>((i64)above + c, i, v, out_idx, out_val, out_key);
     }
+}
+
+// The top-k unsketch in place, after the refinement passes (ib > 0: every select key is
+// distinct, so the final range is one key or wholly taken): the top k are exactly the
+// entries with key >> pshift >= prefix.  Every other estimate is zeroed, and est becomes
+// the dense result: no output buffer, no sort.
+template <typename T>
+__device__ void skt_mask(T* __restrict__ est, i64 n, const u64* st, int ib) {
+    const u64 prefix = st[SKT_PREFIX], pshift = st[SKT_PSHIFT];
+    for (i64 t = sk_tid(); t < n; t += sk_nthreads())
+        if ((skt_ckey(est[t], t, ib) >> pshift) < prefix) est[t] = T(0);
 }
 
 // Packed keys (sorted) back to index and value: the value's bits are exact.
@@ -1058,7 +1066,8 @@ __global__ void skt_refine_##S(const T* est, i64 n, const i64* cand_idx, const T
     skt_refine<T>(est, n, cand_idx, cand_val, cap, hist, st, ib); } \
 __global__ void skt_select_##S(const T* est, i64 n, const i64* cand_idx, const T* cand_val, i64 cap, u64* st, \
                                i64* out_idx, T* out_val, u64* out_key, int ib) { \
-    skt_select<T>(est, n, cand_idx, cand_val, cap, st, out_idx, out_val, out_key, ib); }
+    skt_select<T>(est, n, cand_idx, cand_val, cap, st, out_idx, out_val, out_key, ib); } \
+__global__ void skt_mask_##S(T* est, i64 n, const u64* st, int ib) { skt_mask<T>(est, n, st, ib); }
 
 SK_INSTANTIATE(float, f32)
 SK_INSTANTIATE(double, f64)

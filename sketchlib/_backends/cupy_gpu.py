@@ -62,17 +62,22 @@ TOPK_VARIANTS = ("sync", "dev")
 #                 "v4rows1": one row at a time)
 #   topk        - top-k tail, one of TOPK_VARIANTS: "sync" reads the radix counts back
 #                 once per pass to size its buffers; "dev" keeps them on the device
-#   unsketch    - top-k unsketch: "sync" (top-k, then a scatter into zeros) or "dev" (the
-#                 "dev" chain writing the k entries straight into the zeroed d-vector: no
-#                 sort); None follows "topk"
+#   unsketch    - top-k unsketch: "sync" (top-k, then a scatter into zeros), "dev" (the
+#                 "dev" chain, then the estimate buffer masked in place to the top k: no
+#                 sort, no output buffer), "auto" ("dev" up to d = DEV_UNSKETCH_MAX_D, else
+#                 "sync"), or None (follow "topk")
 #   cand_cap    - top-k candidate buffer size (None: max(2k, 65536)); tests shrink it
 #                 to exercise the extra radix passes and the overflow paths
 #   blocks_per_sm - grid size of the grid-stride kernels
 # Defaults from one H100 run (bench/RESULTS.md): "v4rows" batched-each 14.4 ms vs 23.0 ms for
 # "v4"; the "dev" top-k is not the default until a GPU run has timed it (its probe there
 # compared two calls' picks among tied magnitudes, which may differ: fixed since).
-_options = {"insert": "veccs", "stack_each": "v4rows", "topk": "sync", "unsketch": None, "cand_cap": None,
+_options = {"insert": "veccs", "stack_each": "v4rows", "topk": "sync", "unsketch": "auto", "cand_cap": None,
             "blocks_per_sm": 8}
+# H100, hash 2, k = 50,000: "dev" unsketch 0.36 ms vs "sync" 0.51 ms at d = 6.57M (whose
+# host round trips cost more than its kernels), but 3.3 vs 1.96 ms at d = 124M; the
+# crossover between the two sizes was not measured.
+DEV_UNSKETCH_MAX_D = 1 << 25
 
 _BLOCK = _cuda_src.BLOCK
 _HIST_BITS = _cuda_src.HIST_BITS
@@ -407,6 +412,8 @@ def topk(table, d, k, keys, version):
 def unsketch_topk(table, d, k, keys, version):
     """Dense d-vector holding the top-k estimates, zeros elsewhere (``_options['unsketch']``)."""
     variant = _options["unsketch"] or _options["topk"]
+    if variant == "auto":
+        variant = "dev" if d <= DEV_UNSKETCH_MAX_D else "sync"
     if variant == "dev":
         return _topk_dev(table, d, k, keys, version, dense=True)
     if variant != "sync":
@@ -428,8 +435,9 @@ def _topk_dev(table, d, k, keys, version, dense=False):
     ``d <= 2**32`` selects on |v| then the reversed index, so the result is exactly the
     first k by (|v| descending, index ascending), and sorts packed u64 keys; otherwise
     two stable argsorts give that order to the k taken (ties at the k-th magnitude
-    taken in atomic order).  ``dense``: the k entries go straight into a zeroed d-vector,
-    which is returned (the unsketch: no order, so no sort).
+    taken in atomic order).  ``dense`` (the unsketch): with packed keys, the estimate
+    buffer itself becomes the result, every entry outside the top k zeroed in one pass
+    (no output buffer, no sort); otherwise the top k are scattered into zeros.
     """
     cp = _cp()
     with table.device:
@@ -438,13 +446,18 @@ def _topk_dev(table, d, k, keys, version, dense=False):
         kbits = _KEY_BITS[dt.name]
         cap = max(1, _options["cand_cap"] or max(2 * k, 1 << 16))
         packed = dt == np.float32 and d <= 2**32
+        if dense and not packed:
+            idx, val = _topk_dev(table, d, k, keys, version)
+            out = cp.zeros(d, dtype=dt)
+            out[idx] = val
+            return out
         ib = (d - 1).bit_length() if packed else 0   # index bits of the select key: see skt_ckey
         work = cp.zeros((1 << _HIST_BITS) + _cuda_src.TOPK_WORDS, dtype=np.uint64)  # one memset
         hist, state = work[:1 << _HIST_BITS], work[1 << _HIST_BITS:]
         est = cp.empty(d, dtype=dt)
         cand_idx, cand_val = cp.empty(cap, np.int64), cp.empty(cap, dt)
         if dense:
-            out_key, out_idx, out_val = _NULL, _NULL, cp.zeros(d, dt)
+            out_key, out_idx, out_val = _NULL, _NULL, _NULL
         elif packed:
             out_key, out_idx, out_val = cp.empty(k, np.uint64), _NULL, _NULL
         else:
@@ -454,17 +467,19 @@ def _topk_dev(table, d, k, keys, version, dense=False):
         grid, block, n, ncap = (_grid(d),), (_BLOCK,), np.int64(d), np.int64(cap)
         # The host must stay ahead of the device here: grid and kernels looked up once.
         groups = "4" if version == 2 and _aligned(table) else ""   # version 2: 16-byte gathers
-        estimates, compact, refine, select = (_fn(name, version) for name in (
-            f"skt_estimates{groups}_{sfx}_r{r}", "skt_compact_" + sfx, "skt_refine_" + sfx, "skt_select_" + sfx))
+        estimates, compact, refine, select, mask = (_fn(name, version) for name in (
+            f"skt_estimates{groups}_{sfx}_r{r}", "skt_compact_" + sfx, "skt_refine_" + sfx, "skt_select_" + sfx,
+            "skt_mask_" + sfx))
         nib = np.int32(ib)
         estimates(grid, block, (t, kk, rows, cols, n, est, hist, state, np.uint64(k), np.int32(kbits), nib))
         compact(grid, block, (est, n, state, cand_idx, cand_val, ncap, out_idx, out_val, out_key, nib))
         for _ in range(-(-(kbits + ib - _HIST_BITS) // _HIST_BITS)):  # no-ops once resolved
             refine(grid, block, (est, n, cand_idx, cand_val, ncap, hist, state, nib))
+        if dense:
+            mask(grid, block, (est, n, state, nib))
+            return est
         select(grid, block, (est, n, cand_idx, cand_val, ncap, state, out_idx, out_val, out_key, nib))
         del est, cand_idx, cand_val
-        if dense:
-            return out_val
         if packed:
             out_key.sort()
             idx, val = cp.empty(k, np.int64), cp.empty(k, dt)
