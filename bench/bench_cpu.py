@@ -10,6 +10,7 @@ Usage::
     python bench/bench_cpu.py            # d=6,568,640, rows=5, cols=500,000, k=50,000
     python bench/bench_cpu.py --quick    # small sizes, a few seconds
     python bench/bench_cpu.py --markdown # also print the table as Markdown
+    python bench/bench_cpu.py --hash-version 1   # the other hash family (default: the sketch's "auto")
 
 Times are medians of several runs after a warm-up (which also compiles the
 kernels); ratio = baseline time / our time, with all Numba threads
@@ -120,6 +121,7 @@ def main():
     ap.add_argument("--quick", action="store_true", help="small sizes")
     ap.add_argument("--repeats", type=int, default=None)
     ap.add_argument("--markdown", action="store_true", help="also print a Markdown table")
+    ap.add_argument("--hash-version", default="auto", help="1, 2 or auto (the sketch's default)")
     args = ap.parse_args()
     if args.quick:
         d, rows, cols, k, nq, repeats = 200_000, 5, 20_000, 2_000, 5_000, 3
@@ -130,7 +132,8 @@ def main():
     rng = np.random.default_rng(0)
     x = rng.standard_normal(d).astype(np.float32)
     qidx = rng.integers(0, d, size=nq)
-    ours = CountSketch(d, rows, cols, backend="numba")
+    hv = args.hash_version if args.hash_version == "auto" else int(args.hash_version)
+    ours = CountSketch(d, rows, cols, hash_version=hv, backend="numba")
     t0 = time.perf_counter()
     base = Baseline(d, rows, cols, ours.keys, ours.hash_version)
     setup = time.perf_counter() - t0
@@ -163,7 +166,8 @@ def main():
         ("insert_batch (4 x d)", insert_batch_base, lambda: ours.insert_batch(stack)),
     ]
     print(f"machine: {machine()}")
-    print(f"sizes: d={d:,} rows={rows} cols={cols:,} k={k:,} float32, {repeats} runs after warm-up")
+    print(f"sizes: d={d:,} rows={rows} cols={cols:,} k={k:,} float32, hash version {ours.hash_version}, "
+          f"{repeats} runs after warm-up")
     print(f"baseline keeps precomputed hashes: {mb(base.hash_bytes)} "
           f"({12 * rows} bytes per coordinate; built in {setup:.2f} s); ours keeps none")
     import numba
