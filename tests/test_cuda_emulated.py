@@ -42,8 +42,8 @@ static void run_topk(const T* table, const u32* keys, int rows, u32 cols, i64 d,
     i64* pi = out_idx ? oi.data() : nullptr; T* pv = out_val ? ov.data() : nullptr; u64* pk = out_key ? ok.data() : nullptr;
     if (dense) { pi = nullptr; pk = nullptr; pv = nullptr; }   // the unsketch: est is masked in place
     emu_launch(grid, 256, [&] {
-        if (groups) skt_estimates4<T, R>(table, keys, rows, cols, d, est.data(), hist, st, (u64)k, kbits, ib);
-        else skt_estimates<T, R>(table, keys, rows, cols, d, est.data(), hist, st, (u64)k, kbits, ib);
+        if (groups) skt_estimates<T, R, true>(table, keys, rows, cols, d, est.data(), hist, st, (u64)k, kbits, ib);
+        else skt_estimates<T, R, false>(table, keys, rows, cols, d, est.data(), hist, st, (u64)k, kbits, ib);
     });
     check_state(st, k);
     emu_launch(grid, 256, [&] { skt_compact<T>(est.data(), d, st, cidx.data(), cval.data(), cap, pi, pv, pk, ib); });
@@ -111,23 +111,32 @@ extern "C" void locate(const i64* idx, i64 n, const u32* keys, int rows, u32 col
             buckets[(i64)j * n + t] = l.bucket; signs[(i64)j * n + t] = l.neg ? -1 : 1;
         }
 }
+// The group kernels, and the estimates both ways: groups = 1 (four per thread) or 0 (one
+// per thread, over idx when it is not null).
 template <typename T>
 static void run_groups(const T* x, const T* stack, i64 n, i64 d, T* table, T* table_sum, const u32* keys, int rows,
-                       u32 cols, T* est, u64* hist, int shift, u64* count, T thr) {
-    emu_launch(2, 64, [&] { sk_insert_vec<T, 2, true>(x, d, table, keys, rows, cols); });
-    emu_launch(2, 64, [&] { sk_stack_sum_vec<T>(stack, n, d, table_sum, keys, rows, cols); });
+                       u32 cols, int groups, const i64* idx, i64 n_est, T* est, u64* hist, int shift, u64* count,
+                       T thr) {
+    if (x) emu_launch(2, 64, [&] { sk_insert_vec<T, 2, true>(x, d, table, keys, rows, cols); });
+    if (stack) emu_launch(2, 64, [&] { sk_stack_sum_vec<T>(stack, n, d, table_sum, keys, rows, cols); });
     emu_launch(2, 64, [&] {
-        if (rows == 5) sk_estimates4<T, 5>(table, keys, rows, cols, d, est, hist, 0, shift, 12, count, thr);
-        else sk_estimates4<T, 0>(table, keys, rows, cols, d, est, hist, 0, shift, 12, count, thr);
+        if (groups && rows == 5) sk_estimates<T, 5, true>(table, keys, rows, cols, nullptr, n_est, est, hist, 0, shift, 12, count, thr);
+        else if (groups) sk_estimates<T, 0, true>(table, keys, rows, cols, nullptr, n_est, est, hist, 0, shift, 12, count, thr);
+        else if (rows == 5) sk_estimates<T, 5, false>(table, keys, rows, cols, idx, n_est, est, hist, 0, shift, 12, count, thr);
+        else sk_estimates<T, 0, false>(table, keys, rows, cols, idx, n_est, est, hist, 0, shift, 12, count, thr);
     });
 }
 extern "C" void groups_f32(const float* x, const float* stack, i64 n, i64 d, float* table, float* table_sum,
-                           const u32* keys, int rows, u32 cols, float* est, u64* hist, u64* count, float thr) {
-    run_groups<float>(x, stack, n, d, table, table_sum, keys, rows, cols, est, hist, 31 - 12, count, thr);
+                           const u32* keys, int rows, u32 cols, int groups, const i64* idx, i64 n_est, float* est,
+                           u64* hist, u64* count, float thr) {
+    run_groups<float>(x, stack, n, d, table, table_sum, keys, rows, cols, groups, idx, n_est, est, hist, 31 - 12,
+                      count, thr);
 }
 extern "C" void groups_f64(const double* x, const double* stack, i64 n, i64 d, double* table, double* table_sum,
-                           const u32* keys, int rows, u32 cols, double* est, u64* hist, u64* count, double thr) {
-    run_groups<double>(x, stack, n, d, table, table_sum, keys, rows, cols, est, hist, 63 - 12, count, thr);
+                           const u32* keys, int rows, u32 cols, int groups, const i64* idx, i64 n_est, double* est,
+                           u64* hist, u64* count, double thr) {
+    run_groups<double>(x, stack, n, d, table, table_sum, keys, rows, cols, groups, idx, n_est, est, hist, 63 - 12,
+                       count, thr);
 }
 '''
 
@@ -248,7 +257,9 @@ def test_emulated_locate_matches_spec(lib):
 
 @pytest.mark.parametrize("dtype,rows,d", [("float32", 5, 4003), ("float32", 3, 4000), ("float64", 5, 4002)])
 def test_emulated_group_kernels(lib, dtype, rows, d):
-    """Group insert, group stack-sum and group estimates (with histogram and count) equal the reference."""
+    """Group insert, group stack-sum, and the estimate kernel both ways (four coordinates per
+    thread, and one per thread over all or over given indices), with histogram and count,
+    equal the reference."""
     rng = np.random.default_rng(d)
     cols, n = 64, 3
     x = rng.standard_normal(d).astype(dtype)
@@ -258,27 +269,37 @@ def test_emulated_group_kernels(lib, dtype, rows, d):
     ref = CountSketch(d, rows, cols, seed=5, dtype=dtype, hash_version=lib.version, backend="numpy")
     kk = np.ascontiguousarray(ref.keys, np.uint32).ravel()
     table, table_sum = np.zeros((rows, cols), dtype), np.zeros((rows, cols), dtype)
-    est = np.zeros(d, dtype)
-    hist, count = np.zeros(1 << 12, np.uint64), np.zeros(1, np.uint64)
-    thr = np.float64(0.5)
     fn = lib.groups_f32 if dtype == "float32" else lib.groups_f64
     ctype = ctypes.c_float if dtype == "float32" else ctypes.c_double
+    thr = np.float64(0.5)
     # The stack rows must each be 16-byte aligned, as the backend requires: d * itemsize % 16 == 0.
-    stack_arg = stack if (d * stack.itemsize) % 16 == 0 else None
-    fn(_ptr(x), _ptr(stack_arg) if stack_arg is not None else None, _I64(n if stack_arg is not None else 0), _I64(d),
-       _ptr(table), _ptr(table_sum), _ptr(kk), rows, ctypes.c_uint(cols), _ptr(est), _ptr(hist), _ptr(count),
-       ctype(thr))
+    use_stack = (d * stack.itemsize) % 16 == 0
+
+    def run(groups, idx, first):
+        n_est = d if idx is None else idx.size
+        est = np.zeros(n_est, dtype)
+        hist, count = np.zeros(1 << 12, np.uint64), np.zeros(1, np.uint64)
+        fn(_ptr(x) if first else None, _ptr(stack) if first and use_stack else None, _I64(n), _I64(d),
+           _ptr(table), _ptr(table_sum), _ptr(kk), rows, ctypes.c_uint(cols), groups,
+           None if idx is None else _ptr(idx), _I64(n_est), _ptr(est), _ptr(hist), _ptr(count), ctype(thr))
+        return est, hist, count
+
+    est, hist, count = run(1, None, first=True)
     tol = dict(rtol=1e-5, atol=1e-4) if dtype == "float32" else dict(rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(table, ref.copy().insert(x).table, **tol)
-    if stack_arg is not None:
+    if use_stack:
         np.testing.assert_allclose(table_sum, ref.copy().insert_batch(stack).table, **tol)
-    want = CountSketch.from_table(table, d, seed=5, hash_version=lib.version, backend="numpy").estimate_all()
-    np.testing.assert_array_equal(est, want)
-    bits = est.view(np.uint32 if dtype == "float32" else np.uint64) & (0x7FFFFFFF if dtype == "float32" else
-                                                                          0x7FFFFFFFFFFFFFFF)
-    top = (bits >> (19 if dtype == "float32" else 51)).astype(np.int64)
-    np.testing.assert_array_equal(hist, np.bincount(top, minlength=1 << 12))
-    assert int(count[0]) == int(np.sum(np.abs(want) >= thr))
+    on_table = CountSketch.from_table(table, d, seed=5, hash_version=lib.version, backend="numpy")
+    idx = np.array([0, 3, 4, d - 1, 7, 7, d // 2], np.int64)
+    for groups, which in ((1, None), (0, None), (0, idx)):
+        est, hist, count = run(groups, which, first=False) if (groups, which) != (1, None) else (est, hist, count)
+        want = on_table.estimate_all() if which is None else on_table.query(which)
+        np.testing.assert_array_equal(est, want)
+        bits = est.view(np.uint32 if dtype == "float32" else np.uint64) & (0x7FFFFFFF if dtype == "float32" else
+                                                                              0x7FFFFFFFFFFFFFFF)
+        top = (bits >> (19 if dtype == "float32" else 51)).astype(np.int64)
+        np.testing.assert_array_equal(hist, np.bincount(top, minlength=1 << 12))
+        assert int(count[0]) == int(np.sum(np.abs(want) >= thr))
 
 
 @pytest.mark.parametrize("kind", ["rounded", "zeros"])

@@ -53,6 +53,7 @@ def test_nvcc_compiles_source(tmp_path, version):
     if version == 2:   # a group: one 16-byte reduction per row; estimates: one 16-byte gather per row
         assert "red.global.add.v4.f32" in _body(text, "sk_insert_veccs_f32")
         assert "ld.global.nc.v4.f32" in _body(text, "sk_estimates4_f32_r5")
+        assert "ld.global.nc.v4.f32" in _body(text, "skt_estimates4_f32_r5")
     else:
         assert "red.global.add.f32" in body and "red.global.add.v4" not in body
 

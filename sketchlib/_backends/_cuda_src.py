@@ -523,12 +523,15 @@ __device__ __forceinline__ i64 sk_warp_append(u64* counter, bool pred) {
 //   hist != null: histogram of the digit (key >> shift) & (2**width - 1) over the
 //                 estimates whose key >> (shift + width) == prefix (radix select);
 //   count != null: number of estimates with |v| >= thr.
-// Loops are warp-uniform (the warp shares one 32-aligned window) for the ballots.
-template <typename T, int R>
+// GROUPS (idx null, out 16-byte aligned): a group of four coordinates per thread, the form
+// that version 2's 16-byte gathers need.  Loops are warp-uniform (the warp shares one
+// 32-aligned window) for the ballots.
+template <typename T, int R, bool GROUPS>
 __device__ void sk_estimates(const T* __restrict__ table, const u32* __restrict__ keys, int rows, u32 cols,
                              const i64* __restrict__ idx, i64 n, T* __restrict__ out,
                              u64* __restrict__ hist, u64 prefix, int shift, int width,
                              u64* __restrict__ count, T thr) {
+    constexpr int W = GROUPS ? 4 : 1;
     __shared__ u32 sk[2 * SK_MAX_ROWS];
     __shared__ u32 sh[SK_HIST_SIZE];
     if (hist != nullptr)
@@ -536,52 +539,23 @@ __device__ void sk_estimates(const T* __restrict__ table, const u32* __restrict_
     sk_load_keys(sk, keys, rows);  // includes __syncthreads
     const u64 mask = (1ULL << width) - 1ULL;
     const int lane = threadIdx.x & 31;
+    const i64 items = (n + W - 1) / W;
     u64 mine = 0;
-    for (i64 base = sk_tid() - lane; base < n; base += sk_nthreads()) {
-        const i64 t = base + lane;
-        const bool in = t < n;
-        T v = T(0);
-        if (in) {
-            v = sk_estimate<T, R>(table, sk, rows, cols, idx != nullptr ? idx[t] : t);
-            __stcs(out + t, v);  // streamed: keep the table in L2 for the gathers
-            if (hist != nullptr) {
-                const u64 key = sk_key(v);
-                if ((key >> (shift + width)) == prefix) atomicAdd(&sh[(key >> shift) & mask], 1U);
-            }
-        }
-        if (count != nullptr) mine += __popc(__ballot_sync(0xffffffffU, in && !(v < thr && -v < thr)));
-    }
-    if (count != nullptr && lane == 0 && mine) atomicAdd(count, mine);
-    if (hist != nullptr) {
-        __syncthreads();
-        for (int t = threadIdx.x; t <= (int)mask; t += blockDim.x)
-            if (sh[t]) atomicAdd(hist + t, (u64)sh[t]);
-    }
-}
-
-// sk_estimates for all coordinates 0..n-1 (idx null), a group of four per thread: the
-// form that version 2's 16-byte gathers need.  out must be 16-byte aligned.
-template <typename T, int R>
-__device__ void sk_estimates4(const T* __restrict__ table, const u32* __restrict__ keys, int rows, u32 cols,
-                              i64 n, T* __restrict__ out, u64* __restrict__ hist, u64 prefix, int shift,
-                              int width, u64* __restrict__ count, T thr) {
-    __shared__ u32 sk[2 * SK_MAX_ROWS];
-    __shared__ u32 sh[SK_HIST_SIZE];
-    if (hist != nullptr)
-        for (int t = threadIdx.x; t < SK_HIST_SIZE; t += blockDim.x) sh[t] = 0;
-    sk_load_keys(sk, keys, rows);  // includes __syncthreads
-    const u64 mask = (1ULL << width) - 1ULL;
-    const int lane = threadIdx.x & 31;
-    const i64 ngroups = (n + 3) / 4;
-    u64 mine = 0;
-    for (i64 base = sk_tid() - lane; base < ngroups; base += sk_nthreads()) {
+    for (i64 base = sk_tid() - lane; base < items; base += sk_nthreads()) {
         const i64 g = base + lane;
-        const int m = g < ngroups ? (int)min((i64)4, n - 4 * g) : 0;  // coordinates of the group below n
-        T e[4] = {T(0), T(0), T(0), T(0)};
+        const int m = g < items ? (int)min((i64)W, n - W * g) : 0;  // coordinates of this item below n
+        T e[W];
+#pragma unroll
+        for (int o = 0; o < W; ++o) e[o] = T(0);
         if (m > 0) {
-            sk_estimate_group<T, R>(table, sk, rows, cols, g, e);
-            if (m == 4) sk_store4cs(out, g, e);
-            else for (int o = 0; o < m; ++o) __stcs(out + 4 * g + o, e[o]);
+            if constexpr (GROUPS) {
+                sk_estimate_group<T, R>(table, sk, rows, cols, g, e);
+                if (m == 4) sk_store4cs(out, g, e);
+                else for (int o = 0; o < m; ++o) __stcs(out + 4 * g + o, e[o]);
+            } else {
+                e[0] = sk_estimate<T, R>(table, sk, rows, cols, idx != nullptr ? idx[g] : g);
+                __stcs(out + g, e[0]);  // streamed: keep the table in L2 for the gathers
+            }
             if (hist != nullptr)
                 for (int o = 0; o < m; ++o) {
                     const u64 key = sk_key(e[o]);
@@ -590,7 +564,7 @@ __device__ void sk_estimates4(const T* __restrict__ table, const u32* __restrict
         }
         if (count != nullptr)
 #pragma unroll
-            for (int o = 0; o < 4; ++o)
+            for (int o = 0; o < W; ++o)
                 mine += __popc(__ballot_sync(0xffffffffU, o < m && !(e[o] < thr && -e[o] < thr)));
     }
     if (count != nullptr && lane == 0 && mine) atomicAdd(count, mine);
@@ -736,8 +710,9 @@ __device__ __forceinline__ void skt_emit(i64 slot, i64 i, T v, i64* out_idx, T* 
 }
 
 // Pass 1: the estimates of all n coordinates into out, and the histogram of their top
-// 12 key bits, then the pick (range = the bin holding the k-th largest).
-template <typename T, int R>
+// 12 key bits, then the pick (range = the bin holding the k-th largest).  GROUPS: a group
+// of four coordinates per thread (version 2's 16-byte gathers; table and out aligned).
+template <typename T, int R, bool GROUPS>
 __device__ void skt_estimates(const T* __restrict__ table, const u32* __restrict__ keys, int rows, u32 cols,
                               i64 n, T* __restrict__ out, u64* __restrict__ hist, u64* st, u64 k, int kbits,
                               int ib) {
@@ -746,37 +721,25 @@ __device__ void skt_estimates(const T* __restrict__ table, const u32* __restrict
     for (int t = threadIdx.x; t < SK_HIST_SIZE; t += blockDim.x) sh[t] = 0;
     sk_load_keys(sk, keys, rows);  // includes __syncthreads
     const int shift = kbits - SK_HIST_BITS;
-    for (i64 t = sk_tid(); t < n; t += sk_nthreads()) {
-        const T v = sk_estimate<T, R>(table, sk, rows, cols, t);
-        __stcs(out + t, v);
-        atomicAdd(&sh[sk_key(v) >> shift], 1U);
+    if constexpr (GROUPS) {
+        const i64 ngroups = (n + 3) / 4;
+        for (i64 g = sk_tid(); g < ngroups; g += sk_nthreads()) {
+            T e[4];
+            sk_estimate_group<T, R>(table, sk, rows, cols, g, e);
+            const int m = (int)min((i64)4, n - 4 * g);
+            if (m == 4) sk_store4cs(out, g, e);
+            else for (int o = 0; o < m; ++o) __stcs(out + 4 * g + o, e[o]);
+            for (int o = 0; o < m; ++o) atomicAdd(&sh[sk_key(e[o]) >> shift], 1U);
+        }
+    } else {
+        for (i64 t = sk_tid(); t < n; t += sk_nthreads()) {
+            const T v = sk_estimate<T, R>(table, sk, rows, cols, t);
+            __stcs(out + t, v);
+            atomicAdd(&sh[sk_key(v) >> shift], 1U);
+        }
     }
     __syncthreads();
     // The digit is the top 12 bits of the (kbits + ib)-bit key: those of |v|'s key.
-    skt_flush_and_pick(sh, SK_HIST_BITS, hist, st, 0ULL, (u64)(kbits + ib), 0ULL, k, true);
-}
-
-// skt_estimates a group of four coordinates per thread (version 2's 16-byte gathers; the
-// table and out must be 16-byte aligned).
-template <typename T, int R>
-__device__ void skt_estimates4(const T* __restrict__ table, const u32* __restrict__ keys, int rows, u32 cols,
-                               i64 n, T* __restrict__ out, u64* __restrict__ hist, u64* st, u64 k, int kbits,
-                               int ib) {
-    __shared__ u32 sk[2 * SK_MAX_ROWS];
-    __shared__ u32 sh[SK_HIST_SIZE];
-    for (int t = threadIdx.x; t < SK_HIST_SIZE; t += blockDim.x) sh[t] = 0;
-    sk_load_keys(sk, keys, rows);  // includes __syncthreads
-    const int shift = kbits - SK_HIST_BITS;
-    const i64 ngroups = (n + 3) / 4;
-    for (i64 g = sk_tid(); g < ngroups; g += sk_nthreads()) {
-        T e[4];
-        sk_estimate_group<T, R>(table, sk, rows, cols, g, e);
-        const int m = (int)min((i64)4, n - 4 * g);
-        if (m == 4) sk_store4cs(out, g, e);
-        else for (int o = 0; o < m; ++o) __stcs(out + 4 * g + o, e[o]);
-        for (int o = 0; o < m; ++o) atomicAdd(&sh[sk_key(e[o]) >> shift], 1U);
-    }
-    __syncthreads();
     skt_flush_and_pick(sh, SK_HIST_BITS, hist, st, 0ULL, (u64)(kbits + ib), 0ULL, k, true);
 }
 
@@ -1016,18 +979,18 @@ sk_insert_dsmem_f32(const float* x, i64 d, float* table, const u32* keys, int ro
 #define SK_EST_CALL table, keys, rows, cols, idx, n, out, hist, prefix, shift, width, count, thr
 
 #define SK_EST_R(T, S, R) \
-__global__ void sk_estimates_##S##_r##R(SK_EST_ARGS(T)) { sk_estimates<T, R>(SK_EST_CALL); } \
+__global__ void sk_estimates_##S##_r##R(SK_EST_ARGS(T)) { sk_estimates<T, R, false>(SK_EST_CALL); } \
 __global__ void sk_estimates4_##S##_r##R(const T* table, const u32* keys, int rows, u32 cols, i64 n, T* out, \
                                          u64* hist, u64 prefix, int shift, int width, u64* count, T thr) { \
-    sk_estimates4<T, R>(table, keys, rows, cols, n, out, hist, prefix, shift, width, count, thr); }
+    sk_estimates<T, R, true>(table, keys, rows, cols, nullptr, n, out, hist, prefix, shift, width, count, thr); }
 
 #define SKT_EST_R(T, S, R) \
 __global__ void skt_estimates_##S##_r##R(const T* table, const u32* keys, int rows, u32 cols, i64 n, T* out, \
                                          u64* hist, u64* st, u64 k, int kbits, int ib) { \
-    skt_estimates<T, R>(table, keys, rows, cols, n, out, hist, st, k, kbits, ib); } \
+    skt_estimates<T, R, false>(table, keys, rows, cols, n, out, hist, st, k, kbits, ib); } \
 __global__ void skt_estimates4_##S##_r##R(const T* table, const u32* keys, int rows, u32 cols, i64 n, T* out, \
                                           u64* hist, u64* st, u64 k, int kbits, int ib) { \
-    skt_estimates4<T, R>(table, keys, rows, cols, n, out, hist, st, k, kbits, ib); }
+    skt_estimates<T, R, true>(table, keys, rows, cols, n, out, hist, st, k, kbits, ib); }
 
 #define SK_INSTANTIATE(T, S) \
 __global__ void sk_insert_simple_##S(SK_INSERT_ARGS(T)) { sk_insert_simple<T>(x, d, table, keys, rows, cols); } \
