@@ -24,18 +24,17 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
+from ._fields import check as _check
+from ._fields import coerce_field as _coerce
 from .errors import ConfigError
 
 __all__ = [
-    "Config", "DataConfig", "ModelConfig", "TrainConfig", "RuleConfig", "OutputConfig", "RunSpec",
+    "Config", "DataConfig", "ModelConfig", "TrainConfig", "RuleSection", "OutputConfig", "RunSpec",
     "load_config", "parse_config", "apply_overrides", "default_config_path", "dump_toml",
 ]
 
 SCHEDULES = ("triangular", "constant", "cosine")
 WEIGHTINGS = ("samples", "uniform")
-ZEROINGS = ("buckets", "subtract")
-LR_PLACEMENTS = ("inside", "after")
-SKETCH_KINDS = ("count", "identity")
 METRIC_FORMATS = ("csv", "jsonl")
 
 
@@ -83,28 +82,54 @@ class TrainConfig:
 
 
 @dataclass
-class RuleConfig:
-    """Server rule and its knobs; each rule reads the keys it needs."""
+class RuleSection:
+    """The ``[rule]`` section: the single run's rule name and knob defaults shared by every method.
+
+    A key of ``values`` applies to every rule that has a knob of that name and
+    is ignored by the others (``[rule] k = 50`` sets k for fetchsgd, true_topk
+    and local_topk, not for fedavg); a key that no registered rule knows is an
+    error.  A method's own keys must be knobs of its rule.
+
+    Parameters
+    ----------
+    name : str, default "fetchsgd"
+        The rule of a config without ``[[methods]]`` (and of methods that name none).
+    values : dict
+        Knob name -> value, as given in the file (defaults come from each rule's ``Params``).
+    """
 
     name: str = "fetchsgd"
-    momentum: float = 0.9
-    k: int = 100
-    rows: int = 5
-    cols: int = 1000
-    sketch: str = "count"  # "identity": exact compressor (FetchSGD becomes true top-k)
-    sketch_seed: int = 0
-    sketch_backend: str = "auto"
-    sketch_hash_version: typing.Optional[int] = None  # None: auto (2 when cols % 4 == 0, else 1)
-    zeroing: str = "buckets"  # FetchSGD: "buckets" (reference code) or "subtract" (Algorithm 1)
-    lr_placement: str = "inside"  # FetchSGD / true top-k: eta inside the error or after unsketching
-    second_round: int = 0  # FetchSGD: p > 0 fetches exact values of p*k candidates
-    momentum_stopping: bool = True  # true top-k: zero momentum where updated
-    local_error_feedback: bool = False  # local top-k
-    global_momentum: bool = True  # local top-k
-    local_epochs: int = 1  # FedAvg
-    local_batch_size: typing.Optional[int] = None  # FedAvg; None: full local batch
-    server_lr: float = 1.0  # FedAvg
-    server_momentum: bool = False  # FedAvg
+    values: dict = field(default_factory=dict)
+
+    def params_for(self, rule, overrides=(), where="rule"):
+        """The validated parameters of ``rule``: its defaults, then these shared values, then ``overrides``.
+
+        Parameters
+        ----------
+        rule : str
+            A registered rule name.
+        overrides : mapping, optional
+            The method's own knob values (each must be a knob of ``rule``).
+        where : str
+            How messages name the source of ``overrides`` (e.g. ``methods.fedavg``).
+
+        Returns
+        -------
+        fedsim.rules.RuleParams
+
+        Raises
+        ------
+        ConfigError
+            Unknown rule, a knob ``rule`` does not have, a bad type or value.
+        """
+        from .rules import RULES, rule_params
+        if rule not in RULES:
+            raise ConfigError(f"unknown rule {rule!r}; choose one of {sorted(RULES)}")
+        cls = RULES[rule].Params
+        knobs = {k: v for k, v in self.values.items() if k in cls.knobs()}
+        for key, value in dict(overrides).items():
+            knobs[key] = _coerce_rule_key(rule, key, value, where)
+        return rule_params(rule, **knobs)
 
 
 @dataclass
@@ -119,44 +144,76 @@ class OutputConfig:
     progress: bool = True
 
 
-SECTIONS = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig, "rule": RuleConfig,
+SECTIONS = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig, "rule": RuleSection,
             "output": OutputConfig}
 METHOD_EXTRA_KEYS = ("label", "rule", "rounds", "lr")
 
 
 @dataclass
 class RunSpec:
-    """One fully resolved run: what a checkpoint's config hash covers (output excluded)."""
+    """One fully resolved run: what a checkpoint's config hash covers (output excluded).
+
+    Parameters
+    ----------
+    label, group : str
+        The run's label (with its sweep point) and its method's label.
+    data, model, train, output : DataConfig, ModelConfig, TrainConfig, OutputConfig
+    rule : fedsim.rules.RuleParams
+        The resolved parameters of the run's rule (``rule.name`` is the rule).
+    reference_rounds : int
+        The uncompressed reference run's length (the base ``train.rounds``).
+    """
 
     label: str
     group: str
     data: DataConfig
     model: ModelConfig
     train: TrainConfig
-    rule: RuleConfig
+    rule: object
     output: OutputConfig
-    reference_rounds: int  # the uncompressed reference run's length (the base ``train.rounds``)
+    reference_rounds: int
 
     def to_dict(self):
-        """Plain dict of everything but the output section."""
+        """Plain dict of everything but the output section.
+
+        Returns
+        -------
+        dict
+            The rule part holds the rule's name and its own knobs only.
+        """
         return {"label": self.label, "data": dataclasses.asdict(self.data),
                 "model": dataclasses.asdict(self.model), "train": dataclasses.asdict(self.train),
-                "rule": dataclasses.asdict(self.rule), "reference_rounds": self.reference_rounds}
+                "rule": self.rule.to_dict(), "reference_rounds": self.reference_rounds}
 
     def config_hash(self):
-        """SHA-256 of the canonical JSON of :meth:`to_dict`."""
+        """SHA-256 of the canonical JSON of :meth:`to_dict`.
+
+        Returns
+        -------
+        str
+            64 hex digits.
+        """
         blob = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":")).encode()
         return hashlib.sha256(blob).hexdigest()
 
 
 @dataclass
 class Config:
-    """A whole experiment: shared settings plus the methods to compare."""
+    """A whole experiment: shared settings plus the methods to compare.
+
+    Parameters
+    ----------
+    data, model, train, output : DataConfig, ModelConfig, TrainConfig, OutputConfig
+    rule : RuleSection
+        The ``[rule]`` section (single-run rule name, shared knob defaults).
+    methods : list of dict
+        The ``[[methods]]`` entries (validated by :func:`parse_config`).
+    """
 
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
-    rule: RuleConfig = field(default_factory=RuleConfig)
+    rule: RuleSection = field(default_factory=RuleSection)
     output: OutputConfig = field(default_factory=OutputConfig)
     methods: list = field(default_factory=list)  # list of dicts (validated)
 
@@ -167,6 +224,16 @@ class Config:
         ----------
         only : sequence of str, optional
             Keep the methods with these labels (a run's group).
+
+        Returns
+        -------
+        list of RunSpec
+
+        Raises
+        ------
+        ConfigError
+            ``only`` names an unknown method, two runs share a label, a sweep is
+            malformed, or a run's rule parameters are invalid.
         """
         entries = self.methods or [{"label": self.rule.name, "rule": self.rule.name}]
         if only:
@@ -198,16 +265,16 @@ class Config:
         out = []
         for i in range(n):
             point = {k: (v[i] if isinstance(v, list) else v) for k, v in entry.items()}
-            rule = dataclasses.replace(self.rule, name=point.get("rule", self.rule.name))
             train = dataclasses.replace(self.train)
+            knobs = {}
             for key, value in point.items():
                 if key in ("label", "rule"):
                     continue
                 if key in ("rounds", "lr"):
                     setattr(train, key, _coerce(TrainConfig, key, value, f"methods.{group}"))
                 else:
-                    setattr(rule, key, _coerce(RuleConfig, key, value, f"methods.{group}"))
-            _validate_section("rule", rule)
+                    knobs[key] = value
+            rule = self.rule.params_for(point.get("rule", self.rule.name), knobs, f"methods.{group}")
             _validate_section("train", train)
             suffix = ",".join(f"{k}={point[k]}" for k in sweep)
             label = f"{group}[{suffix}]" if suffix else group
@@ -217,44 +284,14 @@ class Config:
 
 
 # ----------------------------------------------------------------------------- parsing
-def _type_of(cls, key):
-    """The declared type of a dataclass field, as (base type, optional)."""
-    hint = typing.get_type_hints(cls)[key]
-    args = typing.get_args(hint)
-    if type(None) in args:
-        return [a for a in args if a is not type(None)][0], True
-    return hint, False
-
-
-def _coerce(cls, key, value, where):
-    """Check one value against the field type (ints widen to floats)."""
-    names = [f.name for f in dataclasses.fields(cls)]
-    if key not in names:
-        raise ConfigError(f"unknown key {where}.{key}; valid keys: {', '.join(names)}")
-    base, optional = _type_of(cls, key)
-    if value is None:
-        if optional:
-            return None
-        raise ConfigError(f"{where}.{key} may not be empty")
-    if base is bool:
-        ok = isinstance(value, bool)
-    elif base is int:
-        ok = isinstance(value, int) and not isinstance(value, bool)
-    elif base is float:
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-        value = float(value) if ok else value
-    else:
-        ok = isinstance(value, str)
-    if not ok:
-        raise ConfigError(f"{where}.{key} must be {base.__name__}{' or none' if optional else ''}, "
-                          f"got {value!r}")
-    return value
-
-
-def _check(cond, msg):
-    """Raise ConfigError(msg) unless cond."""
-    if not cond:
-        raise ConfigError(msg)
+def _coerce_rule_key(rule, key, value, where):
+    """Type-check one knob value of ``rule`` (an error names the rule when the key is another rule's)."""
+    from .rules import RULES
+    from .rules._registry import _foreign_knob_message
+    cls = RULES[rule].Params
+    if key not in cls.knobs():
+        raise ConfigError(_foreign_knob_message(rule, key, where))
+    return _coerce(cls, key, value, where)
 
 
 def _validate_section(name, obj):
@@ -281,62 +318,69 @@ def _validate_section(name, obj):
         _check(obj.engine in ENGINES, f"train.engine must be one of {sorted(ENGINES)}, got {obj.engine!r}")
         _check(obj.eval_every > 0, f"train.eval_every must be positive, got {obj.eval_every}")
         _check(obj.threads is None or obj.threads > 0, f"train.threads must be positive, got {obj.threads}")
-    elif name == "rule":
-        from .rules import RULES
-        _check(obj.name in RULES, f"unknown rule {obj.name!r}; choose one of {sorted(RULES)}")
-        _check(0 <= obj.momentum < 1, f"rule.momentum must be in [0, 1), got {obj.momentum}")
-        _check(obj.k > 0, f"rule.k must be positive, got {obj.k}")
-        _check(obj.rows > 0, f"rule.rows must be positive, got {obj.rows}")
-        _check(obj.cols > 0, f"rule.cols must be positive, got {obj.cols}")
-        _check(obj.sketch in SKETCH_KINDS, f"rule.sketch must be one of {SKETCH_KINDS}, got {obj.sketch!r}")
-        _check(obj.sketch_backend in ("auto", "numpy", "numba", "cupy"),
-               f"rule.sketch_backend must be auto, numpy, numba or cupy, got {obj.sketch_backend!r}")
-        _check(obj.sketch_hash_version in (None, 1, 2),
-               f"rule.sketch_hash_version must be 1 or 2, got {obj.sketch_hash_version!r}")
-        _check(obj.sketch_hash_version != 2 or obj.cols % 4 == 0,
-               f"rule.sketch_hash_version=2 needs rule.cols divisible by 4, got {obj.cols}")
-        _check(obj.zeroing in ZEROINGS, f"rule.zeroing must be one of {ZEROINGS}, got {obj.zeroing!r}")
-        _check(obj.lr_placement in LR_PLACEMENTS,
-               f"rule.lr_placement must be one of {LR_PLACEMENTS}, got {obj.lr_placement!r}")
-        _check(obj.second_round >= 0, f"rule.second_round must be >= 0, got {obj.second_round}")
-        _check(obj.local_epochs > 0, f"rule.local_epochs must be positive, got {obj.local_epochs}")
-        _check(obj.local_batch_size is None or obj.local_batch_size > 0,
-               f"rule.local_batch_size must be positive, got {obj.local_batch_size}")
-        _check(obj.server_lr > 0, f"rule.server_lr must be positive, got {obj.server_lr}")
     elif name == "output":
         _check(obj.checkpoint_every >= 0, f"output.checkpoint_every must be >= 0 (0: never), got {obj.checkpoint_every}")
         _check(obj.metrics in METRIC_FORMATS, f"output.metrics must be one of {METRIC_FORMATS}, got {obj.metrics!r}")
         _check(bool(obj.name) and "/" not in obj.name, f"output.name must be a non-empty folder name, got {obj.name!r}")
 
 
-def _validate_method(entry, i):
+def _parse_rule_section(section):
+    """The ``[rule]`` table as a :class:`RuleSection` (types checked; values validated per rule)."""
+    from .rules import RULES, all_knobs, rules_with_knob
+    rule = RuleSection()
+    for key, value in section.items():
+        if key == "name":
+            rule.name = _coerce(RuleSection, "name", value, "rule")
+        elif key in all_knobs():
+            rule.values[key] = _coerce(RULES[rules_with_knob(key)[0]].Params, key, value, "rule")
+        else:
+            raise ConfigError(f"unknown key rule.{key}; valid keys: {', '.join(['name'] + all_knobs())}")
+    _check(rule.name in RULES, f"unknown rule {rule.name!r}; choose one of {sorted(RULES)}")
+    # Shared values are validated by every rule that has the key (a method may still override them).
+    for name, cls in RULES.items():
+        if any(k in cls.Params.knobs() for k in rule.values):
+            rule.params_for(name)
+    return rule
+
+
+def _validate_method(entry, i, default_rule):
     """Check the keys and types of one [[methods]] entry (lists allowed: sweeps)."""
+    from .rules import RULES
     if not isinstance(entry, dict):
         raise ConfigError(f"methods[{i}] must be a table")
-    rule_keys = [f.name for f in dataclasses.fields(RuleConfig) if f.name != "name"]
+    where = f"methods[{i}]"
+    rule = entry.get("rule", default_rule)
+    if "rule" in entry:
+        _check(isinstance(rule, str) and rule, f"{where}.rule must be a non-empty string, got {rule!r}")
+        _check(rule in RULES, f"{where}: unknown rule {rule!r}; choose one of {sorted(RULES)}")
     for key, value in entry.items():
-        where = f"methods[{i}]"
         if key in ("label", "rule"):
             _check(isinstance(value, str) and value, f"{where}.{key} must be a non-empty string, got {value!r}")
             continue
-        if key not in rule_keys and key not in ("rounds", "lr"):
-            raise ConfigError(f"unknown key {where}.{key}; valid keys: {', '.join(METHOD_EXTRA_KEYS + tuple(rule_keys))}")
-        cls = TrainConfig if key in ("rounds", "lr") else RuleConfig
         for v in (value if isinstance(value, list) else [value]):
-            _coerce(cls, key, v, where)
-    from .rules import RULES
-    rule = entry.get("rule")
-    if rule is not None:
-        _check(rule in RULES, f"methods[{i}]: unknown rule {rule!r}; choose one of {sorted(RULES)}")
+            if key in ("rounds", "lr"):
+                _coerce(TrainConfig, key, v, where)
+            else:
+                _coerce_rule_key(rule, key, v, where)
 
 
 def parse_config(raw):
     """Build a validated :class:`Config` from a dict (as read from TOML).
 
+    Parameters
+    ----------
+    raw : dict
+        Sections as tables, ``methods`` as a list of tables.
+
+    Returns
+    -------
+    Config
+
     Raises
     ------
     ConfigError
-        Unknown sections or keys, wrong types, values out of range.
+        Unknown sections or keys, wrong types, values out of range, a method key
+        that is not a knob of the method's rule.
     """
     if not isinstance(raw, dict):
         raise ConfigError("a config must be a table")
@@ -348,6 +392,9 @@ def parse_config(raw):
         section = raw.get(name, {})
         if not isinstance(section, dict):
             raise ConfigError(f"[{name}] must be a table")
+        if name == "rule":
+            cfg.rule = _parse_rule_section(section)
+            continue
         obj = getattr(cfg, name)
         for key, value in section.items():
             setattr(obj, key, _coerce(cls, key, value, name))
@@ -356,7 +403,7 @@ def parse_config(raw):
     if not isinstance(methods, list):
         raise ConfigError("methods must be an array of tables ([[methods]])")
     for i, entry in enumerate(methods):
-        _validate_method(entry, i)
+        _validate_method(entry, i, cfg.rule.name)
     cfg.methods = copy.deepcopy(methods)
     cfg.runs()  # surfaces sweep and label errors now
     return cfg
@@ -469,7 +516,9 @@ def dump_toml(cfg):
     lines = []
     for name in SECTIONS:
         lines.append(f"[{name}]")
-        for key, value in dataclasses.asdict(getattr(cfg, name)).items():
+        section = getattr(cfg, name)
+        values = {"name": section.name, **section.values} if name == "rule" else dataclasses.asdict(section)
+        for key, value in values.items():
             if value is not None:
                 lines.append(f"{key} = {_toml_value(value)}")
         lines.append("")

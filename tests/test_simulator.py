@@ -68,7 +68,8 @@ def test_overrides_win_over_methods_and_sweeps_expand():
     assert [s.rule.cols for s in cfg.runs(["f"])] == [100, 200]
     over = parse_config(apply_overrides(raw, ["rule.k=7", "methods.a.local_epochs=3", "train.lr=0.5"]))
     assert [s.label for s in over.runs()] == ["f[cols=100]", "f[cols=200]", "a"]
-    assert {s.rule.k for s in over.runs()} == {7}
+    assert {s.rule.k for s in over.runs(["f"])} == {7}
+    assert not hasattr(over.runs(["a"])[0].rule, "k")  # [rule] k applies only to rules with a k
     assert over.runs(["a"])[0].rule.local_epochs == 3
     assert all(s.train.lr == 0.5 for s in over.runs())
     with pytest.raises(ConfigError, match="unknown methods"):
@@ -84,7 +85,11 @@ def test_default_config_loads_and_hash_tracks_changes():
     other = load_config(None, ["rule.rows=4"])
     a = {s.label: s.config_hash() for s in specs}
     b = {s.label: s.config_hash() for s in other.runs()}
-    assert a["uncompressed"] != b["uncompressed"]
+    # the hash covers a run's own rule knobs only: rows changes FetchSGD runs, not the dense baseline
+    assert a["uncompressed"] == b["uncompressed"]
+    assert all(a[k] != b[k] for k in a if k.startswith("fetchsgd"))
+    c = {s.label: s.config_hash() for s in load_config(None, ["rule.momentum=0.8"]).runs()}
+    assert a["uncompressed"] != c["uncompressed"]
     assert load_config(None).runs()[0].config_hash() == specs[0].config_hash()
 
 

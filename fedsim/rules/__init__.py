@@ -1,22 +1,35 @@
-"""Server rules: one small class per rule, its state in a dataclass.
+"""Server rules: one small class per rule, its knobs and its state in dataclasses.
 
-:data:`RULES` maps a config name to its class.
+A rule module in this package defines a ``Params`` dataclass (a
+:class:`RuleParams` subclass whose fields are the rule's knobs) and a
+:class:`ServerRule` subclass decorated with :func:`register_rule`.  Every
+public module of the package is imported here, so a new rule file registers
+itself: its knobs appear in the config (``[rule]`` and ``[[methods]]``), in
+``fedsim config``, ``fedsim list``, ``--help`` and the README table
+(``fedsim list --markdown``) with no central list to edit.
+
+:data:`RULES` maps a config name to its class; :func:`make_rule` builds a rule
+from its parameters and ``d``; :func:`rule_params` builds parameters by rule name.
 """
+import importlib
+import pkgutil
+
 from ._base import ServerRule
-from .fedavg import FedAvg
-from .fetchsgd import FetchSGD
-from .local_topk import LocalTopK
-from .true_topk import TrueTopK
-from .uncompressed import Uncompressed
+from ._params import ErrorFeedbackParams, MomentumParams, RuleParams, TopKParams, knob
+from ._registry import RULES, all_knobs, knobs_markdown, make_rule, register_rule, rule_params, rules_with_knob
 
-__all__ = ["RULES", "ServerRule", "FetchSGD", "Uncompressed", "TrueTopK", "LocalTopK", "FedAvg", "make_rule"]
+for _mod in sorted(m.name for m in pkgutil.iter_modules(__path__) if not m.name.startswith("_")):
+    importlib.import_module(f"{__name__}.{_mod}")
 
-RULES = {cls.name: cls for cls in (FetchSGD, Uncompressed, TrueTopK, LocalTopK, FedAvg)}
+from .fedavg import FedAvg, FedAvgParams  # noqa: E402  (re-exports; registered above)
+from .fetchsgd import FetchSGD, FetchSGDParams  # noqa: E402
+from .local_topk import LocalTopK, LocalTopKParams  # noqa: E402
+from .true_topk import TrueTopK, TrueTopKParams  # noqa: E402
+from .uncompressed import Uncompressed, UncompressedParams  # noqa: E402
 
-
-def make_rule(cfg, d, **kw):
-    """Instantiate the rule named ``cfg.name`` for a model of dimension ``d``."""
-    from ..errors import ConfigError
-    if cfg.name not in RULES:
-        raise ConfigError(f"unknown rule {cfg.name!r}; choose one of {sorted(RULES)}")
-    return RULES[cfg.name](cfg, d, **kw)
+__all__ = [
+    "RULES", "ServerRule", "RuleParams", "MomentumParams", "TopKParams", "ErrorFeedbackParams", "knob",
+    "register_rule", "make_rule", "rule_params", "all_knobs", "rules_with_knob", "knobs_markdown",
+    "FetchSGD", "FetchSGDParams", "Uncompressed", "UncompressedParams", "TrueTopK", "TrueTopKParams",
+    "LocalTopK", "LocalTopKParams", "FedAvg", "FedAvgParams",
+]

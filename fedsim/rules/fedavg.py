@@ -4,13 +4,35 @@
 and ``w <- w - server_lr u``, else ``w <- w - server_lr agg``.  The local
 learning rate follows the run's schedule.
 """
+import typing
 from dataclasses import dataclass
 
 import torch
 
+from .._fields import check
 from ._base import ServerRule
+from ._params import MomentumParams, knob
+from ._registry import register_rule
 
-__all__ = ["FedAvg", "FedAvgState"]
+__all__ = ["FedAvg", "FedAvgParams", "FedAvgState"]
+
+
+@dataclass
+class FedAvgParams(MomentumParams):
+    """FedAvg: local epochs and batch, server learning rate and optional server momentum."""
+
+    local_epochs: int = knob(1, "epochs of local SGD per round")
+    local_batch_size: typing.Optional[int] = knob(None, "local minibatch size; none: all the client's samples")
+    server_lr: float = knob(1.0, "server learning rate on the averaged change")
+    server_momentum: bool = knob(False, "apply the shared momentum on the server")
+
+    def validate(self):
+        """Positive epochs, batch size and server learning rate."""
+        super().validate()
+        check(self.local_epochs > 0, f"rule.local_epochs must be positive, got {self.local_epochs}")
+        check(self.local_batch_size is None or self.local_batch_size > 0,
+              f"rule.local_batch_size must be positive, got {self.local_batch_size}")
+        check(self.server_lr > 0, f"rule.server_lr must be positive, got {self.server_lr}")
 
 
 @dataclass
@@ -20,13 +42,24 @@ class FedAvgState:
     momentum: torch.Tensor
 
 
+@register_rule
 class FedAvg(ServerRule):
-    """Federated averaging with local epochs."""
+    """Federated averaging with local epochs.
+
+    Parameters
+    ----------
+    params : FedAvgParams
+    d : int
+        Number of trainable parameters.
+    **kw
+        See :class:`~fedsim.rules.ServerRule`.
+    """
 
     name = "fedavg"
+    Params = FedAvgParams
 
-    def __init__(self, cfg, d, **kw):
-        super().__init__(cfg, d, **kw)
+    def __init__(self, params, d, **kw):
+        super().__init__(params, d, **kw)
         self.state = FedAvgState(self.zeros())
 
     def upload_bytes(self):
@@ -35,11 +68,11 @@ class FedAvg(ServerRule):
 
     def round(self, ctx):
         """Local training, weighted average of the changes, server step."""
-        deltas = ctx.local_train(self.cfg.local_epochs, self.cfg.local_batch_size)
+        deltas = ctx.local_train(self.params.local_epochs, self.params.local_batch_size)
         agg = -(ctx.my_weights.to(deltas.dtype) @ deltas) if deltas.shape[0] else self.zeros()
         ctx.allreduce_(agg)
-        if self.cfg.server_momentum:
+        if self.params.server_momentum:
             u = self.state.momentum
-            u.mul_(self.cfg.momentum).add_(agg)
-            return u * self.cfg.server_lr
-        return agg * self.cfg.server_lr
+            u.mul_(self.params.momentum).add_(agg)
+            return u * self.params.server_lr
+        return agg * self.params.server_lr

@@ -11,17 +11,54 @@ values up per client); a candidate's value is the sketch's estimate of the
 error without this round plus this round's exact contribution, and the exact
 top-k of those is applied.
 """
+import typing
 from dataclasses import dataclass
 
 import torch
 
 from adapters.torch import backend_for_device, cuda_stream_scope, from_array, to_array
 
+from .._fields import check
 from ..compressors import make_compressor
-from ..errors import ConfigError
 from ._base import ServerRule
+from ._params import ErrorFeedbackParams, knob
+from ._registry import register_rule
 
-__all__ = ["FetchSGD", "FetchSGDState"]
+__all__ = ["FetchSGD", "FetchSGDParams", "FetchSGDState"]
+
+SKETCH_KINDS = ("count", "identity")
+SKETCH_BACKENDS = ("auto", "numpy", "numba", "cupy")
+ZEROINGS = ("buckets", "subtract")
+
+
+@dataclass
+class FetchSGDParams(ErrorFeedbackParams):
+    """FetchSGD: the sketch's shape and kind, zeroing, lr placement, second round."""
+
+    rows: int = knob(5, "sketch rows")
+    cols: int = knob(1000, "sketch columns")
+    sketch: str = knob("count", "'count' (Count Sketch) or 'identity' (exact: FetchSGD becomes true top-k)")
+    sketch_seed: int = knob(0, "seed of the sketch's hashes")
+    sketch_backend: str = knob("auto", "auto, numpy, numba or cupy (auto: by the run's device)")
+    sketch_hash_version: typing.Optional[int] = knob(None, "1 or 2; none: 2 when cols % 4 == 0, else 1")
+    zeroing: str = knob("buckets", "'buckets' (zero the touched buckets, reference code) or 'subtract' "
+                                   "(Algorithm 1)")
+    second_round: int = knob(0, "p > 0 fetches the exact values of p*k candidates")
+
+    def validate(self):
+        """Positive sketch shape, known kinds, hash version 2 only with cols % 4 == 0."""
+        super().validate()
+        check(self.rows > 0, f"rule.rows must be positive, got {self.rows}")
+        check(self.cols > 0, f"rule.cols must be positive, got {self.cols}")
+        check(self.sketch in SKETCH_KINDS, f"rule.sketch must be one of {SKETCH_KINDS}, got {self.sketch!r}")
+        check(self.sketch_backend in SKETCH_BACKENDS,
+              f"rule.sketch_backend must be auto, numpy, numba or cupy, got {self.sketch_backend!r}")
+        check(self.sketch_hash_version in (None, 1, 2),
+              f"rule.sketch_hash_version must be 1 or 2, got {self.sketch_hash_version!r}")
+        check(self.sketch_hash_version != 2 or self.cols % 4 == 0,
+              f"rule.sketch_hash_version=2 needs rule.cols divisible by 4, got {self.cols}")
+        check(self.zeroing in ZEROINGS, f"rule.zeroing must be one of {ZEROINGS}, got {self.zeroing!r}")
+        check(self.second_round >= 0, f"rule.second_round must be >= 0, got {self.second_round}")
 
 
 @dataclass
@@ -32,32 +69,47 @@ class FetchSGDState:
     error: object
 
 
+@register_rule
 class FetchSGD(ServerRule):
-    """Sketched momentum and error feedback; stateless clients upload one sketch each."""
+    """Sketched momentum and error feedback; stateless clients upload one sketch each.
+
+    Parameters
+    ----------
+    params : FetchSGDParams
+    d : int
+        Number of trainable parameters.
+    **kw
+        See :class:`~fedsim.rules.ServerRule`.
+
+    Raises
+    ------
+    ConfigError
+        ``k > d``.
+    """
 
     name = "fetchsgd"
+    Params = FetchSGDParams
 
-    def __init__(self, cfg, d, **kw):
-        super().__init__(cfg, d, **kw)
-        if cfg.k > d:
-            raise ConfigError(f"rule.k = {cfg.k} exceeds the model's d = {d}")
-        backend = cfg.sketch_backend
+    def __init__(self, params, d, **kw):
+        super().__init__(params, d, **kw)
+        p = params
+        backend = p.sketch_backend
         if backend == "auto":
             backend = backend_for_device(self.device)
-        self._new = lambda: make_compressor(cfg.sketch, d, rows=cfg.rows, cols=cfg.cols,
-                                            seed=cfg.sketch_seed, backend=backend,
-                                            hash_version=cfg.sketch_hash_version or "auto")
+        self._new = lambda: make_compressor(p.sketch, d, rows=p.rows, cols=p.cols,
+                                            seed=p.sketch_seed, backend=backend,
+                                            hash_version=p.sketch_hash_version or "auto")
         self.state = FetchSGDState(self._new(), self._new())
         self._round_sketch = self._new()
 
     def upload_bytes(self):
         """The sketch table (plus p k exact values with a second round)."""
-        extra = self.cfg.second_round * self.cfg.k * self.value_bytes
+        extra = self.params.second_round * self.params.k * self.value_bytes
         return self._round_sketch.rows * self._round_sketch.cols * self.value_bytes + extra
 
     def extra_download_bytes(self):
         """The p k candidate indices of the second round."""
-        return self.cfg.second_round * self.cfg.k * self.index_bytes
+        return self.params.second_round * self.params.k * self.index_bytes
 
     def round(self, ctx):
         """One FetchSGD step; returns the sparse update as a dense d-vector."""
@@ -67,20 +119,20 @@ class FetchSGD(ServerRule):
 
     def _round(self, ctx):
         """The step itself (inside the stream scope)."""
-        cfg = self.cfg
+        p = self.params
         g = ctx.gradient_sum()
         s = self._round_sketch.zero()
         s.insert(to_array(g))
         ctx.allreduce_(from_array(s.table))
         su, se = self.state.momentum, self.state.error
-        su.scale(cfg.momentum).merge(s)
-        inside = cfg.lr_placement == "inside"
+        su.scale(p.momentum).merge(s)
+        inside = p.lr_placement == "inside"
         se.add_scaled(su, ctx.lr) if inside else se.merge(su)
-        if cfg.second_round:
+        if p.second_round:
             idx, vals = self._second_round(ctx, g, s, ctx.lr if inside else 1.0)
         else:
-            idx, vals = se.topk(cfg.k)
-        if cfg.zeroing == "subtract":
+            idx, vals = se.topk(p.k)
+        if p.zeroing == "subtract":
             se.insert_sparse(idx, -vals)
         else:
             se.zero_coordinates(idx)
@@ -92,12 +144,12 @@ class FetchSGD(ServerRule):
 
     def _second_round(self, ctx, g, s, c):
         """Exact top-k among p k candidates (see the module docstring)."""
-        cfg = self.cfg
-        cand, _ = self.state.error.topk(min(self.d, cfg.second_round * cfg.k))
+        p = self.params
+        cand, _ = self.state.error.topk(min(self.d, p.second_round * p.k))
         cand_t = from_array(cand)
         exact = ctx.allreduce_(g[cand_t].clone())
         rest = self.state.error.copy().add_scaled(s, -c)
         est = from_array(rest.query(cand)).to(torch.float32) + c * exact
-        order = torch.topk(est.abs(), cfg.k, sorted=True).indices
+        order = torch.topk(est.abs(), p.k, sorted=True).indices
         idx_t, vals_t = cand_t[order].contiguous(), est[order].contiguous()
         return to_array(idx_t), to_array(vals_t.to(dtype=torch.float32))

@@ -8,8 +8,17 @@ from dataclasses import dataclass
 import torch
 
 from ._base import ServerRule
+from ._params import ErrorFeedbackParams, knob
+from ._registry import register_rule
 
-__all__ = ["TrueTopK", "TrueTopKState"]
+__all__ = ["TrueTopK", "TrueTopKParams", "TrueTopKState"]
+
+
+@dataclass
+class TrueTopKParams(ErrorFeedbackParams):
+    """True top-k: momentum, k, lr placement and momentum stopping."""
+
+    momentum_stopping: bool = knob(True, "zero the momentum where the update was applied")
 
 
 @dataclass
@@ -20,16 +29,29 @@ class TrueTopKState:
     error: torch.Tensor
 
 
+@register_rule
 class TrueTopK(ServerRule):
-    """Exact top-k of the accumulated error; clients upload dense gradients."""
+    """Exact top-k of the accumulated error; clients upload dense gradients.
+
+    Parameters
+    ----------
+    params : TrueTopKParams
+    d : int
+        Number of trainable parameters.
+    **kw
+        See :class:`~fedsim.rules.ServerRule`.
+
+    Raises
+    ------
+    ConfigError
+        ``k > d``.
+    """
 
     name = "true_topk"
+    Params = TrueTopKParams
 
-    def __init__(self, cfg, d, **kw):
-        super().__init__(cfg, d, **kw)
-        if cfg.k > d:
-            from ..errors import ConfigError
-            raise ConfigError(f"rule.k = {cfg.k} exceeds the model's d = {d}")
+    def __init__(self, params, d, **kw):
+        super().__init__(params, d, **kw)
         self.state = TrueTopKState(self.zeros(), self.zeros())
 
     def upload_bytes(self):
@@ -40,13 +62,13 @@ class TrueTopK(ServerRule):
         """Momentum, error feedback, exact top-k."""
         g = ctx.allreduce_(ctx.gradient_sum())
         u, e = self.state.momentum, self.state.error
-        u.mul_(self.cfg.momentum).add_(g)
-        inside = self.cfg.lr_placement == "inside"
+        u.mul_(self.params.momentum).add_(g)
+        inside = self.params.lr_placement == "inside"
         e.add_(u * torch.tensor(ctx.lr, dtype=u.dtype) if inside else u)
-        idx = torch.topk(e.abs(), self.cfg.k, sorted=True).indices
+        idx = torch.topk(e.abs(), self.params.k, sorted=True).indices
         vals = e[idx].clone()
         e[idx] = 0
-        if self.cfg.momentum_stopping:
+        if self.params.momentum_stopping:
             u[idx] = 0
         update = self.zeros()
         update[idx] = vals if inside else vals * ctx.lr

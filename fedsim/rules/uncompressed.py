@@ -4,8 +4,15 @@ from dataclasses import dataclass
 import torch
 
 from ._base import ServerRule
+from ._params import MomentumParams
+from ._registry import register_rule
 
-__all__ = ["Uncompressed", "UncompressedState"]
+__all__ = ["Uncompressed", "UncompressedParams", "UncompressedState"]
+
+
+@dataclass
+class UncompressedParams(MomentumParams):
+    """Uncompressed momentum SGD: only the shared ``momentum``."""
 
 
 @dataclass
@@ -15,13 +22,24 @@ class UncompressedState:
     momentum: torch.Tensor
 
 
+@register_rule
 class Uncompressed(ServerRule):
-    """Dense gradients up, momentum SGD on the server (the reference of every byte count)."""
+    """Dense gradients up, momentum SGD on the server (the reference of every byte count).
+
+    Parameters
+    ----------
+    params : UncompressedParams
+    d : int
+        Number of trainable parameters.
+    **kw
+        See :class:`~fedsim.rules.ServerRule`.
+    """
 
     name = "uncompressed"
+    Params = UncompressedParams
 
-    def __init__(self, cfg, d, **kw):
-        super().__init__(cfg, d, **kw)
+    def __init__(self, params, d, **kw):
+        super().__init__(params, d, **kw)
         self.state = UncompressedState(self.zeros())
 
     def upload_bytes(self):
@@ -32,5 +50,5 @@ class Uncompressed(ServerRule):
         """Sum, all-reduce, momentum step."""
         g = ctx.allreduce_(ctx.gradient_sum())
         u = self.state.momentum
-        u.mul_(self.cfg.momentum).add_(g)
+        u.mul_(self.params.momentum).add_(g)
         return u * ctx.lr
