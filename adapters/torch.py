@@ -39,6 +39,7 @@ __all__ = [
     "insert_sparse",
     "new_sketch_like_tensor",
     "num_elements",
+    "param_views",
     "query",
     "sketch_each",
     "sketch_from_tensor_table",
@@ -436,6 +437,41 @@ def unflatten_into(model, vec, *, what="params", trainable_only=False):
             else:
                 p.grad.copy_(part)
     return model
+
+
+def param_views(model, flat, *, trainable_only=False):
+    """Views of a flat vector shaped like the model's parameters (no copy), for ``torch.func.functional_call``.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+    flat : torch.Tensor
+        1-D, of length :func:`num_elements` (same ``trainable_only``), in the
+        layout of :func:`flatten_params`.
+    trainable_only : bool, default False
+        Must match the flag used to flatten.
+
+    Returns
+    -------
+    dict
+        Parameter name (as in ``named_parameters()``) -> view of ``flat``.
+
+    Raises
+    ------
+    SketchError
+        ``flat`` is not 1-D or its length differs from the model's.
+    """
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad or not trainable_only]
+    total = sum(p.numel() for _, p in named)
+    if not isinstance(flat, torch.Tensor) or flat.dim() != 1 or flat.shape[0] != total:
+        shape = tuple(flat.shape) if isinstance(flat, torch.Tensor) else type(flat).__name__
+        raise SketchError(f"flat vector has shape {shape}, the model {total} "
+                          f"{'trainable ' if trainable_only else ''}parameters")
+    out, start = {}, 0
+    for name, p in named:
+        out[name] = flat[start:start + p.numel()].view(p.shape)
+        start += p.numel()
+    return out
 
 
 def sketch_model_grad(model, sketch, *, trainable_only=False, check_finite=True):

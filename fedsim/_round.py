@@ -1,7 +1,7 @@
 """The round context: what a server rule sees of one round of the simulation."""
-import numpy as np
 import torch
 
+from ._streams import LOCAL_ORDER, stream
 from .errors import ClientUpdateError
 
 __all__ = ["RoundContext"]
@@ -13,59 +13,123 @@ class RoundContext:
     Every client result passes a finiteness check (agreed by all ranks) before
     the rule gets it, so a NaN update raises :class:`ClientUpdateError` before
     any server state changes.
+
+    Parameters
+    ----------
+    t : int
+        The round (0-based).
+    lr : float
+        The round's learning rate.
+    client_ids : numpy.ndarray
+        The round's sorted client ids (every rank).
+    my_ids, my_batches, my_weights : sequence, list of (x, y), torch.Tensor
+        This rank's clients, their batches and weights (weights of all ranks sum to 1).
+    params : torch.Tensor
+        The flat weights (read only).
+    model : torch.nn.Module
+        The architecture the engine evaluates at ``params``.
+    engine : fedsim.clients.LoopEngine or fedsim.vmap_engine.VmapEngine
+        Computes client gradients and local training.
+    comm : fedsim.Communicator
+        All-reduce over ranks.
+    client_data : callable
+        ``client_data(c) -> (x, y)``: all of client ``c``'s samples (FedAvg).
+    seed : int
+        The run's seed (random streams of local training).
+    weight_decay : float
+        Added to every client gradient (and to FedAvg's local steps).
+    run_name : str
+        ``"label (rule)"``, for messages.
+    rounds : int
+        The run's number of rounds, for messages.
+    last_checkpoint : str, optional
+        Path of the last checkpoint, for messages.
     """
 
-    def __init__(self, sim, t, lr, client_ids, my_ids, my_batches, my_weights):
-        self.sim, self.round, self.lr = sim, t, lr
+    def __init__(self, *, t, lr, client_ids, my_ids, my_batches, my_weights, params, model, engine, comm,
+                 client_data, seed, weight_decay, run_name, rounds, last_checkpoint=None):
+        self.round, self.lr = t, lr
         self.client_ids, self.my_ids = client_ids, my_ids
         self.my_batches, self.my_weights = my_batches, my_weights
-        self.params = sim.params
-        self.weight_decay = sim.spec.train.weight_decay
-        self.world_size = sim.comm.world_size
+        self.params, self.model, self.engine, self.comm = params, model, engine, comm
+        self._client_data, self._seed = client_data, seed
+        self.weight_decay = weight_decay
+        self.world_size = comm.world_size
+        self._run_name, self._rounds, self._last_checkpoint = run_name, rounds, last_checkpoint
 
     def allreduce_(self, tensor):
-        """Sum over ranks in place; returns the tensor."""
-        return self.sim.comm.allreduce_(tensor)
+        """Sum over ranks in place.
+
+        Parameters
+        ----------
+        tensor : torch.Tensor
+            Contiguous; overwritten with the sum.
+
+        Returns
+        -------
+        torch.Tensor
+            ``tensor``.
+        """
+        return self.comm.allreduce_(tensor)
 
     def _check(self, bad_clients, what):
         """Raise on every rank if any rank saw a non-finite client result."""
         flag = torch.tensor([float(len(bad_clients))], device=self.params.device)
-        self.sim.comm.allreduce_(flag)
+        self.comm.allreduce_(flag)
         if float(flag.item()) > 0:
-            sim = self.sim
             who = (f"client(s) {sorted(int(c) for c in bad_clients)}" if bad_clients
                    else "a client on another rank")
             biggest = float(self.params.abs().max())
             raise ClientUpdateError(
-                f"{sim.spec.label} ({sim.spec.rule.name}): round {self.round + 1} of {sim.spec.train.rounds}: "
+                f"{self._run_name}: round {self.round + 1} of {self._rounds}: "
                 f"{what} of {who} is NaN or infinite; it was rejected before reaching the server state. "
                 f"Largest weight magnitude: {biggest:.3g} (a huge value means the run diverged: lower "
                 f"train.lr); otherwise check the client's data. Last good checkpoint: "
-                f"{sim.last_checkpoint or 'none (no checkpoint was written)'}")
+                f"{self._last_checkpoint or 'none (no checkpoint was written)'}")
 
     def _bad_in_shard(self):
         """Clients of this rank whose gradient is non-finite (diagnosis after a bad sum)."""
-        grads = self.sim.engine.gradients(self.sim.model, self.params, self.my_batches)
+        grads = self.engine.gradients(self.model, self.params, self.my_batches)
         return [c for c, g in zip(self.my_ids, grads) if not bool(torch.isfinite(g).all())]
 
     def gradient_sum(self):
-        """This rank's weighted gradient sum (weight decay added once, on rank 0)."""
-        sim = self.sim
+        """This rank's weighted gradient sum (weight decay added once, on rank 0).
+
+        Returns
+        -------
+        torch.Tensor
+            A d-vector.
+
+        Raises
+        ------
+        ClientUpdateError
+            A client's gradient (on any rank) is NaN or infinite.
+        """
         if len(self.my_ids):
-            g = sim.engine.gradient_sum(sim.model, self.params, self.my_batches, self.my_weights)
+            g = self.engine.gradient_sum(self.model, self.params, self.my_batches, self.my_weights)
         else:
             g = torch.zeros_like(self.params)
         bad = [] if bool(torch.isfinite(g).all()) else (self._bad_in_shard() or list(self.my_ids))
         self._check(bad, "the gradient")
-        if self.weight_decay and sim.comm.rank == 0:
+        if self.weight_decay and self.comm.rank == 0:
             g = g + self.weight_decay * self.params
         return g
 
     def gradients(self):
-        """Per-client gradients of this rank's clients, weight decay included, shape (n, d)."""
-        sim = self.sim
+        """Per-client gradients of this rank's clients, weight decay included.
+
+        Returns
+        -------
+        torch.Tensor
+            Shape (n, d).
+
+        Raises
+        ------
+        ClientUpdateError
+            A client's gradient (on any rank) is NaN or infinite.
+        """
         if len(self.my_ids):
-            grads = sim.engine.gradients(sim.model, self.params, self.my_batches)
+            grads = self.engine.gradients(self.model, self.params, self.my_batches)
         else:
             grads = torch.zeros((0, self.params.shape[0]), device=self.params.device)
         finite = torch.isfinite(grads).all(dim=1).tolist()
@@ -75,17 +139,34 @@ class RoundContext:
         return grads
 
     def local_train(self, epochs, batch_size):
-        """FedAvg local SGD of this rank's clients on all their data; returns deltas (n, d)."""
-        sim = self.sim
+        """FedAvg local SGD of this rank's clients on all their data.
+
+        Parameters
+        ----------
+        epochs : int
+            Local epochs.
+        batch_size : int or None
+            Local minibatch size; None: full batch.
+
+        Returns
+        -------
+        torch.Tensor
+            The clients' weight changes, shape (n, d).
+
+        Raises
+        ------
+        ClientUpdateError
+            A client's change (on any rank) is NaN or infinite.
+        """
         if not len(self.my_ids):
             return torch.zeros((0, self.params.shape[0]), device=self.params.device)
-        data = [sim.client_data(c) for c in self.my_ids]
-        orders = [[torch.from_numpy(np.random.default_rng([sim.seed, 3, self.round, int(c), e])
+        data = [self._client_data(c) for c in self.my_ids]
+        orders = [[torch.from_numpy(stream(self._seed, LOCAL_ORDER, self.round, int(c), e)
                                     .permutation(x.shape[0])).to(x.device) for e in range(epochs)]
                   for c, (x, _) in zip(self.my_ids, data)]
-        deltas = sim.engine.local_train(sim.model, self.params, data, lr=float(self.lr), epochs=int(epochs),
-                                        batch_size=batch_size, orders=orders,
-                                        weight_decay=float(self.weight_decay))
+        deltas = self.engine.local_train(self.model, self.params, data, lr=float(self.lr), epochs=int(epochs),
+                                         batch_size=batch_size, orders=orders,
+                                         weight_decay=float(self.weight_decay))
         finite = torch.isfinite(deltas).all(dim=1).tolist()
         self._check([c for c, ok in zip(self.my_ids, finite) if not ok], "the local model change")
         return deltas

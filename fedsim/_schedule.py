@@ -1,6 +1,8 @@
 """Learning-rate schedules over rounds."""
 import math
 
+from .errors import ConfigError
+
 __all__ = ["learning_rate"]
 
 
@@ -22,4 +24,4 @@ def learning_rate(schedule, base, t, rounds, warmup):
     if schedule == "cosine":
         frac = (t - peak) / max(rounds - peak, 1.0)
         return float(base) * max(0.5 * (1.0 + math.cos(math.pi * frac)), 1.0 / rounds)
-    raise ValueError(f"unknown schedule {schedule!r}")
+    raise ConfigError(f"unknown schedule {schedule!r}")

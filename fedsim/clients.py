@@ -23,7 +23,9 @@ import torch
 from torch.func import functional_call
 from torch.nn import functional as F
 
-from ._flat import fixed_tensors, param_views
+from adapters.torch import param_views
+
+from ._flat import fixed_tensors
 from .errors import ConfigError
 
 __all__ = ["ClientEngine", "LoopEngine", "ENGINES", "make_engine"]
@@ -53,7 +55,7 @@ class ClientEngine:
 def _loss_grad(model, flat, x, y):
     """Gradient of the mean cross-entropy at ``flat`` (one forward/backward)."""
     p = flat.detach().requires_grad_(True)
-    logits = functional_call(model, {**param_views(model, p), **fixed_tensors(model)}, (x,))
+    logits = functional_call(model, {**param_views(model, p, trainable_only=True), **fixed_tensors(model)}, (x,))
     loss = F.cross_entropy(logits, y)
     (g,) = torch.autograd.grad(loss, p)
     return g
@@ -78,7 +80,7 @@ class LoopEngine(ClientEngine):
             return torch.full((n,), 1.0 / n, dtype=like.dtype, device=like.device)
         w = torch.as_tensor(weights, dtype=like.dtype, device=like.device)
         if w.shape != (n,):
-            raise ValueError(f"weights must have shape ({n},), got {tuple(w.shape)}")
+            raise ConfigError(f"weights must have shape ({n},), got {tuple(w.shape)}")
         return w
 
     def gradient_sum(self, model, flat_params, batches, weights=None):

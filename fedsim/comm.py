@@ -1,7 +1,7 @@
 """Communicators: how the ranks of one simulation share a round's clients and sum their results.
 
 The simulator only needs: ``rank``, ``world_size``, ``is_writer``,
-``shard(client_ids)`` (this rank's part of the round's clients) and
+``shard_bounds(n)`` (this rank's contiguous part of the round's clients) and
 ``allreduce_(tensor)`` (in-place sum over ranks, returns it).  Every rank
 draws the same clients and batches (randomness comes from seed and round,
 never from the rank) and applies the same server step to the summed
@@ -23,12 +23,6 @@ class Communicator:
     def is_writer(self):
         """Rank 0 writes checkpoints, metrics and reports."""
         return self.rank == 0
-
-    def shard(self, client_ids):
-        """This rank's contiguous slice of the round's clients."""
-        n = len(client_ids)
-        lo, hi = (n * self.rank) // self.world_size, (n * (self.rank + 1)) // self.world_size
-        return client_ids[lo:hi]
 
     def shard_bounds(self, n):
         """``(lo, hi)`` of this rank's slice of ``n`` items."""

@@ -25,14 +25,11 @@ import time
 import numpy as np
 
 from .comm import Communicator
+from .errors import ConfigError, RankFailure
 
 __all__ = ["TorchDistributedCommunicator", "RankFailure", "RankMismatch", "main", "run_distributed"]
 
 WATCHDOG_EXIT_CODE = 86
-
-
-class RankFailure(RuntimeError):
-    """A collective failed or timed out: another rank probably died or stalled."""
 
 
 class RankMismatch(RankFailure):
@@ -118,11 +115,11 @@ class TorchDistributedCommunicator(Communicator):
         import torch.distributed as dist
 
         if not (isinstance(timeout_s, (int, float)) and timeout_s > 0):
-            raise ValueError(f"timeout_s must be a positive number, got {timeout_s!r}")
+            raise ConfigError(f"timeout_s must be a positive number, got {timeout_s!r}")
         if backend is None:
             backend = "nccl" if torch.cuda.is_available() else "gloo"
         if backend not in ("gloo", "nccl"):
-            raise ValueError(f"unknown torch.distributed backend {backend!r}; choose 'gloo' or 'nccl'")
+            raise ConfigError(f"unknown torch.distributed backend {backend!r}; choose 'gloo' or 'nccl'")
         if backend == "nccl" and not torch.cuda.is_available():
             raise RankFailure("backend 'nccl' needs CUDA; use backend 'gloo' on CPU")
         self._dist = dist
@@ -150,7 +147,7 @@ class TorchDistributedCommunicator(Communicator):
         self._watchdog = _Watchdog(self.timeout_s + grace_s, self.rank)
 
     # ---------------------------------------------------------------- Communicator
-    # is_writer (rank 0), shard() and shard_bounds() come from fedsim.comm.Communicator.
+    # is_writer (rank 0) and shard_bounds() come from fedsim.comm.Communicator.
 
     def allreduce_(self, value):
         """Sum ``value`` over all ranks, in place, and return it.
@@ -165,7 +162,7 @@ class TorchDistributedCommunicator(Communicator):
         tensor = self._as_tensor(target)
         if not tensor.is_contiguous():
             # A local mistake, not a peer's failure: say so before any collective starts.
-            raise ValueError("allreduce_ needs a contiguous tensor or array (in-place sum)")
+            raise ConfigError("allreduce_ needs a contiguous tensor or array (in-place sum)")
         staged = tensor
         if self.backend == "nccl" and tensor.device.type != "cuda":
             staged = tensor.to(self.device)
@@ -185,11 +182,11 @@ class TorchDistributedCommunicator(Communicator):
             return value
         if isinstance(value, np.ndarray):
             if not value.flags.writeable:
-                raise ValueError("cannot all-reduce into a read-only NumPy array")
+                raise ConfigError("cannot all-reduce into a read-only NumPy array")
             return torch.from_numpy(value)
         if hasattr(value, "__dlpack__"):
             return torch.from_dlpack(value)
-        raise TypeError(f"cannot all-reduce a {type(value).__name__}; give a tensor or an array")
+        raise ConfigError(f"cannot all-reduce a {type(value).__name__}; give a tensor or an array")
 
     def _run(self, what, fn):
         """Run one collective under the watchdog; turn failures into RankFailure."""
@@ -269,8 +266,6 @@ def _pre_parser():
                    help="torch.distributed backend (default: nccl for train.device cuda, else gloo)")
     p.add_argument("--timeout", type=float, default=120.0,
                    help="seconds one collective may take before the ranks give up (default 120)")
-    p.add_argument("--die-rank", type=int, default=None, help=argparse.SUPPRESS)  # debug: only this
-    # rank obeys --stop-after-round (SIGKILLs itself), to test that the others fail cleanly
     return p
 
 
@@ -292,6 +287,8 @@ def _say(comm, msg):
 def run_distributed(argv):
     """Parse, join the process group, run the experiment; returns the exit status."""
     from .cli import build_parser, config_from_args
+    from sketchlib import SketchError
+
     from .errors import FedsimError
 
     argv = list(argv)
@@ -322,11 +319,7 @@ def run_distributed(argv):
             _check_resume_files(comm, cfg, specs, args.out)
         from .simulator import run_experiment
 
-        stop = args.stop_after_round
-        if mine.die_rank is not None and mine.die_rank != comm.rank:
-            stop = None
-        exp = run_experiment(cfg, only=only, out_dir=args.out, resume=args.resume, stop_after_round=stop,
-                             comm=comm, log=lambda msg: _say(comm, msg))
+        exp = run_experiment(cfg, only=only, out_dir=args.out, resume=args.resume, comm=comm, log=lambda msg: _say(comm, msg))
     except RankMismatch as exc:
         print(f"fedsim.distributed: error: {exc}", file=sys.stderr, flush=True)
         _close(comm)
@@ -334,12 +327,8 @@ def run_distributed(argv):
     except RankFailure as exc:
         print(f"fedsim.distributed: error: {exc}", file=sys.stderr, flush=True)
         _abandon(comm)
-    except FedsimError as exc:
+    except (FedsimError, SketchError) as exc:
         _say(comm, f"fedsim: error: {exc}")
-        _close(comm)
-        return 2
-    except (ValueError, FileNotFoundError, ImportError) as exc:
-        _say(comm, f"fedsim: error: {type(exc).__name__}: {exc}")
         _close(comm)
         return 2
     try:
@@ -369,15 +358,13 @@ def _check_resume_files(comm, cfg, specs, out):
     Without a shared output folder some ranks would resume and others start over,
     and their trajectories would silently part; refuse instead.
     """
-    from pathlib import Path
+    from .layout import CHECKPOINT_NAME, SUMMARY_NAME, experiment_dir, run_dir
 
-    from .simulator import CHECKPOINT_NAME, _safe_name
-
-    root = Path(out) if out is not None else Path(cfg.output.dir) / cfg.output.name
+    root = experiment_dir(cfg.output, out)
     seen = []
     for spec in specs:
-        for name in ("summary.json", CHECKPOINT_NAME):
-            path = root / _safe_name(spec.label) / name
+        for name in (SUMMARY_NAME, CHECKPOINT_NAME):
+            path = run_dir(root, spec.label) / name
             seen.append(hashlib.sha256(path.read_bytes()).hexdigest() if path.exists() else "-")
     comm.check_same(",".join(seen), f"the checkpoints under {root} (--resume needs one output folder "
                                     f"that every rank reads, e.g. on a shared filesystem)")

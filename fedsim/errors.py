@@ -1,6 +1,12 @@
-"""Exceptions of the simulator (all subclasses of FedsimError)."""
+"""Exceptions of the simulator: every error a user can see is a :class:`FedsimError`.
 
-__all__ = ["FedsimError", "ConfigError", "CheckpointError", "NonFiniteError", "ClientUpdateError"]
+Subclasses that replace a built-in exception also derive from it (``ConfigError``
+is a ``ValueError``, ``DataFileMissing`` a ``FileNotFoundError``...), so code
+that caught the built-in keeps working.
+"""
+
+__all__ = ["FedsimError", "ConfigError", "CheckpointError", "NonFiniteError", "ClientUpdateError", "DataError",
+           "DataFileMissing", "ModelError", "RankFailure", "MissingDependency"]
 
 
 class FedsimError(Exception):
@@ -11,8 +17,8 @@ class ConfigError(FedsimError, ValueError):
     """A config or an argument is invalid; the message names the key and the problem."""
 
 
-class CheckpointError(FedsimError):
-    """A checkpoint is missing, truncated, corrupt or from another configuration."""
+class CheckpointError(FedsimError, ValueError):
+    """A checkpoint is missing, truncated, corrupt, from another configuration, or of another shape."""
 
 
 class NonFiniteError(FedsimError, FloatingPointError):
@@ -21,3 +27,23 @@ class NonFiniteError(FedsimError, FloatingPointError):
 
 class ClientUpdateError(NonFiniteError):
     """A client's update was NaN or infinite; it was rejected before reaching the server state."""
+
+
+class DataError(FedsimError, ValueError):
+    """A dataset name, option, partition or data file is invalid; the message names it."""
+
+
+class DataFileMissing(DataError, FileNotFoundError):
+    """A dataset's files are missing; the message names them and the folders searched."""
+
+
+class ModelError(FedsimError, ValueError):
+    """A model name or its input shape / number of classes is invalid."""
+
+
+class RankFailure(FedsimError, RuntimeError):
+    """A collective failed or timed out: another rank probably died or stalled."""
+
+
+class MissingDependency(FedsimError, ImportError):
+    """An optional package that a feature needs is not installed; the message says what to install."""

@@ -10,6 +10,8 @@ import operator
 
 from torch import nn
 
+from .errors import ModelError
+
 __all__ = ["MODELS", "RESNET9_CIFAR10_PARAMETERS", "build_model", "num_parameters"]
 
 MODELS = ("mlp", "cnn", "resnet9")
@@ -95,7 +97,7 @@ def _cnn(input_shape, num_classes):
     """Two conv+pool stages (32, 64 channels) and a 128-unit hidden layer."""
     channels, height, width = input_shape
     if height < 4 or width < 4:
-        raise ValueError(f"the 'cnn' model needs images of at least 4x4, got {input_shape}")
+        raise ModelError(f"the 'cnn' model needs images of at least 4x4, got {input_shape}")
     flat = 64 * (height // 4) * (width // 4)
     return nn.Sequential(
         nn.Conv2d(channels, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
@@ -134,38 +136,38 @@ def build_model(name: str, input_shape: tuple, num_classes: int) -> nn.Module:
 
     Raises
     ------
-    ValueError
+    ModelError
         Unknown name, or a shape or class count the model cannot take.
     """
     if name not in MODELS:
-        raise ValueError(f"unknown model {name!r}; valid models: {', '.join(MODELS)}")
+        raise ModelError(f"unknown model {name!r}; valid models: {', '.join(MODELS)}")
     try:
         input_shape = tuple(int(s) for s in input_shape)
     except (TypeError, ValueError) as exc:
-        raise ValueError(f"input_shape must be a tuple of ints, got {input_shape!r}") from exc
+        raise ModelError(f"input_shape must be a tuple of ints, got {input_shape!r}") from exc
     if not input_shape or min(input_shape) < 1:
-        raise ValueError(f"input_shape must be non-empty with positive sizes, got {input_shape}")
+        raise ModelError(f"input_shape must be non-empty with positive sizes, got {input_shape}")
     try:
         classes = operator.index(num_classes)
     except TypeError:
         classes = None
     if isinstance(num_classes, bool) or classes is None or classes < 2:
-        raise ValueError(f"num_classes must be an integer >= 2, got {num_classes!r}")
+        raise ModelError(f"num_classes must be an integer >= 2, got {num_classes!r}")
     num_classes = classes
     if name != "mlp" and len(input_shape) != 3:
-        raise ValueError(f"the {name!r} model needs images (C, H, W), got input_shape "
+        raise ModelError(f"the {name!r} model needs images (C, H, W), got input_shape "
                          f"{input_shape}")
     if name == "mlp":
         return _mlp(input_shape, num_classes)
     if name == "cnn":
         return _cnn(input_shape, num_classes)
     if min(input_shape[1:]) < 8:
-        raise ValueError(f"the 'resnet9' model pools three times and needs images of at "
+        raise ModelError(f"the 'resnet9' model pools three times and needs images of at "
                          f"least 8x8, got {input_shape}")
     model = _resnet9(input_shape, num_classes)
     if input_shape[0] == 3 and num_classes == 10:
         count = num_parameters(model)
         if count != RESNET9_CIFAR10_PARAMETERS:
-            raise AssertionError(f"ResNet9 for CIFAR-10 has {count} parameters, the paper's "
+            raise ModelError(f"ResNet9 for CIFAR-10 has {count} parameters, the paper's "
                                  f"has {RESNET9_CIFAR10_PARAMETERS}")
     return model

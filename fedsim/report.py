@@ -5,6 +5,10 @@ import math
 import sys
 from pathlib import Path
 
+from .errors import MissingDependency
+from .layout import (COMPRESSION_PLOT, CONFIG_NAME, CURVES_PLOT, RESULTS_CSV, RESULTS_JSON, TABLE_NAME,
+                     metrics_name)
+
 __all__ = ["MetricsWriter", "read_metrics", "format_table", "write_experiment", "plot_experiment"]
 
 FIELDS = ["round", "lr", "train_loss", "test_loss", "test_acc", "up_bytes", "down_bytes", "total_up",
@@ -15,7 +19,7 @@ class MetricsWriter:
     """Per-round metrics of one run in ``metrics.csv`` or ``metrics.jsonl`` (flushed every row)."""
 
     def __init__(self, out_dir, fmt="csv"):
-        self.path = Path(out_dir) / f"metrics.{fmt}"
+        self.path = Path(out_dir) / metrics_name(fmt)
         self.fmt = fmt
         self._fh = None
 
@@ -46,9 +50,10 @@ class MetricsWriter:
 def read_metrics(run_dir):
     """Rows of a run's metrics file (CSV or JSONL), numbers parsed; [] when absent."""
     run_dir = Path(run_dir)
-    if (run_dir / "metrics.jsonl").exists():
-        return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line]
-    path = run_dir / "metrics.csv"
+    jsonl = run_dir / metrics_name("jsonl")
+    if jsonl.exists():
+        return [json.loads(line) for line in jsonl.read_text().splitlines() if line]
+    path = run_dir / metrics_name("csv")
     if not path.exists():
         return []
     rows = []
@@ -84,9 +89,13 @@ def format_table(results):
 def plot_experiment(results, out_dir):
     """Write ``compression.png`` (final accuracy against overall compression, one line per
     method) and ``curves.png`` (accuracy against rounds and against total MB); returns paths."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError as exc:
+        raise MissingDependency("plots need matplotlib: pip install matplotlib (or set output.plot = false "
+                                "/ pass --no-plot)") from exc
 
     out_dir = Path(out_dir)
     groups = {}
@@ -109,7 +118,7 @@ def plot_experiment(results, out_dir):
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    comp = out_dir / "compression.png"
+    comp = out_dir / COMPRESSION_PLOT
     fig.savefig(comp, dpi=120)
     plt.close(fig)
 
@@ -132,7 +141,7 @@ def plot_experiment(results, out_dir):
         a.grid(True, alpha=0.3)
     a2.legend(fontsize=6, ncol=2)
     fig.tight_layout()
-    curves = out_dir / "curves.png"
+    curves = out_dir / CURVES_PLOT
     fig.savefig(curves, dpi=110)
     plt.close(fig)
     return comp, curves
@@ -145,15 +154,15 @@ def write_experiment(exp, cfg, *, plot=True, log=None):
     out = exp.out_dir
     out.mkdir(parents=True, exist_ok=True)
     rows = [r.summary() for r in exp.runs]
-    (out / "results.json").write_text(json.dumps(rows, indent=1))
+    (out / RESULTS_JSON).write_text(json.dumps(rows, indent=1))
     if rows:
-        with open(out / "results.csv", "w", newline="") as fh:
+        with open(out / RESULTS_CSV, "w", newline="") as fh:
             w = csv.DictWriter(fh, fieldnames=list(rows[0]))
             w.writeheader()
             w.writerows(rows)
-    (out / "config.toml").write_text(dump_toml(cfg))
+    (out / CONFIG_NAME).write_text(dump_toml(cfg))
     table = format_table(exp.runs)
-    (out / "table.txt").write_text(table + "\n")
+    (out / TABLE_NAME).write_text(table + "\n")
     print(table, file=sys.stdout, flush=True)
     if plot and exp.runs:
         comp, curves = plot_experiment(exp.runs, out)

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import signal
 import sys
 import time
 from dataclasses import dataclass, field
@@ -23,20 +21,24 @@ import torch
 from torch.func import functional_call
 from torch.nn import functional as F
 
-from ._flat import fixed_tensors, flatten_params, param_views
+from adapters.torch import flatten_params, param_views
+
+from ._fault import fault_hook
+from ._flat import fixed_tensors
 from ._schedule import learning_rate
+from ._streams import BATCH_SELECTION, CLIENT_SAMPLING, stream
 from .accounting import Accountant, reference_bytes
 from .checkpoint import load_checkpoint, save_checkpoint
 from .clients import make_engine
 from .comm import Communicator, LocalCommunicator
-from .errors import ConfigError, NonFiniteError
+from .errors import ConfigError, DataFileMissing, MissingDependency, NonFiniteError
 from ._round import RoundContext
+from .layout import CHECKPOINT_NAME, FINAL_PARAMS_NAME, SUMMARY_NAME, experiment_dir, run_dir
 from .rules import make_rule
 
 __all__ = ["Simulation", "RunResult", "ExperimentResult", "run_experiment", "Communicator",
            "LocalCommunicator", "RoundContext"]
 
-CHECKPOINT_NAME = "checkpoint.ckpt"
 _EVAL_BATCH = 2048
 
 
@@ -140,7 +142,7 @@ class Simulation:
         self.parts = [torch.as_tensor(p, dtype=torch.int64, device=self.device) for p in parts]
         torch.manual_seed(tr.seed)
         self.model = build_model(spec.model.name, dataset.input_shape, dataset.num_classes).to(self.device)
-        self.params = flatten_params(self.model, self.device)
+        self.params = flatten_params(self.model, trainable_only=True, dtype=torch.float32, device=self.device)
         self.d = int(self.params.shape[0])
         self.accountant = Accountant(self.d, self.num_clients, tr.rounds, device=self.device)
         self.rule = make_rule(spec.rule, self.d, device=self.device, index_bytes=self.accountant.index_bytes,
@@ -158,7 +160,7 @@ class Simulation:
     # ------------------------------------------------------------------ data
     def sample_clients(self, t):
         """The sorted client ids of round ``t`` (same on every rank)."""
-        rng = np.random.default_rng([self.seed, 1, t])
+        rng = stream(self.seed, CLIENT_SAMPLING, t)
         return np.sort(rng.choice(self.num_clients, self.spec.train.clients_per_round, replace=False))
 
     def client_data(self, c):
@@ -171,7 +173,7 @@ class Simulation:
         idx = self.parts[int(c)]
         bs = self.spec.data.batch_size
         if bs is not None and bs < idx.shape[0]:
-            sel = np.sort(np.random.default_rng([self.seed, 2, t, int(c)]).choice(idx.shape[0], bs, replace=False))
+            sel = np.sort(stream(self.seed, BATCH_SELECTION, t, int(c)).choice(idx.shape[0], bs, replace=False))
             idx = idx[torch.from_numpy(sel).to(self.device)]
         return self.x_train[idx], self.y_train[idx]
 
@@ -187,7 +189,7 @@ class Simulation:
     # ------------------------------------------------------------------- eval
     def _forward(self, params, x):
         """Logits at ``params``."""
-        return functional_call(self.model, {**param_views(self.model, params), **fixed_tensors(self.model)}, (x,))
+        return functional_call(self.model, {**param_views(self.model, params, trainable_only=True), **fixed_tensors(self.model)}, (x,))
 
     @torch.no_grad()
     def evaluate(self):
@@ -224,7 +226,11 @@ class Simulation:
         lo, hi = self.comm.shard_bounds(len(ids))
         my_ids, my_batches, my_weights = ids[lo:hi], all_batches[lo:hi], weights[lo:hi]
         train_loss = self.comm.allreduce_(self._train_loss(my_batches, my_weights))
-        ctx = RoundContext(self, t, lr, ids, my_ids, my_batches, my_weights)
+        ctx = RoundContext(t=t, lr=lr, client_ids=ids, my_ids=my_ids, my_batches=my_batches, my_weights=my_weights,
+                           params=self.params, model=self.model, engine=self.engine, comm=self.comm,
+                           client_data=self.client_data, seed=self.seed, weight_decay=tr.weight_decay,
+                           run_name=f"{self.spec.label} ({self.spec.rule.name})", rounds=tr.rounds,
+                           last_checkpoint=self.last_checkpoint)
         update = self.rule.round(ctx)
         new = self.params - update
         if not bool(torch.isfinite(new).all()):
@@ -289,17 +295,15 @@ class Simulation:
         self.last_checkpoint = str(path)
 
     # --------------------------------------------------------------------- run
-    def run(self, *, resume=False, stop_after_round=None, on_round=None):
+    def run(self, *, resume=False, on_round=None):
         """Run to the last round (resuming from the checkpoint when asked and present).
 
         Parameters
         ----------
         resume : bool
             Continue from ``out_dir/checkpoint.ckpt`` when it exists.
-        stop_after_round : int, optional
-            Debug: SIGKILL this process right after that round (a crash test).
         on_round : callable, optional
-            Called with each metrics row.
+            Called with each metrics row, after its metrics and checkpoint are written.
 
         Returns
         -------
@@ -334,10 +338,6 @@ class Simulation:
                         bar.set_postfix(acc=f"{row['test_acc']:.3f}")
                 if on_round is not None:
                     on_round(row)
-                if stop_after_round is not None and self.t == stop_after_round:
-                    if metrics is not None:
-                        metrics.close()
-                    os.kill(os.getpid(), signal.SIGKILL)
         finally:
             if bar is not None:
                 bar.close()
@@ -345,8 +345,8 @@ class Simulation:
                 metrics.close()
         result = self.result("ok", "")
         if writer:
-            torch.save(self.params.detach().cpu(), self.out_dir / "final_params.pt")
-            (self.out_dir / "summary.json").write_text(json.dumps(result.summary(), indent=1))
+            torch.save(self.params.detach().cpu(), self.out_dir / FINAL_PARAMS_NAME)
+            (self.out_dir / SUMMARY_NAME).write_text(json.dumps(result.summary(), indent=1))
         return result
 
     def result(self, status, message):
@@ -366,13 +366,12 @@ def _progress(label, total, initial, enabled):
     """A tqdm bar on stderr, or None."""
     if not enabled:
         return None
-    from tqdm.auto import tqdm
+    try:
+        from tqdm.auto import tqdm
+    except ImportError as exc:
+        raise MissingDependency("the progress bar needs tqdm: pip install tqdm (or set output.progress = "
+                                "false / pass --no-progress)") from exc
     return tqdm(total=total, initial=initial, desc=label, file=sys.stderr, leave=False, dynamic_ncols=True)
-
-
-def _safe_name(label):
-    """A folder name for a run label."""
-    return "".join(ch if ch.isalnum() or ch in "-_.=," else "_" for ch in label.replace("]", ""))
 
 
 def load_run_dataset(data_cfg, seed, log=None):
@@ -381,7 +380,7 @@ def load_run_dataset(data_cfg, seed, log=None):
 
     try:
         return load_dataset(data_cfg.dataset, data_cfg.root, seed=seed)
-    except FileNotFoundError as exc:
+    except DataFileMissing as exc:
         if not data_cfg.fallback:
             raise
         warn = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
@@ -389,8 +388,8 @@ def load_run_dataset(data_cfg, seed, log=None):
         return load_dataset(data_cfg.fallback, data_cfg.root, seed=seed)
 
 
-def run_experiment(cfg, *, only=None, out_dir=None, resume=False, stop_after_round=None, progress=None,
-                   comm=None, dataset=None, log=None):
+def run_experiment(cfg, *, only=None, out_dir=None, resume=False, progress=None, comm=None, dataset=None,
+                   log=None):
     """Run every method (and sweep point) of a config; write results, table and plots.
 
     Parameters
@@ -402,8 +401,6 @@ def run_experiment(cfg, *, only=None, out_dir=None, resume=False, stop_after_rou
         Default ``output.dir / output.name``.
     resume : bool
         Skip runs whose summary exists for the same config hash, resume those with a checkpoint.
-    stop_after_round : int, optional
-        Debug crash flag (see :meth:`Simulation.run`).
     progress : bool, optional
         Default ``output.progress``.
     comm : Communicator, optional
@@ -420,18 +417,19 @@ def run_experiment(cfg, *, only=None, out_dir=None, resume=False, stop_after_rou
 
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
     comm = comm or LocalCommunicator()
-    root = Path(out_dir) if out_dir is not None else Path(cfg.output.dir) / cfg.output.name
+    root = experiment_dir(cfg.output, out_dir)
     progress = cfg.output.progress if progress is None else progress
     specs = cfg.runs(only)
     cache = {}
     results = []
+    hook = fault_hook(comm.rank)  # None unless a crash test asks for it
     for spec in specs:
-        run_dir = root / _safe_name(spec.label)
-        summary = run_dir / "summary.json"
+        folder = run_dir(root, spec.label)
+        summary = folder / SUMMARY_NAME
         if resume and summary.exists():
             saved = json.loads(summary.read_text())
             if saved.get("config_hash") == spec.config_hash():
-                results.append(_result_from_summary(saved, run_dir))
+                results.append(_result_from_summary(saved, folder))
                 log(f"{spec.label}: already finished, skipped (--resume)")
                 continue
         key = (spec.data.dataset, spec.data.root, spec.data.fallback, spec.train.seed)
@@ -441,15 +439,15 @@ def run_experiment(cfg, *, only=None, out_dir=None, resume=False, stop_after_rou
             if key not in cache:
                 cache[key] = load_run_dataset(spec.data, spec.train.seed, log)
             data = cache[key]
-        sim = Simulation(spec, dataset=data, comm=comm, out_dir=run_dir, progress=progress)
+        sim = Simulation(spec, dataset=data, comm=comm, out_dir=folder, progress=progress)
         try:
-            result = sim.run(resume=resume, stop_after_round=stop_after_round)
+            result = sim.run(resume=resume, on_round=hook)
         except NonFiniteError as exc:  # weights or a client update (ClientUpdateError) went NaN/inf
             log(f"diverged: {exc}")
             result = sim.result("diverged", str(exc))
         if result.status != "ok" and comm.is_writer:
-            run_dir.mkdir(parents=True, exist_ok=True)
-            (run_dir / "summary.json").write_text(json.dumps(result.summary(), indent=1))
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / SUMMARY_NAME).write_text(json.dumps(result.summary(), indent=1))
         results.append(result)
     exp = ExperimentResult(results, root if comm.is_writer else None)
     if comm.is_writer:

@@ -29,21 +29,24 @@ import torch
 from torch.func import functional_call, grad, vmap
 from torch.nn import functional as F
 
-from ._flat import fixed_tensors, num_trainable, param_views
+from adapters.torch import num_elements, param_views
+
+from ._flat import fixed_tensors
+from .errors import ConfigError
 
 __all__ = ["VmapEngine", "chunk_size_for_budget"]
 
 
 def _check_layout(model, flat_params):
     """Number of trainable parameters; raise unless ``flat_params`` matches it."""
-    d = num_trainable(model)
+    d = num_elements(model, trainable_only=True)
     if not isinstance(flat_params, torch.Tensor) or flat_params.ndim != 1:
-        raise ValueError("flat_params must be a 1-D torch tensor")
+        raise ConfigError("flat_params must be a 1-D torch tensor")
     if flat_params.shape[0] != d:
-        raise ValueError(f"flat_params has {flat_params.shape[0]} entries but the model has "
+        raise ConfigError(f"flat_params has {flat_params.shape[0]} entries but the model has "
                          f"{d} trainable parameters")
     if not flat_params.is_floating_point():
-        raise ValueError(f"flat_params must be floating point, got {flat_params.dtype}")
+        raise ConfigError(f"flat_params must be floating point, got {flat_params.dtype}")
     return d
 
 
@@ -111,13 +114,13 @@ class VmapEngine:
         if max_clients_per_chunk is not None and (
                 isinstance(max_clients_per_chunk, bool) or not isinstance(max_clients_per_chunk, int)
                 or max_clients_per_chunk <= 0):
-            raise ValueError(f"max_clients_per_chunk must be a positive integer, got {max_clients_per_chunk!r}")
+            raise ConfigError(f"max_clients_per_chunk must be a positive integer, got {max_clients_per_chunk!r}")
         if memory_budget_mb is not None and (
                 isinstance(memory_budget_mb, bool) or not isinstance(memory_budget_mb, (int, float))
                 or not math.isfinite(memory_budget_mb) or memory_budget_mb <= 0):
-            raise ValueError(f"memory_budget_mb must be a positive number, got {memory_budget_mb!r}")
+            raise ConfigError(f"memory_budget_mb must be a positive number, got {memory_budget_mb!r}")
         if loss != "cross_entropy":
-            raise ValueError(f"unknown loss {loss!r}; choose 'cross_entropy'")
+            raise ConfigError(f"unknown loss {loss!r}; choose 'cross_entropy'")
         self.max_clients_per_chunk = max_clients_per_chunk
         self.memory_budget_mb = memory_budget_mb
         self.loss = loss
@@ -133,17 +136,17 @@ class VmapEngine:
         """Validate the common arguments; return d."""
         d = _check_layout(model, flat_params)
         if len(batches) == 0:
-            raise ValueError("no client batches given (a round needs at least one client)")
+            raise ConfigError("no client batches given (a round needs at least one client)")
         for i, batch in enumerate(batches):
             if len(batch) != 2:
-                raise ValueError(f"client batch {i} must be an (x, y) pair")
+                raise ConfigError(f"client batch {i} must be an (x, y) pair")
             x, y = batch
             if x.shape[0] != y.shape[0]:
-                raise ValueError(f"client batch {i}: {x.shape[0]} inputs but {y.shape[0]} labels")
+                raise ConfigError(f"client batch {i}: {x.shape[0]} inputs but {y.shape[0]} labels")
             if x.shape[0] == 0:
-                raise ValueError(f"client batch {i} is empty")
+                raise ConfigError(f"client batch {i} is empty")
             if tuple(x.shape[1:]) != tuple(batches[0][0].shape[1:]):
-                raise ValueError(f"client batch {i} has sample shape {tuple(x.shape[1:])}, "
+                raise ConfigError(f"client batch {i} has sample shape {tuple(x.shape[1:])}, "
                                  f"client 0 has {tuple(batches[0][0].shape[1:])}")
         return d
 
@@ -153,7 +156,7 @@ class VmapEngine:
             return torch.full((n,), 1.0 / n, dtype=flat_params.dtype, device=flat_params.device)
         w = torch.as_tensor(weights, dtype=flat_params.dtype).to(flat_params.device)
         if w.shape != (n,):
-            raise ValueError(f"weights must have shape ({n},), got {tuple(w.shape)}")
+            raise ConfigError(f"weights must have shape ({n},), got {tuple(w.shape)}")
         return w
 
     # --------------------------------------------------------------- chunking
@@ -180,7 +183,7 @@ class VmapEngine:
             probe = flat_params.detach().clone().requires_grad_(True)
             xs = torch.zeros((n_max,) + tuple(x0.shape[1:]), dtype=x0.dtype, device=flat_params.device)
             with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-                out = functional_call(model, {**param_views(model, probe), **fixed}, (xs,))
+                out = functional_call(model, {**param_views(model, probe, trainable_only=True), **fixed}, (xs,))
             del out, probe
             self._saved_cache[key] = saved[0]
         return self._saved_cache[key] + d_rows * flat_params.numel() * flat_params.element_size()
@@ -249,7 +252,7 @@ class VmapEngine:
         fixed = fixed_tensors(model)
         w = self._weights(weights, len(batches), flat_params)
         total = torch.zeros_like(flat_params)
-        params = param_views(model, flat_params.detach())
+        params = param_views(model, flat_params.detach(), trainable_only=True)
         part = torch.empty_like(flat_params)
         for x, y, per_sample in self._union_chunks(model, flat_params, batches, w):
             def loss(p, x=x, y=y, per_sample=per_sample):
@@ -280,24 +283,6 @@ class VmapEngine:
                 per_sample = torch.repeat_interleave(wp / counts.to(w.dtype), counts, output_size=int(x.shape[0]))
             yield x, y, per_sample
 
-    @torch.no_grad()
-    def loss_sum(self, model, flat_params, batches, weights=None):
-        """Weighted sum of the clients' mean losses, ``sum_i w_i L_i``, as a 1-element tensor.
-
-        One forward over the round's union batch (no host synchronisation);
-        what a per-client loop of forwards computes for the round's train loss.
-        Parameters are as in :meth:`gradient_sum`.
-        """
-        self._check(model, flat_params, batches)
-        fixed = fixed_tensors(model)
-        w = self._weights(weights, len(batches), flat_params)
-        total = torch.zeros(1, dtype=flat_params.dtype, device=flat_params.device)
-        params = param_views(model, flat_params.detach())
-        for x, y, per_sample in self._union_chunks(model, flat_params, batches, w):
-            logits = functional_call(model, {**params, **fixed}, (x,))
-            total += (F.cross_entropy(logits, y, reduction="none") * per_sample).sum()
-        return total
-
     def gradients(self, model, flat_params, batches):
         """One gradient per client (mean loss over its samples), as a ``(W, d)`` stack.
 
@@ -309,7 +294,7 @@ class VmapEngine:
         step = self.chunk_size(model, flat_params, batches)
         per_client = vmap(grad(self._client_loss(model, fixed)), in_dims=(None, 0, 0, 0))
         out = torch.empty((len(batches), d), dtype=flat_params.dtype, device=device)
-        params = param_views(model, flat_params.detach())
+        params = param_views(model, flat_params.detach(), trainable_only=True)
         for start in range(0, len(batches), step):
             xs, ys, mask = self._pad(batches[start:start + step], device, flat_params.dtype)
             _flatten_into(per_client(params, xs, ys, mask), out[start:start + xs.shape[0]])
@@ -345,14 +330,14 @@ class VmapEngine:
         """
         d = self._check(model, flat_params, batches)
         if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs <= 0:
-            raise ValueError(f"epochs must be a positive integer, got {epochs!r}")
+            raise ConfigError(f"epochs must be a positive integer, got {epochs!r}")
         if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
-            raise ValueError(f"lr must be a positive finite number, got {lr!r}")
+            raise ConfigError(f"lr must be a positive finite number, got {lr!r}")
         if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int)
                                        or batch_size <= 0):
-            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+            raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
         if orders is not None and len(orders) != len(batches):
-            raise ValueError(f"orders has {len(orders)} entries for {len(batches)} clients")
+            raise ConfigError(f"orders has {len(orders)} entries for {len(batches)} clients")
         fixed = fixed_tensors(model)
         device, dtype = flat_params.device, flat_params.dtype
         step_grad = vmap(grad(self._client_loss(model, fixed)), in_dims=(0, 0, 0, 0))
@@ -361,7 +346,7 @@ class VmapEngine:
         for start in range(0, len(batches), chunk):
             part = batches[start:start + chunk]
             part_orders = None if orders is None else orders[start:start + chunk]
-            final = self._local_chunk(step_grad, param_views(model, flat_params.detach()), part, part_orders,
+            final = self._local_chunk(step_grad, param_views(model, flat_params.detach(), trainable_only=True), part, part_orders,
                                       lr, epochs, batch_size, weight_decay, device, dtype)
             rows = out[start:start + len(part)]
             _flatten_into(final, rows)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 
+from fedsim._fault import KILL_AFTER_ROUND_ENV
 from fedsim.checkpoint import load_checkpoint
 from fedsim.cli import main
 
@@ -40,8 +41,8 @@ local_error_feedback = true
 """
 
 
-def _cli(args, cwd):
-    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+def _cli(args, cwd, extra_env=None):
+    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""), **(extra_env or {}))
     return subprocess.run([sys.executable, "-m", "fedsim", *args], cwd=cwd, env=env, capture_output=True,
                           text=True, timeout=300)
 
@@ -51,7 +52,7 @@ def test_kill_and_resume_equals_uninterrupted_run(tmp_path):
     cfg.write_text(TINY_TOML)
     full = _cli(["run", "--config", str(cfg), "--out", "full"], tmp_path)
     assert full.returncode == 0, full.stderr
-    killed = _cli(["run", "--config", str(cfg), "--out", "cut", "--stop-after-round", "5"], tmp_path)
+    killed = _cli(["run", "--config", str(cfg), "--out", "cut"], tmp_path, {KILL_AFTER_ROUND_ENV: "5"})
     assert killed.returncode == -signal.SIGKILL
     cut = tmp_path / "cut" / "fetch"
     assert len((cut / "metrics.csv").read_text().splitlines()) == 1 + 5  # header + rounds 1-5

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from fedsim._fault import KILL_AFTER_ROUND_ENV, KILL_RANK_ENV
 from fedsim.config import load_config
 from fedsim.simulator import run_experiment
 
@@ -90,7 +91,7 @@ def _env(extra=None):
     return env
 
 
-def _launch(nprocs, args, cwd, timeout=LAUNCH_TIMEOUT, rank_args=None):
+def _launch(nprocs, args, cwd, timeout=LAUNCH_TIMEOUT, rank_args=None, extra_env=None):
     """Start ``nprocs`` ranks with torchrun's environment; return [(returncode, stderr, seconds)].
 
     ``rank_args[r]``, when given, is appended to rank r's arguments.
@@ -99,7 +100,7 @@ def _launch(nprocs, args, cwd, timeout=LAUNCH_TIMEOUT, rank_args=None):
     procs = []
     for rank in range(nprocs):
         env = _env({"RANK": str(rank), "WORLD_SIZE": str(nprocs), "LOCAL_RANK": str(rank),
-                    "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)})
+                    "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), **(extra_env or {})})
         extra = rank_args[rank] if rank_args else []
         procs.append((subprocess.Popen([sys.executable, "-m", "fedsim.distributed", "run", *args, *extra], cwd=cwd,
                                        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True),
@@ -169,7 +170,8 @@ def test_two_ranks_follow_one_process_via_torchrun(setup):
 def test_a_dead_rank_makes_the_others_fail_clearly(setup):
     base, cfg = setup
     results = _launch(2, ["--config", str(cfg), "--only", "uncompressed", "--out", str(base / "dead"),
-                          "--timeout", "20", "--die-rank", "1", "--stop-after-round", "2"], cwd=base)
+                          "--timeout", "20"], cwd=base,
+                      extra_env={KILL_AFTER_ROUND_ENV: "2", KILL_RANK_ENV: "1"})
     (rc0, err0, secs0), (rc1, _, _) = results
     assert rc1 == -9  # rank 1 SIGKILLed itself after round 2
     assert rc0 == 3, err0[-2000:]
@@ -180,8 +182,8 @@ def test_a_dead_rank_makes_the_others_fail_clearly(setup):
 def test_checkpoint_of_two_ranks_resumes_in_one_process_and_back(setup):
     base, cfg = setup
     ckpt_dir = base / "ckpt2"
-    results = _launch(2, ["--config", str(cfg), "--only", "fetchsgd_all", "--out", str(ckpt_dir),
-                          "--stop-after-round", "2"], cwd=base)
+    results = _launch(2, ["--config", str(cfg), "--only", "fetchsgd_all", "--out", str(ckpt_dir)], cwd=base,
+                      extra_env={KILL_AFTER_ROUND_ENV: "2"})
     assert [r[0] for r in results] == [-9, -9], _stderr(results)
     assert (ckpt_dir / "fetchsgd_all" / "checkpoint.ckpt").exists()
     assert not (ckpt_dir / "fetchsgd_all" / "final_params.pt").exists()

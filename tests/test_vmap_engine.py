@@ -85,19 +85,6 @@ def test_gradient_sum_equals_weighted_loop_sum(sizes, chunk, seed):
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
 
 
-@given(sizes=sizes_st, chunk=st.integers(1, 8), seed=st.integers(0, 2**16))
-def test_loss_sum_equals_weighted_loop_of_forwards(sizes, chunk, seed):
-    model = _small_cnn()
-    flat = _flat(model)
-    batches = _batches(sizes, seed)
-    weights = torch.rand(len(sizes), generator=torch.Generator().manual_seed(seed))
-    with torch.no_grad():
-        expected = sum(w * F.cross_entropy(model(x), y) for w, (x, y) in zip(weights, batches))
-    got = VmapEngine(max_clients_per_chunk=chunk).loss_sum(model, flat, batches, weights)
-    assert got.shape == (1,)
-    torch.testing.assert_close(got[0], expected, rtol=1e-5, atol=1e-6)
-
-
 def test_gradient_sum_default_weights_are_the_mean():
     model = _small_cnn()
     flat = _flat(model)
@@ -343,7 +330,6 @@ def test_engine_paths_never_wait_for_the_device(sizes):
 
     def round_():
         eng.gradient_sum(model, flat, batches, w)
-        eng.loss_sum(model, flat, batches, w)
         eng.gradients(model, flat, batches)
         eng.local_train(model, flat, batches, lr=0.1, epochs=1, batch_size=2)
 

@@ -8,6 +8,7 @@ import numpy as np
 from ._dataset import Dataset
 from ._files import find_folder, resolve
 from ._normalize import standardize_channels
+from ..errors import DataError
 
 CIFAR10_TRAIN = [f"data_batch_{i}" for i in range(1, 6)]
 CIFAR10_TEST = ["test_batch"]
@@ -21,18 +22,18 @@ def _read_batch(path, label_key):
         with open(path, "rb") as f:
             batch = pickle.load(f, encoding="bytes")
     except (pickle.UnpicklingError, EOFError, ValueError) as exc:
-        raise ValueError(f"{path} is not a CIFAR python batch: {exc}") from exc
+        raise DataError(f"{path} is not a CIFAR python batch: {exc}") from exc
     if not isinstance(batch, dict):
-        raise ValueError(f"{path} is not a CIFAR python batch: holds a {type(batch).__name__}")
+        raise DataError(f"{path} is not a CIFAR python batch: holds a {type(batch).__name__}")
     # Batches pickled by Python 3 have str keys, the official ones bytes keys.
     batch = {(k.decode() if isinstance(k, bytes) else k): v for k, v in batch.items()}
     if "data" not in batch or label_key not in batch:
-        raise ValueError(f"{path} lacks the keys 'data' and {label_key!r} "
+        raise DataError(f"{path} lacks the keys 'data' and {label_key!r} "
                          f"(has {sorted(batch)})")
     data = np.asarray(batch["data"], dtype=np.uint8)
     labels = np.asarray(batch[label_key], dtype=np.int64)
     if data.ndim != 2 or data.shape[1] != 3072 or labels.shape != (data.shape[0],):
-        raise ValueError(f"{path}: expected data (N, 3072) and N labels, got data "
+        raise DataError(f"{path}: expected data (N, 3072) and N labels, got data "
                          f"{data.shape} and labels {labels.shape}")
     return data.reshape(-1, 3, 32, 32), labels
 
@@ -44,7 +45,7 @@ def _read_split(folder, names, label_key, num_classes):
     x *= np.float32(1 / 255)
     y = np.concatenate([p[1] for p in parts])
     if y.size and (y.min() < 0 or y.max() >= num_classes):
-        raise ValueError(f"{folder}: labels must lie in [0, {num_classes}), "
+        raise DataError(f"{folder}: labels must lie in [0, {num_classes}), "
                          f"found {y.min()}..{y.max()}")
     return x, y
 

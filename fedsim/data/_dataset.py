@@ -4,6 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from ..errors import DataError
 
 
 @dataclass
@@ -37,16 +38,16 @@ class Dataset:
         for split in ("train", "test"):
             x, y = getattr(self, f"x_{split}"), getattr(self, f"y_{split}")
             if x.ndim < 2:
-                raise ValueError(f"x_{split} must have a sample axis and at least one feature "
+                raise DataError(f"x_{split} must have a sample axis and at least one feature "
                                  f"axis, got shape {x.shape}")
             if y.shape != (x.shape[0],):
-                raise ValueError(f"y_{split} must have shape ({x.shape[0]},) to match x_{split}, "
+                raise DataError(f"y_{split} must have shape ({x.shape[0]},) to match x_{split}, "
                                  f"got {y.shape}")
         if self.x_train.shape[1:] != self.x_test.shape[1:]:
-            raise ValueError(f"train and test samples differ in shape: "
+            raise DataError(f"train and test samples differ in shape: "
                              f"{self.x_train.shape[1:]} vs {self.x_test.shape[1:]}")
         if self.writers_train is not None and self.writers_train.shape != self.y_train.shape:
-            raise ValueError(f"writers_train must have shape {self.y_train.shape}, "
+            raise DataError(f"writers_train must have shape {self.y_train.shape}, "
                              f"got {self.writers_train.shape}")
 
     @property

@@ -9,6 +9,7 @@ import numpy as np
 
 from ._dataset import Dataset
 from ._files import default_root
+from ..errors import DataError, DataFileMissing
 
 NUM_CLASSES = 62  # digits, upper- and lower-case letters
 
@@ -25,7 +26,7 @@ def _find_root(root) -> Path:
     for folder in candidates:
         if _json_files(folder / "train") and _json_files(folder / "test"):
             return folder
-    raise FileNotFoundError(
+    raise DataFileMissing(
         f"femnist: expected LEAF json files train/*.json and test/*.json under one folder; "
         f"searched {', '.join(str(c) for c in candidates)}. Pass root=<folder>.")
 
@@ -38,41 +39,41 @@ def _read_split(folder: Path):
             try:
                 blob = json.load(f)
             except json.JSONDecodeError as exc:
-                raise ValueError(f"{path} is not valid json: {exc}") from exc
+                raise DataError(f"{path} is not valid json: {exc}") from exc
         if not isinstance(blob, dict) or "users" not in blob or "user_data" not in blob:
-            raise ValueError(f"{path} is not a LEAF file: needs keys 'users' and 'user_data'")
+            raise DataError(f"{path} is not a LEAF file: needs keys 'users' and 'user_data'")
         for user in blob["users"]:
             try:
                 record = blob["user_data"][user]
                 x, y = record["x"], record["y"]
             except (KeyError, TypeError) as exc:
-                raise ValueError(f"{path}: user {user!r} lacks user_data with 'x' and 'y'") \
+                raise DataError(f"{path}: user {user!r} lacks user_data with 'x' and 'y'") \
                     from exc
             if len(x) != len(y):
-                raise ValueError(f"{path}: user {user!r} has {len(x)} samples but "
+                raise DataError(f"{path}: user {user!r} has {len(x)} samples but "
                                  f"{len(y)} labels")
             # Convert per user: python float lists of a whole split would need ~20 GB.
             try:
                 x = np.asarray(x, dtype=np.float32).reshape(len(y), -1)
             except ValueError as exc:
-                raise ValueError(f"{path}: user {user!r} has ragged or non-numeric samples") \
+                raise DataError(f"{path}: user {user!r} has ragged or non-numeric samples") \
                     from exc
             xs.append(x)
             ys.append(np.asarray(y, dtype=np.int64).reshape(-1))
             users.extend([user] * len(y))
         del blob
     if not users:
-        raise ValueError(f"{folder}: the LEAF files hold no samples")
+        raise DataError(f"{folder}: the LEAF files hold no samples")
     widths = sorted({x.shape[1] for x in xs if len(x)})
     width = widths[0] if len(widths) == 1 else 0
     side = math.isqrt(width)
     if side == 0 or side * side != width:
-        raise ValueError(f"{folder}: every sample must be a flat square image (784 floats for "
+        raise DataError(f"{folder}: every sample must be a flat square image (784 floats for "
                          f"28x28), got sample lengths {widths}")
     x = np.concatenate([x for x in xs if len(x)])
     y = np.concatenate(ys)
     if y.min() < 0 or y.max() >= NUM_CLASSES:
-        raise ValueError(f"{folder}: labels must lie in [0, {NUM_CLASSES}), "
+        raise DataError(f"{folder}: labels must lie in [0, {NUM_CLASSES}), "
                          f"found {y.min()}..{y.max()}")
     return x.reshape(-1, 1, side, side), y, users
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from ..errors import DataFileMissing
 
 ROOT_ENV = "FEDSIM_DATA"
 
@@ -13,7 +14,7 @@ def default_root() -> Path:
 
 
 def find_folder(dataset: str, root, subfolders, required) -> Path:
-    """First of `root`, `root/sub...` holding every file in `required`; FileNotFoundError else.
+    """First of `root`, `root/sub...` holding every file in `required`; DataFileMissing else.
 
     A required name matches itself or its ``.gz`` form.
     """
@@ -24,7 +25,7 @@ def find_folder(dataset: str, root, subfolders, required) -> Path:
             return folder
     searched = ", ".join(str(c) for c in candidates)
     missing = [n for n in required if resolve(candidates[0], n) is None]
-    raise FileNotFoundError(
+    raise DataFileMissing(
         f"{dataset}: expected the files {', '.join(required)} in one folder; searched {searched} "
         f"(missing in {root}: {', '.join(missing)}). Pass root=<folder> or set ${ROOT_ENV}.")
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from ._dataset import Dataset
+from ..errors import DataError
 
 DATASETS = ("digits", "mnist", "femnist", "cifar10", "cifar100",
             "synthetic_cifar10", "synthetic_cifar100")
@@ -49,18 +50,18 @@ def load_dataset(name: str, root: str | None = None, *, seed: int = 0, **options
 
     Raises
     ------
-    ValueError
-        Unknown name or option, or a file that is not in the expected format.
-    FileNotFoundError
-        The files are missing; the message names them and the folders searched.
+    DataError
+        Unknown name or option, or a file that is not in the expected format (a ValueError).
+    DataFileMissing
+        The files are missing (a DataError and a FileNotFoundError); the message names them and the folders searched.
     """
     if name not in DATASETS:
-        raise ValueError(f"unknown dataset {name!r}; valid names: {', '.join(DATASETS)}")
+        raise DataError(f"unknown dataset {name!r}; valid names: {', '.join(DATASETS)}")
     synthetic = name.startswith("synthetic_")
     allowed = _SYNTHETIC_OPTIONS if synthetic else ()
     unknown = sorted(set(options) - set(allowed))
     if unknown:
-        raise ValueError(f"dataset {name!r} takes no option(s) {', '.join(unknown)}; "
+        raise DataError(f"dataset {name!r} takes no option(s) {', '.join(unknown)}; "
                          f"valid options: {', '.join(allowed) or 'none'}")
     if name == "digits":
         from ._digits import load_digits_dataset

@@ -8,6 +8,7 @@ import numpy as np
 from ._dataset import Dataset
 from ._files import find_folder, resolve
 from ._normalize import standardize_channels
+from ..errors import DataError
 
 FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
@@ -22,18 +23,18 @@ def read_idx(path) -> np.ndarray:
     with opener(path, "rb") as f:
         raw = f.read()
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0:
-        raise ValueError(f"{path} is not an idx file (bad magic number)")
+        raise DataError(f"{path} is not an idx file (bad magic number)")
     if raw[2] != _UBYTE:
-        raise ValueError(f"{path}: only unsigned-byte idx data (type 0x08) is supported, "
+        raise DataError(f"{path}: only unsigned-byte idx data (type 0x08) is supported, "
                          f"got type 0x{raw[2]:02x}")
     ndim = raw[3]
     header = 4 + 4 * ndim
     if len(raw) < header:
-        raise ValueError(f"{path}: truncated idx header")
+        raise DataError(f"{path}: truncated idx header")
     shape = tuple(int(v) for v in np.frombuffer(raw[4:header], dtype=">u4"))
     count = int(np.prod(shape))
     if len(raw) - header != count:
-        raise ValueError(f"{path}: header declares shape {shape} ({count} bytes) but the file "
+        raise DataError(f"{path}: header declares shape {shape} ({count} bytes) but the file "
                          f"holds {len(raw) - header} bytes of data")
     return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(shape)
 
@@ -44,10 +45,10 @@ def _read_split(folder, split):
     images = read_idx(resolve(folder, images_name))
     labels = read_idx(resolve(folder, labels_name))
     if images.ndim != 3 or labels.ndim != 1 or images.shape[0] != labels.shape[0]:
-        raise ValueError(f"{folder}: {split} images {images.shape} and labels {labels.shape} "
+        raise DataError(f"{folder}: {split} images {images.shape} and labels {labels.shape} "
                          f"do not match")
     if labels.size and labels.max() >= 10:
-        raise ValueError(f"{folder}: MNIST labels must lie in [0, 10), found {labels.max()}")
+        raise DataError(f"{folder}: MNIST labels must lie in [0, 10), found {labels.max()}")
     x = images[:, None].astype(np.float32)
     x *= np.float32(1 / 255)
     return x, labels.astype(np.int64)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+from ..errors import DataError
 
 SCHEMES = ("iid", "dirichlet", "pathological", "natural")
 
@@ -58,32 +59,32 @@ def partition(labels: np.ndarray, num_clients: int, scheme: str, *, seed: int,
 
     Raises
     ------
-    ValueError
+    DataError
         An unknown scheme or a bad argument; the message names it.
     """
     labels = _check_labels(labels)
     n = labels.shape[0]
     num_clients = _check_int("num_clients", num_clients, 1)
     if scheme not in SCHEMES:
-        raise ValueError(f"unknown partition scheme {scheme!r}; valid schemes: "
+        raise DataError(f"unknown partition scheme {scheme!r}; valid schemes: "
                          f"{', '.join(SCHEMES)}")
     if num_clients > n:
-        raise ValueError(f"num_clients={num_clients} exceeds the number of samples ({n}); "
+        raise DataError(f"num_clients={num_clients} exceeds the number of samples ({n}); "
                          f"every client needs at least one")
     if isinstance(alpha, bool) or not isinstance(alpha, (int, float, np.number)) \
             or not math.isfinite(alpha) or alpha <= 0:
-        raise ValueError(f"alpha must be a finite number > 0, got {alpha!r}")
+        raise DataError(f"alpha must be a finite number > 0, got {alpha!r}")
     classes_per_client = _check_int("classes_per_client", classes_per_client, 1)
     if samples_per_client is not None:
         samples_per_client = _check_int("samples_per_client", samples_per_client, 1)
         if scheme != "natural" and num_clients * samples_per_client > n:
-            raise ValueError(f"num_clients * samples_per_client = "
+            raise DataError(f"num_clients * samples_per_client = "
                              f"{num_clients * samples_per_client} exceeds the number of "
                              f"samples ({n})")
     if writers is not None:
         writers = np.asarray(writers)
         if writers.shape != labels.shape:
-            raise ValueError(f"writers must have the shape of labels {labels.shape}, "
+            raise DataError(f"writers must have the shape of labels {labels.shape}, "
                              f"got {writers.shape}")
     rng = np.random.default_rng(seed)
     if scheme == "iid":
@@ -94,28 +95,28 @@ def partition(labels: np.ndarray, num_clients: int, scheme: str, *, seed: int,
         parts = _pathological(labels, num_clients, classes_per_client, samples_per_client, rng)
     else:
         if writers is None:
-            raise ValueError("the 'natural' scheme needs writers= (a writer id per sample, "
+            raise DataError("the 'natural' scheme needs writers= (a writer id per sample, "
                              "e.g. Dataset.writers_train)")
         parts = _natural(writers, num_clients, samples_per_client, rng)
     return [np.sort(p).astype(np.int64) for p in parts]
 
 
 def _check_int(name, value, low):
-    """`value` as int if it is an integer >= `low`, else ValueError."""
+    """`value` as int if it is an integer >= `low`, else DataError."""
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
-        raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+        raise DataError(f"{name} must be an integer >= {low}, got {value!r}")
     return int(value)
 
 
 def _check_labels(labels):
-    """Labels as a 1-D integer array, else ValueError."""
+    """Labels as a 1-D integer array, else DataError."""
     labels = np.asarray(labels)
     if labels.ndim != 1:
-        raise ValueError(f"labels must be 1-D, got shape {labels.shape}")
+        raise DataError(f"labels must be 1-D, got shape {labels.shape}")
     if labels.size == 0:
-        raise ValueError("labels is empty: there is nothing to partition")
+        raise DataError("labels is empty: there is nothing to partition")
     if labels.dtype.kind not in "iu":
-        raise ValueError(f"labels must be integers, got dtype {labels.dtype}")
+        raise DataError(f"labels must be integers, got dtype {labels.dtype}")
     return labels
 
 
@@ -191,12 +192,12 @@ def _pathological(labels, num_clients, cpc, spc, rng):
     """Class shards, `cpc` per client, dealt with stride num_clients over a class-grouped list."""
     classes, inverse, counts = np.unique(labels, return_inverse=True, return_counts=True)
     if cpc > len(classes):
-        raise ValueError(f"classes_per_client={cpc} exceeds the number of classes in the "
+        raise DataError(f"classes_per_client={cpc} exceeds the number of classes in the "
                          f"labels ({len(classes)})")
     num_shards = num_clients * cpc
     if spc is not None:
         if spc % cpc:
-            raise ValueError(f"samples_per_client={spc} must be a multiple of "
+            raise DataError(f"samples_per_client={spc} must be a multiple of "
                              f"classes_per_client={cpc} for the 'pathological' scheme")
         shard_size = spc // cpc
         caps = counts // shard_size
@@ -204,7 +205,7 @@ def _pathological(labels, num_clients, cpc, spc, rng):
         shard_size = None
         caps = counts.copy()
     if caps.sum() < num_shards:
-        raise ValueError(f"the labels hold only {caps.sum()} single-class shards of "
+        raise DataError(f"the labels hold only {caps.sum()} single-class shards of "
                          f"{shard_size or 1} sample(s), {num_shards} needed "
                          f"(num_clients * classes_per_client)")
     shares = _apportion(num_shards, counts.astype(np.float64), caps, rng)
@@ -226,7 +227,7 @@ def _natural(writers, num_clients, spc, rng):
     ids, inverse = np.unique(writers, return_inverse=True)
     inverse = inverse.reshape(-1)
     if num_clients > len(ids):
-        raise ValueError(f"the 'natural' scheme has one client per writer: {len(ids)} writers, "
+        raise DataError(f"the 'natural' scheme has one client per writer: {len(ids)} writers, "
                          f"but num_clients={num_clients}")
     chosen = np.arange(len(ids)) if num_clients == len(ids) else \
         np.sort(rng.choice(len(ids), num_clients, replace=False))

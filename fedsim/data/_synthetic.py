@@ -5,6 +5,7 @@ import numpy as np
 
 from ._dataset import Dataset
 from ._normalize import standardize_channels
+from ..errors import DataError
 
 IMAGE_SHAPE = (3, 32, 32)
 MODES_PER_CLASS = 3      # a class is a mixture of a few smooth patterns, not one point
@@ -84,7 +85,7 @@ def synthetic_cifar(num_train: int = 50_000, num_test: int = 10_000, num_classes
     for name, value, low in (("num_train", num_train, 1), ("num_test", num_test, 1),
                              ("num_classes", num_classes, 2)):
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
-            raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+            raise DataError(f"{name} must be an integer >= {low}, got {value!r}")
     patt_seq, dis_seq, train_seq, test_seq = np.random.SeedSequence(int(seed)).spawn(4)
     patterns = _smooth_patterns(np.random.default_rng(patt_seq),
                                 num_classes * MODES_PER_CLASS, IMAGE_SHAPE)

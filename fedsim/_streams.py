@@ -1,0 +1,16 @@
+"""Tags of the random streams: each draw is ``default_rng([seed, TAG, round, ...])``, never rank-dependent.
+
+The values are part of the trajectory (changing one changes every run), so they never change.
+"""
+import numpy as np
+
+__all__ = ["CLIENT_SAMPLING", "BATCH_SELECTION", "LOCAL_ORDER", "stream"]
+
+CLIENT_SAMPLING = 1  # [seed, tag, round]: the round's clients
+BATCH_SELECTION = 2  # [seed, tag, round, client]: a client's batch when data.batch_size is smaller
+LOCAL_ORDER = 3  # [seed, tag, round, client, epoch]: FedAvg's local sample order
+
+
+def stream(seed, tag, *keys):
+    """The generator of stream ``tag`` at ``keys``."""
+    return np.random.default_rng([seed, tag, *keys])
