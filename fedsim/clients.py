@@ -39,16 +39,71 @@ class ClientEngine:
     name = "abstract"
 
     def gradient_sum(self, model, flat_params, batches, weights=None):
-        """Weighted sum of the clients' gradients, shape (d,)."""
+        """Weighted sum of the clients' gradients, shape (d,).
+
+        Parameters
+        ----------
+        model : torch.nn.Module
+            The architecture, evaluated functionally at ``flat_params``.
+        flat_params : torch.Tensor
+            The flat trainable weights (layout of ``adapters.torch.flatten_params``).
+        batches : list of (x, y)
+            One batch per client.
+        weights : torch.Tensor, optional
+            One weight per client (default uniform).
+
+        Raises
+        ------
+        NotImplementedError
+            In the interface.
+        """
         raise NotImplementedError
 
     def gradients(self, model, flat_params, batches):
-        """Per-client gradients, shape (W, d)."""
+        """Per-client gradients, shape (W, d).
+
+        Parameters
+        ----------
+        model : torch.nn.Module
+            The architecture, evaluated functionally at ``flat_params``.
+        flat_params : torch.Tensor
+            The flat trainable weights (layout of ``adapters.torch.flatten_params``).
+        batches : list of (x, y)
+            One batch per client.
+
+        Raises
+        ------
+        NotImplementedError
+            In the interface.
+        """
         raise NotImplementedError
 
     def local_train(self, model, flat_params, batches, *, lr, epochs=1, batch_size=None, orders=None,
                     weight_decay=0.0):
-        """Per-client weight change after local SGD, shape (W, d)."""
+        """Per-client weight change after local SGD, shape (W, d).
+
+        Parameters
+        ----------
+        model : torch.nn.Module
+            The architecture, evaluated functionally at ``flat_params``.
+        flat_params : torch.Tensor
+            The flat trainable weights (layout of ``adapters.torch.flatten_params``).
+        batches : list of (x, y)
+            One batch per client.
+        lr : float
+            Local learning rate.
+        epochs : int, default 1
+        batch_size : int, optional
+            Local minibatch size (default: the client's whole batch).
+        orders : list of list of torch.Tensor, optional
+            ``orders[i][e]``: client i's sample order in epoch e.
+        weight_decay : float, default 0.0
+
+        Raises
+        ------
+        NotImplementedError
+            In the interface.
+        """
         raise NotImplementedError
 
 
@@ -84,7 +139,24 @@ class LoopEngine(ClientEngine):
         return w
 
     def gradient_sum(self, model, flat_params, batches, weights=None):
-        """Weighted sum of per-client gradients, accumulated client by client."""
+        """Weighted sum of per-client gradients, accumulated client by client.
+
+        Parameters
+        ----------
+        model : torch.nn.Module
+            The architecture, evaluated functionally at ``flat_params``.
+        flat_params : torch.Tensor
+            The flat trainable weights (layout of ``adapters.torch.flatten_params``).
+        batches : list of (x, y)
+            One batch per client.
+        weights : torch.Tensor, optional
+            One weight per client (default uniform).
+
+        Returns
+        -------
+        torch.Tensor
+            Shape (d,).
+        """
         w = self._weights(weights, len(batches), flat_params)
         total = torch.zeros_like(flat_params)
         for i, (x, y) in enumerate(batches):
@@ -92,7 +164,22 @@ class LoopEngine(ClientEngine):
         return total
 
     def gradients(self, model, flat_params, batches):
-        """Per-client gradients stacked as (W, d)."""
+        """Per-client gradients stacked as (W, d).
+
+        Parameters
+        ----------
+        model : torch.nn.Module
+            The architecture, evaluated functionally at ``flat_params``.
+        flat_params : torch.Tensor
+            The flat trainable weights (layout of ``adapters.torch.flatten_params``).
+        batches : list of (x, y)
+            One batch per client.
+
+        Returns
+        -------
+        torch.Tensor
+            Shape (W, d).
+        """
         out = torch.empty((len(batches), flat_params.shape[0]), dtype=flat_params.dtype,
                           device=flat_params.device)
         for i, (x, y) in enumerate(batches):
@@ -101,7 +188,24 @@ class LoopEngine(ClientEngine):
 
     def local_train(self, model, flat_params, batches, *, lr, epochs=1, batch_size=None, orders=None,
                     weight_decay=0.0):
-        """Plain local SGD per client (minibatches in the given orders); returns deltas."""
+        """Plain local SGD per client (minibatches in the given orders); returns deltas.
+
+        Parameters
+        ----------
+        model : torch.nn.Module
+            The architecture, evaluated functionally at ``flat_params``.
+        flat_params : torch.Tensor
+            The flat trainable weights (layout of ``adapters.torch.flatten_params``).
+        batches : list of (x, y)
+            One batch per client.
+        lr, epochs, batch_size, orders, weight_decay
+            As in :meth:`ClientEngine.local_train`.
+
+        Returns
+        -------
+        torch.Tensor
+            ``final - flat_params`` per client, shape (W, d).
+        """
         out = torch.empty((len(batches), flat_params.shape[0]), dtype=flat_params.dtype,
                           device=flat_params.device)
         for i, (x, y) in enumerate(batches):
@@ -123,7 +227,24 @@ class LoopEngine(ClientEngine):
 
 
 def make_engine(name, **options):
-    """Instantiate the engine registered under ``name`` (options with value None are dropped)."""
+    """Instantiate the engine registered under ``name`` (options with value None are dropped).
+
+    Parameters
+    ----------
+    name : str
+        A key of :data:`ENGINES` ("loop", "vmap").
+    **options
+        Constructor options of the engine (``max_clients_per_chunk``, ``memory_budget_mb``).
+
+    Returns
+    -------
+    ClientEngine
+
+    Raises
+    ------
+    ConfigError
+        Unknown engine, or one that cannot be imported.
+    """
     if name not in ENGINES:
         raise ConfigError(f"unknown engine {name!r}; choose one of {sorted(ENGINES)}")
     module, _, attr = ENGINES[name].partition(":")

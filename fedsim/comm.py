@@ -21,15 +21,46 @@ class Communicator:
 
     @property
     def is_writer(self):
-        """Rank 0 writes checkpoints, metrics and reports."""
+        """Rank 0 writes checkpoints, metrics and reports.
+
+        Returns
+        -------
+        bool
+        """
         return self.rank == 0
 
     def shard_bounds(self, n):
-        """``(lo, hi)`` of this rank's slice of ``n`` items."""
+        """``(lo, hi)`` of this rank's slice of ``n`` items.
+
+        Parameters
+        ----------
+        n : int
+            Number of items (the round's clients).
+
+        Returns
+        -------
+        tuple of int
+        """
         return (n * self.rank) // self.world_size, (n * (self.rank + 1)) // self.world_size
 
     def allreduce_(self, tensor):
-        """Sum ``tensor`` over ranks in place; returns it."""
+        """Sum ``tensor`` over ranks in place; returns it.
+
+        Parameters
+        ----------
+        tensor : torch.Tensor
+            Contiguous; overwritten with the sum.
+
+        Returns
+        -------
+        torch.Tensor
+            ``tensor``.
+
+        Raises
+        ------
+        NotImplementedError
+            In the interface.
+        """
         raise NotImplementedError
 
     def barrier(self):
@@ -40,7 +71,17 @@ class LocalCommunicator(Communicator):
     """One process, world size 1: sharding keeps everything, all-reduce is a no-op."""
 
     def allreduce_(self, tensor):
-        """Nothing to sum with: returns ``tensor`` unchanged."""
+        """Nothing to sum with: returns ``tensor`` unchanged.
+
+        Parameters
+        ----------
+        tensor : torch.Tensor
+
+        Returns
+        -------
+        torch.Tensor
+            ``tensor``.
+        """
         return tensor
 
     def __repr__(self):

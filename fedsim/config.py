@@ -410,7 +410,12 @@ def parse_config(raw):
 
 
 def default_config_path():
-    """Path of the packaged default experiment (``fedsim/configs/default.toml``)."""
+    """Path of the packaged default experiment (``fedsim/configs/default.toml``).
+
+    Returns
+    -------
+    Path
+    """
     return Path(__file__).parent / "configs" / "default.toml"
 
 
@@ -442,6 +447,22 @@ def apply_overrides(raw, overrides):
     ``rule.KEY=V`` sets the shared rule value and removes KEY from every method,
     so an explicit override wins everywhere; ``methods.LABEL.KEY=V`` changes one
     method.
+
+    Parameters
+    ----------
+    raw : dict
+        A config as read from TOML.
+    overrides : sequence of str
+        ``section.key=value`` or ``methods.LABEL.key=value`` items (TOML values).
+
+    Returns
+    -------
+    dict
+
+    Raises
+    ------
+    ConfigError
+        A malformed item, an unknown section or method label.
     """
     raw = copy.deepcopy(raw)
     for item in overrides:
@@ -490,6 +511,11 @@ def load_config(path=None, overrides=(), *, single_rule=None):
     Returns
     -------
     Config
+
+    Raises
+    ------
+    ConfigError
+        A missing or invalid file, a bad override, an invalid value.
     """
     raw = _read_toml(default_config_path() if path is None else path)
     if single_rule is not None:
@@ -512,7 +538,19 @@ def _toml_value(v):
 
 
 def dump_toml(cfg):
-    """The config as TOML text (None values are left out: they are the defaults)."""
+    """The config as TOML text (None values are left out: they are the defaults).
+
+    ``[rule]`` holds what the file gave (name and shared knob values), not every
+    rule's defaults; re-parsing the text gives the same runs.
+
+    Parameters
+    ----------
+    cfg : Config
+
+    Returns
+    -------
+    str
+    """
     lines = []
     for name in SECTIONS:
         lines.append(f"[{name}]")

@@ -154,6 +154,23 @@ class TorchDistributedCommunicator(Communicator):
 
         Accepts a torch tensor, a NumPy array (shared with torch, no copy), a
         CuPy array (through DLPack, no copy) or a CountSketch (its table).
+
+        Parameters
+        ----------
+        value : torch.Tensor, numpy.ndarray, cupy.ndarray or CountSketch
+            Contiguous and writable.
+
+        Returns
+        -------
+        object
+            ``value``.
+
+        Raises
+        ------
+        ConfigError
+            Not contiguous, read-only, or of an unsupported type.
+        RankFailure
+            The collective failed or timed out.
         """
         import torch
 
@@ -203,7 +220,18 @@ class TorchDistributedCommunicator(Communicator):
             self._watchdog.leave()
 
     def broadcast_(self, tensor, src=0):
-        """Broadcast a tensor from ``src`` to every rank, in place."""
+        """Broadcast a tensor from ``src`` to every rank, in place.
+
+        Parameters
+        ----------
+        tensor : torch.Tensor
+        src : int, default 0
+
+        Returns
+        -------
+        torch.Tensor
+            ``tensor``.
+        """
         self._run("broadcast", lambda: self._dist.broadcast(tensor, src=src))
         return tensor
 
@@ -215,7 +243,19 @@ class TorchDistributedCommunicator(Communicator):
         self.allreduce_(torch.zeros(1, device=self.device))
 
     def check_same(self, data, what):
-        """Raise on every rank unless all ranks pass the same bytes (e.g. a config hash)."""
+        """Raise on every rank unless all ranks pass the same bytes (e.g. a config hash).
+
+        Parameters
+        ----------
+        data : str or bytes
+        what : str
+            Named in the message.
+
+        Raises
+        ------
+        RankMismatch
+            The ranks passed different data.
+        """
         import torch
 
         digest = hashlib.sha256(data if isinstance(data, bytes) else str(data).encode()).digest()[:8]
@@ -233,6 +273,10 @@ class TorchDistributedCommunicator(Communicator):
 
         ``sync=True`` first waits for every rank (use it when all ranks finished
         normally, never after an error that only some ranks saw).
+
+        Parameters
+        ----------
+        sync : bool, default False
         """
         if self._owns_group and self._dist.is_initialized():
             if sync:
@@ -285,7 +329,23 @@ def _say(comm, msg):
 
 
 def run_distributed(argv):
-    """Parse, join the process group, run the experiment; returns the exit status."""
+    """Parse, join the process group, run the experiment; returns the exit status.
+
+    Parameters
+    ----------
+    argv : list of str
+        The launcher's options and ``fedsim run``'s.
+
+    Returns
+    -------
+    int
+        0 ok, 1 a run diverged, 2 a configuration error, 3 a rank failure or mismatch.
+
+    Raises
+    ------
+    RankFailure
+        Only before the group exists (e.g. a missing torchrun variable); later ones end the process.
+    """
     from .cli import build_parser, config_from_args
     from sketchlib import SketchError
 
@@ -385,7 +445,18 @@ def _abandon(comm):
 
 
 def main(argv=None):
-    """``python -m fedsim.distributed run [options]``, launched by torchrun."""
+    """``python -m fedsim.distributed run [options]``, launched by torchrun.
+
+    Parameters
+    ----------
+    argv : list of str, optional
+        Default ``sys.argv[1:]``.
+
+    Returns
+    -------
+    int
+        The exit status (see :func:`run_distributed`).
+    """
     return run_distributed(sys.argv[1:] if argv is None else argv)
 
 

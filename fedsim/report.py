@@ -16,7 +16,14 @@ FIELDS = ["round", "lr", "train_loss", "test_loss", "test_acc", "up_bytes", "dow
 
 
 class MetricsWriter:
-    """Per-round metrics of one run in ``metrics.csv`` or ``metrics.jsonl`` (flushed every row)."""
+    """Per-round metrics of one run in ``metrics.csv`` or ``metrics.jsonl`` (flushed every row).
+
+    Parameters
+    ----------
+    out_dir : str or Path
+        The run's folder.
+    fmt : {"csv", "jsonl"}
+    """
 
     def __init__(self, out_dir, fmt="csv"):
         self.path = Path(out_dir) / metrics_name(fmt)
@@ -24,7 +31,12 @@ class MetricsWriter:
         self._fh = None
 
     def rewrite(self, rows):
-        """Start the file over with ``rows`` (a resumed run drops rows after its checkpoint)."""
+        """Start the file over with ``rows`` (a resumed run drops rows after its checkpoint).
+
+        Parameters
+        ----------
+        rows : list of dict
+        """
         self.close()
         self._fh = open(self.path, "w", newline="")
         if self.fmt == "csv":
@@ -33,7 +45,13 @@ class MetricsWriter:
             self.append(row)
 
     def append(self, row):
-        """Write one row."""
+        """Write one row.
+
+        Parameters
+        ----------
+        row : dict
+            A metrics row (keys of ``FIELDS``).
+        """
         if self.fmt == "csv":
             self._fh.write(",".join("" if row.get(k) is None else repr(row[k]) for k in FIELDS) + "\n")
         else:
@@ -48,7 +66,16 @@ class MetricsWriter:
 
 
 def read_metrics(run_dir):
-    """Rows of a run's metrics file (CSV or JSONL), numbers parsed; [] when absent."""
+    """Rows of a run's metrics file (CSV or JSONL), numbers parsed; [] when absent.
+
+    Parameters
+    ----------
+    run_dir : str or Path
+
+    Returns
+    -------
+    list of dict
+    """
     run_dir = Path(run_dir)
     jsonl = run_dir / metrics_name("jsonl")
     if jsonl.exists():
@@ -71,7 +98,16 @@ def _fmt(x, spec):
 
 
 def format_table(results):
-    """The final table: accuracy, MB up/down and compressions, one line per run."""
+    """The final table: accuracy, MB up/down and compressions, one line per run.
+
+    Parameters
+    ----------
+    results : list of RunResult
+
+    Returns
+    -------
+    str
+    """
     head = ["run", "rule", "status", "acc", "MB up", "MB down", "up x", "down x", "overall x"]
     lines = []
     for r in results:
@@ -88,7 +124,23 @@ def format_table(results):
 
 def plot_experiment(results, out_dir):
     """Write ``compression.png`` (final accuracy against overall compression, one line per
-    method) and ``curves.png`` (accuracy against rounds and against total MB); returns paths."""
+    method) and ``curves.png`` (accuracy against rounds and against total MB).
+
+    Parameters
+    ----------
+    results : list of RunResult
+    out_dir : str or Path
+
+    Returns
+    -------
+    tuple of Path
+        The two PNG files.
+
+    Raises
+    ------
+    MissingDependency
+        matplotlib is not installed.
+    """
     try:
         import matplotlib
         matplotlib.use("Agg")
@@ -148,7 +200,16 @@ def plot_experiment(results, out_dir):
 
 
 def write_experiment(exp, cfg, *, plot=True, log=None):
-    """results.csv, results.json, table.txt and the plots in the experiment folder; print the table."""
+    """results.csv, results.json, table.txt and the plots in the experiment folder; print the table.
+
+    Parameters
+    ----------
+    exp : ExperimentResult
+    cfg : Config
+    plot : bool, default True
+    log : callable, optional
+        Where messages go (default print).
+    """
     from .config import dump_toml
 
     out = exp.out_dir

@@ -65,22 +65,42 @@ class RunResult:
 
     @property
     def compression(self):
-        """Overall compression: reference bytes / this run's bytes, up and down together."""
+        """Overall compression: reference bytes / this run's bytes, up and down together.
+
+        Returns
+        -------
+        float
+        """
         total = self.up_bytes + self.down_bytes
         return (self.ref_up_bytes + self.ref_down_bytes) / total if total else float("nan")
 
     @property
     def up_compression(self):
-        """Upload-only compression."""
+        """Upload-only compression.
+
+        Returns
+        -------
+        float
+        """
         return self.ref_up_bytes / self.up_bytes if self.up_bytes else float("nan")
 
     @property
     def down_compression(self):
-        """Download-only compression."""
+        """Download-only compression.
+
+        Returns
+        -------
+        float
+        """
         return self.ref_down_bytes / self.down_bytes if self.down_bytes else float("inf")
 
     def summary(self):
-        """A flat dict (no history) for JSON/CSV."""
+        """A flat dict (no history) for JSON/CSV.
+
+        Returns
+        -------
+        dict
+        """
         out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "history"}
         out.update(compression=self.compression, up_compression=self.up_compression,
                    down_compression=self.down_compression)
@@ -159,17 +179,50 @@ class Simulation:
 
     # ------------------------------------------------------------------ data
     def sample_clients(self, t):
-        """The sorted client ids of round ``t`` (same on every rank)."""
+        """The sorted client ids of round ``t`` (same on every rank).
+
+        Parameters
+        ----------
+        t : int
+            The round (0-based).
+
+        Returns
+        -------
+        numpy.ndarray
+        """
         rng = stream(self.seed, CLIENT_SAMPLING, t)
         return np.sort(rng.choice(self.num_clients, self.spec.train.clients_per_round, replace=False))
 
     def client_data(self, c):
-        """All of client ``c``'s samples as ``(x, y)``."""
+        """All of client ``c``'s samples as ``(x, y)``.
+
+        Parameters
+        ----------
+        c : int
+            Client id.
+
+        Returns
+        -------
+        tuple of torch.Tensor
+        """
         idx = self.parts[int(c)]
         return self.x_train[idx], self.y_train[idx]
 
     def client_batch(self, t, c):
-        """Client ``c``'s batch in round ``t`` (all its samples unless data.batch_size is smaller)."""
+        """Client ``c``'s batch in round ``t`` (all its samples unless data.batch_size is smaller).
+
+        Parameters
+        ----------
+        t : int
+            The round (0-based).
+        c : int
+            Client id.
+
+        Returns
+        -------
+        tuple of torch.Tensor
+            ``(x, y)``.
+        """
         idx = self.parts[int(c)]
         bs = self.spec.data.batch_size
         if bs is not None and bs < idx.shape[0]:
@@ -193,7 +246,12 @@ class Simulation:
 
     @torch.no_grad()
     def evaluate(self):
-        """``(test loss, test accuracy)`` of the current weights."""
+        """``(test loss, test accuracy)`` of the current weights.
+
+        Returns
+        -------
+        tuple of float
+        """
         loss, correct = 0.0, 0
         for lo in range(0, self.x_test.shape[0], _EVAL_BATCH):
             x, y = self.x_test[lo:lo + _EVAL_BATCH], self.y_test[lo:lo + _EVAL_BATCH]
@@ -217,7 +275,20 @@ class Simulation:
 
     # ------------------------------------------------------------------- round
     def step(self):
-        """Run round ``self.t``; returns its metrics row."""
+        """Run round ``self.t``; returns its metrics row.
+
+        Returns
+        -------
+        dict
+            The metrics row (round, lr, losses, accuracy, bytes, compression).
+
+        Raises
+        ------
+        NonFiniteError
+            The weights became NaN/inf (nothing is changed).
+        ClientUpdateError
+            A client's update was NaN/inf (nothing is changed).
+        """
         t, tr = self.t, self.spec.train
         lr = learning_rate(tr.schedule, tr.lr, t, tr.rounds, tr.warmup)
         ids = self.sample_clients(t)
@@ -261,7 +332,12 @@ class Simulation:
         return None if self.out_dir is None else self.out_dir / CHECKPOINT_NAME
 
     def state_payload(self):
-        """Everything a resumed run needs, as a checkpoint payload."""
+        """Everything a resumed run needs, as a checkpoint payload.
+
+        Returns
+        -------
+        dict
+        """
         payload = {"round": self.t, "label": self.spec.label, "params": self.params.detach().cpu().clone(),
                    "rule": self.rule.state_dict(), "accounting": self.accountant.state_dict(),
                    "history": [dict(r) for r in self.history], "torch_rng": torch.get_rng_state(),
@@ -271,7 +347,13 @@ class Simulation:
         return payload
 
     def save_checkpoint(self):
-        """Write the checkpoint (rank 0 only); returns its path."""
+        """Write the checkpoint (rank 0 only); returns its path.
+
+        Returns
+        -------
+        Path or None
+            None when there is no output folder or this rank does not write.
+        """
         path = self._ckpt_path()
         if path is None or not self.comm.is_writer:
             return None
@@ -280,7 +362,18 @@ class Simulation:
         return path
 
     def restore(self, path=None):
-        """Load a checkpoint of this configuration (raises CheckpointError otherwise)."""
+        """Load a checkpoint of this configuration (raises CheckpointError otherwise).
+
+        Parameters
+        ----------
+        path : str or Path, optional
+            Default ``out_dir/checkpoint.ckpt``.
+
+        Raises
+        ------
+        CheckpointError
+            Missing, corrupt, of another configuration or of another shape.
+        """
         path = Path(path) if path is not None else self._ckpt_path()
         payload = load_checkpoint(path, self.config_hash)
         self.params.copy_(payload["params"].to(self.device))
@@ -350,7 +443,18 @@ class Simulation:
         return result
 
     def result(self, status, message):
-        """The :class:`RunResult` of the run so far."""
+        """The :class:`RunResult` of the run so far.
+
+        Parameters
+        ----------
+        status : str
+            "ok" or "diverged".
+        message : str
+
+        Returns
+        -------
+        RunResult
+        """
         tr = self.spec.train
         ref_up, ref_down = reference_bytes(self.d, tr.clients_per_round, self.spec.reference_rounds)
         evals = [r for r in self.history if r["test_acc"] is not None]
@@ -375,7 +479,24 @@ def _progress(label, total, initial, enabled):
 
 
 def load_run_dataset(data_cfg, seed, log=None):
-    """Load ``data_cfg.dataset``; if its files are missing and a fallback is set, load that instead."""
+    """Load ``data_cfg.dataset``; if its files are missing and a fallback is set, load that instead.
+
+    Parameters
+    ----------
+    data_cfg : DataConfig
+    seed : int
+    log : callable, optional
+        Where the fallback warning goes (default stderr).
+
+    Returns
+    -------
+    fedsim.data.Dataset
+
+    Raises
+    ------
+    DataError
+        Unknown dataset or bad files (DataFileMissing when missing and no fallback is set).
+    """
     from .data import load_dataset
 
     try:

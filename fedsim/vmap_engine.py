@@ -168,6 +168,16 @@ class VmapEngine:
         cached per sample shape, plus ``d_rows`` d-length rows per client (3 for
         the per-client paths: the gradient being built, the per-parameter
         gradient pieces and the output row; 0 for the summed path).
+
+        Parameters
+        ----------
+        model, flat_params, batches
+            As in :meth:`gradient_sum`.
+        d_rows : int, default 3
+
+        Returns
+        -------
+        int
         """
         n_max = max(int(x.shape[0]) for x, _ in batches)
         x0 = batches[0][0]
@@ -189,7 +199,18 @@ class VmapEngine:
         return self._saved_cache[key] + d_rows * flat_params.numel() * flat_params.element_size()
 
     def chunk_size(self, model, flat_params, batches, d_rows=3):
-        """Clients per chunk for this round under the engine's limits (see :meth:`per_client_bytes`)."""
+        """Clients per chunk for this round under the engine's limits (see :meth:`per_client_bytes`).
+
+        Parameters
+        ----------
+        model, flat_params, batches, d_rows
+            As in :meth:`per_client_bytes`.
+
+        Returns
+        -------
+        int
+            At least 1.
+        """
         n = len(batches)
         size = n
         if self.max_clients_per_chunk is not None:
@@ -286,7 +307,20 @@ class VmapEngine:
     def gradients(self, model, flat_params, batches):
         """One gradient per client (mean loss over its samples), as a ``(W, d)`` stack.
 
-        Parameters are as in :meth:`gradient_sum`.
+        Parameters
+        ----------
+        model, flat_params, batches
+            As in :meth:`gradient_sum`.
+
+        Returns
+        -------
+        torch.Tensor
+            Shape (W, d).
+
+        Raises
+        ------
+        ConfigError
+            A bad layout or batch (see :meth:`gradient_sum`).
         """
         d = self._check(model, flat_params, batches)
         fixed = fixed_tensors(model)
@@ -327,6 +361,11 @@ class VmapEngine:
         -------
         torch.Tensor of shape (W, d)
             ``w_i_final - flat_params`` per client.
+
+        Raises
+        ------
+        ConfigError
+            A bad layout, batch, learning rate, epoch count, batch size or orders.
         """
         d = self._check(model, flat_params, batches)
         if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs <= 0:

@@ -52,15 +52,30 @@ class Dataset:
 
     @property
     def input_shape(self) -> tuple:
-        """Shape of one sample, e.g. ``(3, 32, 32)``."""
+        """Shape of one sample, e.g. ``(3, 32, 32)``.
+
+        Returns
+        -------
+        tuple of int
+        """
         return tuple(self.x_train.shape[1:])
 
     @property
     def num_train(self) -> int:
-        """Number of training samples."""
+        """Number of training samples.
+
+        Returns
+        -------
+        int
+        """
         return int(self.x_train.shape[0])
 
     @property
     def num_test(self) -> int:
-        """Number of test samples."""
+        """Number of test samples.
+
+        Returns
+        -------
+        int
+        """
         return int(self.x_test.shape[0])

@@ -81,6 +81,11 @@ def synthetic_cifar(num_train: int = 50_000, num_test: int = 10_000, num_classes
     -------
     Dataset
         Named ``"synthetic_cifar{num_classes}"``; images float32 ``(N, 3, 32, 32)``.
+
+    Raises
+    ------
+    DataError
+        A size or class count that is not an integer in range.
     """
     for name, value, low in (("num_train", num_train, 1), ("num_test", num_test, 1),
                              ("num_classes", num_classes, 2)):

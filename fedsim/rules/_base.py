@@ -76,6 +76,11 @@ class ServerRule:
         Returns
         -------
         int
+
+        Raises
+        ------
+        NotImplementedError
+            In the base class.
         """
         raise NotImplementedError
 
@@ -100,6 +105,11 @@ class ServerRule:
         -------
         torch.Tensor
             The update (a d-vector, ``w <- w - update``).
+
+        Raises
+        ------
+        NotImplementedError
+            In the base class.
         """
         raise NotImplementedError
 

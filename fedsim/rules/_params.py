@@ -57,7 +57,17 @@ class RuleParams:
 
     @property
     def name(self):
-        """The registered rule these parameters belong to (``rule.name``)."""
+        """The registered rule these parameters belong to (``rule.name``).
+
+        Returns
+        -------
+        str
+
+        Raises
+        ------
+        ConfigError
+            The class is not registered with a rule.
+        """
         if self.rule_name is None:
             raise ConfigError(f"{type(self).__name__} is not registered with a rule (see register_rule)")
         return self.rule_name

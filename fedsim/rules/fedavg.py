@@ -63,11 +63,26 @@ class FedAvg(ServerRule):
         self.state = FedAvgState(self.zeros())
 
     def upload_bytes(self):
-        """d floats (the weight change)."""
+        """d floats (the weight change).
+
+        Returns
+        -------
+        int
+        """
         return self.d * self.value_bytes
 
     def round(self, ctx):
-        """Local training, weighted average of the changes, server step."""
+        """Local training, weighted average of the changes, server step.
+
+        Parameters
+        ----------
+        ctx : fedsim.RoundContext
+
+        Returns
+        -------
+        torch.Tensor
+            The update (``w <- w - update``).
+        """
         deltas = ctx.local_train(self.params.local_epochs, self.params.local_batch_size)
         agg = -(ctx.my_weights.to(deltas.dtype) @ deltas) if deltas.shape[0] else self.zeros()
         ctx.allreduce_(agg)

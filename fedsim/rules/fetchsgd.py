@@ -103,16 +103,36 @@ class FetchSGD(ServerRule):
         self._round_sketch = self._new()
 
     def upload_bytes(self):
-        """The sketch table (plus p k exact values with a second round)."""
+        """The sketch table (plus p k exact values with a second round).
+
+        Returns
+        -------
+        int
+        """
         extra = self.params.second_round * self.params.k * self.value_bytes
         return self._round_sketch.rows * self._round_sketch.cols * self.value_bytes + extra
 
     def extra_download_bytes(self):
-        """The p k candidate indices of the second round."""
+        """The p k candidate indices of the second round.
+
+        Returns
+        -------
+        int
+        """
         return self.params.second_round * self.params.k * self.index_bytes
 
     def round(self, ctx):
-        """One FetchSGD step; returns the sparse update as a dense d-vector."""
+        """One FetchSGD step; returns the sparse update as a dense d-vector.
+
+        Parameters
+        ----------
+        ctx : fedsim.RoundContext
+
+        Returns
+        -------
+        torch.Tensor
+            The update (``w <- w - update``).
+        """
         # CuPy kernels must run on torch's current stream, or they race with torch's work.
         with cuda_stream_scope(self.device):
             return self._round(ctx)

@@ -60,11 +60,26 @@ class LocalTopK(ServerRule):
         self.state = LocalTopKState(self.zeros())
 
     def upload_bytes(self):
-        """k values and k indices."""
+        """k values and k indices.
+
+        Returns
+        -------
+        int
+        """
         return self.params.k * (self.value_bytes + self.index_bytes)
 
     def round(self, ctx):
-        """Per-client top-k, weighted sum, optional global momentum."""
+        """Per-client top-k, weighted sum, optional global momentum.
+
+        Parameters
+        ----------
+        ctx : fedsim.RoundContext
+
+        Returns
+        -------
+        torch.Tensor
+            The update (``w <- w - update``).
+        """
         grads = ctx.gradients()
         payload = self.zeros()
         new_errors = {}

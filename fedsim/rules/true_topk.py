@@ -55,11 +55,26 @@ class TrueTopK(ServerRule):
         self.state = TrueTopKState(self.zeros(), self.zeros())
 
     def upload_bytes(self):
-        """d floats (the server needs the exact sum)."""
+        """d floats (the server needs the exact sum).
+
+        Returns
+        -------
+        int
+        """
         return self.d * self.value_bytes
 
     def round(self, ctx):
-        """Momentum, error feedback, exact top-k."""
+        """Momentum, error feedback, exact top-k.
+
+        Parameters
+        ----------
+        ctx : fedsim.RoundContext
+
+        Returns
+        -------
+        torch.Tensor
+            The update (``w <- w - update``).
+        """
         g = ctx.allreduce_(ctx.gradient_sum())
         u, e = self.state.momentum, self.state.error
         u.mul_(self.params.momentum).add_(g)

@@ -43,11 +43,26 @@ class Uncompressed(ServerRule):
         self.state = UncompressedState(self.zeros())
 
     def upload_bytes(self):
-        """d floats."""
+        """d floats.
+
+        Returns
+        -------
+        int
+        """
         return self.d * self.value_bytes
 
     def round(self, ctx):
-        """Sum, all-reduce, momentum step."""
+        """Sum, all-reduce, momentum step.
+
+        Parameters
+        ----------
+        ctx : fedsim.RoundContext
+
+        Returns
+        -------
+        torch.Tensor
+            The update (``w <- w - update``).
+        """
         g = ctx.allreduce_(ctx.gradient_sum())
         u = self.state.momentum
         u.mul_(self.params.momentum).add_(g)
