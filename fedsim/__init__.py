@@ -6,15 +6,20 @@ Python API::
     cfg = fedsim.load_config(None, ["train.rounds=50"])   # the packaged default + overrides
     exp = fedsim.run_experiment(cfg)                      # every method; table, CSV, plots
     sim = fedsim.Simulation(cfg.runs()[0]); result = sim.run()   # one run
+    rule = fedsim.make_rule(fedsim.rule_params("fetchsgd", k=50, cols=1000), d)   # a rule on its own
 """
 from .comm import Communicator, LocalCommunicator
 from .config import Config, RunSpec, load_config, parse_config
-from .errors import CheckpointError, ClientUpdateError, ConfigError, FedsimError, NonFiniteError
+from .errors import (CheckpointError, ClientUpdateError, ConfigError, DataError, DataFileMissing, FedsimError,
+                     MissingDependency, ModelError, NonFiniteError, RankFailure)
+from .rules import RULES, make_rule, register_rule, rule_params
 from .simulator import ExperimentResult, RunResult, Simulation, run_experiment
 
 __all__ = [
     "Config", "RunSpec", "load_config", "parse_config",
     "Simulation", "run_experiment", "RunResult", "ExperimentResult",
     "Communicator", "LocalCommunicator",
-    "FedsimError", "ConfigError", "CheckpointError", "NonFiniteError", "ClientUpdateError",
+    "RULES", "make_rule", "rule_params", "register_rule",
+    "FedsimError", "ConfigError", "CheckpointError", "NonFiniteError", "ClientUpdateError", "DataError",
+    "DataFileMissing", "ModelError", "RankFailure", "MissingDependency",
 ]
