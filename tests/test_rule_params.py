@@ -11,7 +11,8 @@ import torch
 
 from fedsim import ConfigError, FedsimError, Simulation, parse_config
 from fedsim.cli import main
-from fedsim.config import apply_overrides, load_config
+from fedsim.config import apply_overrides, dump_toml, load_config
+from fedsim.config import tomllib  # tomli on Python 3.10
 from fedsim.rules import (RULES, FetchSGDParams, MomentumParams, ServerRule, TrueTopKParams, knob,
                           knobs_markdown, make_rule, register_rule, rule_params)
 
@@ -94,6 +95,9 @@ def test_today_s_configs_and_overrides_still_load():
     for path in sorted((REPO / "fedsim" / "configs").glob("*.toml")):
         specs = load_config(path, ["rule.k=20", "rule.cols=400"]).runs()
         assert specs and all(s.rule.k == 20 for s in specs if hasattr(s.rule, "k"))
+        # `fedsim config` output (and the experiment's config.toml) parses back to the same runs
+        again = parse_config(tomllib.loads(dump_toml(load_config(path, ["rule.k=20", "rule.cols=400"]))))
+        assert [s.config_hash() for s in again.runs()] == [s.config_hash() for s in specs]
 
 
 @pytest.fixture
