@@ -169,5 +169,5 @@ def build_model(name: str, input_shape: tuple, num_classes: int) -> nn.Module:
         count = num_parameters(model)
         if count != RESNET9_CIFAR10_PARAMETERS:
             raise ModelError(f"ResNet9 for CIFAR-10 has {count} parameters, the paper's "
-                                 f"has {RESNET9_CIFAR10_PARAMETERS}")
+                             f"has {RESNET9_CIFAR10_PARAMETERS}")
     return model

@@ -44,7 +44,7 @@ def _check_layout(model, flat_params):
         raise ConfigError("flat_params must be a 1-D torch tensor")
     if flat_params.shape[0] != d:
         raise ConfigError(f"flat_params has {flat_params.shape[0]} entries but the model has "
-                         f"{d} trainable parameters")
+                          f"{d} trainable parameters")
     if not flat_params.is_floating_point():
         raise ConfigError(f"flat_params must be floating point, got {flat_params.dtype}")
     return d
@@ -147,7 +147,7 @@ class VmapEngine:
                 raise ConfigError(f"client batch {i} is empty")
             if tuple(x.shape[1:]) != tuple(batches[0][0].shape[1:]):
                 raise ConfigError(f"client batch {i} has sample shape {tuple(x.shape[1:])}, "
-                                 f"client 0 has {tuple(batches[0][0].shape[1:])}")
+                                  f"client 0 has {tuple(batches[0][0].shape[1:])}")
         return d
 
     def _weights(self, weights, n, flat_params):

@@ -29,12 +29,12 @@ def _read_batch(path, label_key):
     batch = {(k.decode() if isinstance(k, bytes) else k): v for k, v in batch.items()}
     if "data" not in batch or label_key not in batch:
         raise DataError(f"{path} lacks the keys 'data' and {label_key!r} "
-                         f"(has {sorted(batch)})")
+                        f"(has {sorted(batch)})")
     data = np.asarray(batch["data"], dtype=np.uint8)
     labels = np.asarray(batch[label_key], dtype=np.int64)
     if data.ndim != 2 or data.shape[1] != 3072 or labels.shape != (data.shape[0],):
         raise DataError(f"{path}: expected data (N, 3072) and N labels, got data "
-                         f"{data.shape} and labels {labels.shape}")
+                        f"{data.shape} and labels {labels.shape}")
     return data.reshape(-1, 3, 32, 32), labels
 
 

@@ -39,16 +39,16 @@ class Dataset:
             x, y = getattr(self, f"x_{split}"), getattr(self, f"y_{split}")
             if x.ndim < 2:
                 raise DataError(f"x_{split} must have a sample axis and at least one feature "
-                                 f"axis, got shape {x.shape}")
+                                f"axis, got shape {x.shape}")
             if y.shape != (x.shape[0],):
                 raise DataError(f"y_{split} must have shape ({x.shape[0]},) to match x_{split}, "
-                                 f"got {y.shape}")
+                                f"got {y.shape}")
         if self.x_train.shape[1:] != self.x_test.shape[1:]:
             raise DataError(f"train and test samples differ in shape: "
-                             f"{self.x_train.shape[1:]} vs {self.x_test.shape[1:]}")
+                            f"{self.x_train.shape[1:]} vs {self.x_test.shape[1:]}")
         if self.writers_train is not None and self.writers_train.shape != self.y_train.shape:
             raise DataError(f"writers_train must have shape {self.y_train.shape}, "
-                             f"got {self.writers_train.shape}")
+                            f"got {self.writers_train.shape}")
 
     @property
     def input_shape(self) -> tuple:

@@ -51,7 +51,7 @@ def _read_split(folder: Path):
                     from exc
             if len(x) != len(y):
                 raise DataError(f"{path}: user {user!r} has {len(x)} samples but "
-                                 f"{len(y)} labels")
+                                f"{len(y)} labels")
             # Convert per user: python float lists of a whole split would need ~20 GB.
             try:
                 x = np.asarray(x, dtype=np.float32).reshape(len(y), -1)
@@ -69,7 +69,7 @@ def _read_split(folder: Path):
     side = math.isqrt(width)
     if side == 0 or side * side != width:
         raise DataError(f"{folder}: every sample must be a flat square image (784 floats for "
-                         f"28x28), got sample lengths {widths}")
+                        f"28x28), got sample lengths {widths}")
     x = np.concatenate([x for x in xs if len(x)])
     y = np.concatenate(ys)
     if y.min() < 0 or y.max() >= NUM_CLASSES:

@@ -62,7 +62,7 @@ def load_dataset(name: str, root: str | None = None, *, seed: int = 0, **options
     unknown = sorted(set(options) - set(allowed))
     if unknown:
         raise DataError(f"dataset {name!r} takes no option(s) {', '.join(unknown)}; "
-                         f"valid options: {', '.join(allowed) or 'none'}")
+                        f"valid options: {', '.join(allowed) or 'none'}")
     if name == "digits":
         from ._digits import load_digits_dataset
         return load_digits_dataset(seed)

@@ -26,7 +26,7 @@ def read_idx(path) -> np.ndarray:
         raise DataError(f"{path} is not an idx file (bad magic number)")
     if raw[2] != _UBYTE:
         raise DataError(f"{path}: only unsigned-byte idx data (type 0x08) is supported, "
-                         f"got type 0x{raw[2]:02x}")
+                        f"got type 0x{raw[2]:02x}")
     ndim = raw[3]
     header = 4 + 4 * ndim
     if len(raw) < header:
@@ -35,7 +35,7 @@ def read_idx(path) -> np.ndarray:
     count = int(np.prod(shape))
     if len(raw) - header != count:
         raise DataError(f"{path}: header declares shape {shape} ({count} bytes) but the file "
-                         f"holds {len(raw) - header} bytes of data")
+                        f"holds {len(raw) - header} bytes of data")
     return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(shape)
 
 
@@ -46,7 +46,7 @@ def _read_split(folder, split):
     labels = read_idx(resolve(folder, labels_name))
     if images.ndim != 3 or labels.ndim != 1 or images.shape[0] != labels.shape[0]:
         raise DataError(f"{folder}: {split} images {images.shape} and labels {labels.shape} "
-                         f"do not match")
+                        f"do not match")
     if labels.size and labels.max() >= 10:
         raise DataError(f"{folder}: MNIST labels must lie in [0, 10), found {labels.max()}")
     x = images[:, None].astype(np.float32)

@@ -67,10 +67,10 @@ def partition(labels: np.ndarray, num_clients: int, scheme: str, *, seed: int,
     num_clients = _check_int("num_clients", num_clients, 1)
     if scheme not in SCHEMES:
         raise DataError(f"unknown partition scheme {scheme!r}; valid schemes: "
-                         f"{', '.join(SCHEMES)}")
+                        f"{', '.join(SCHEMES)}")
     if num_clients > n:
         raise DataError(f"num_clients={num_clients} exceeds the number of samples ({n}); "
-                         f"every client needs at least one")
+                        f"every client needs at least one")
     if isinstance(alpha, bool) or not isinstance(alpha, (int, float, np.number)) \
             or not math.isfinite(alpha) or alpha <= 0:
         raise DataError(f"alpha must be a finite number > 0, got {alpha!r}")
@@ -79,13 +79,13 @@ def partition(labels: np.ndarray, num_clients: int, scheme: str, *, seed: int,
         samples_per_client = _check_int("samples_per_client", samples_per_client, 1)
         if scheme != "natural" and num_clients * samples_per_client > n:
             raise DataError(f"num_clients * samples_per_client = "
-                             f"{num_clients * samples_per_client} exceeds the number of "
-                             f"samples ({n})")
+                            f"{num_clients * samples_per_client} exceeds the number of "
+                            f"samples ({n})")
     if writers is not None:
         writers = np.asarray(writers)
         if writers.shape != labels.shape:
             raise DataError(f"writers must have the shape of labels {labels.shape}, "
-                             f"got {writers.shape}")
+                            f"got {writers.shape}")
     rng = np.random.default_rng(seed)
     if scheme == "iid":
         parts = _iid(n, num_clients, samples_per_client, rng)
@@ -96,7 +96,7 @@ def partition(labels: np.ndarray, num_clients: int, scheme: str, *, seed: int,
     else:
         if writers is None:
             raise DataError("the 'natural' scheme needs writers= (a writer id per sample, "
-                             "e.g. Dataset.writers_train)")
+                            "e.g. Dataset.writers_train)")
         parts = _natural(writers, num_clients, samples_per_client, rng)
     return [np.sort(p).astype(np.int64) for p in parts]
 
@@ -193,12 +193,12 @@ def _pathological(labels, num_clients, cpc, spc, rng):
     classes, inverse, counts = np.unique(labels, return_inverse=True, return_counts=True)
     if cpc > len(classes):
         raise DataError(f"classes_per_client={cpc} exceeds the number of classes in the "
-                         f"labels ({len(classes)})")
+                        f"labels ({len(classes)})")
     num_shards = num_clients * cpc
     if spc is not None:
         if spc % cpc:
             raise DataError(f"samples_per_client={spc} must be a multiple of "
-                             f"classes_per_client={cpc} for the 'pathological' scheme")
+                            f"classes_per_client={cpc} for the 'pathological' scheme")
         shard_size = spc // cpc
         caps = counts // shard_size
     else:
@@ -206,8 +206,8 @@ def _pathological(labels, num_clients, cpc, spc, rng):
         caps = counts.copy()
     if caps.sum() < num_shards:
         raise DataError(f"the labels hold only {caps.sum()} single-class shards of "
-                         f"{shard_size or 1} sample(s), {num_shards} needed "
-                         f"(num_clients * classes_per_client)")
+                        f"{shard_size or 1} sample(s), {num_shards} needed "
+                        f"(num_clients * classes_per_client)")
     shares = _apportion(num_shards, counts.astype(np.float64), caps, rng)
     shards = []
     for c in rng.permutation(len(classes)):
@@ -228,7 +228,7 @@ def _natural(writers, num_clients, spc, rng):
     inverse = inverse.reshape(-1)
     if num_clients > len(ids):
         raise DataError(f"the 'natural' scheme has one client per writer: {len(ids)} writers, "
-                         f"but num_clients={num_clients}")
+                        f"but num_clients={num_clients}")
     chosen = np.arange(len(ids)) if num_clients == len(ids) else \
         np.sort(rng.choice(len(ids), num_clients, replace=False))
     order = np.argsort(inverse, kind="stable")
