@@ -27,7 +27,7 @@ and no sketch is modified.
 """
 import numpy as np
 
-from sketchlib import BackendUnavailable, CountSketch, SketchError, _backends
+from sketchlib import BackendUnavailable, CountSketch, SketchError, backends
 
 __all__ = [
     "DLPackTable",
@@ -87,7 +87,7 @@ def _import_cupy():
         import cupy
     except ImportError as exc:
         raise BackendUnavailable(f"this array lives on a CUDA device, which needs CuPy: {_CUPY_HINT}") from exc
-    if "cupy" not in _backends.available_backends():
+    if "cupy" not in backends.available_backends():
         raise BackendUnavailable("this array lives on a CUDA device, but CuPy cannot use a CUDA "
                                  "device here (no device visible, or driver too old for this CuPy)")
     return cupy
@@ -124,7 +124,7 @@ def as_array(obj, *, writable=False, what="array"):
     BackendUnavailable
         A CUDA array while CuPy is missing.
     """
-    lib = _backends.array_library_of(obj)
+    lib = backends.array_library_of(obj)
     if lib in ("numpy", "cupy") and hasattr(obj, "shape"):
         if writable:
             _check_writable(obj, what)
@@ -154,11 +154,11 @@ def as_array(obj, *, writable=False, what="array"):
 
 def backend_for(obj):
     """Name of the backend whose tables live where ``obj`` lives (``"numba"``, ``"numpy"`` or ``"cupy"``)."""
-    device = device_of(obj) if _backends.array_library_of(obj) not in ("numpy", "cupy") else None
+    device = device_of(obj) if backends.array_library_of(obj) not in ("numpy", "cupy") else None
     if device is None:
-        return _backends.backend_for_array(obj)
+        return backends.backend_for_array(obj)
     if device == "cpu":
-        return _backends.backend_for_array(np.empty(0))
+        return backends.backend_for_array(np.empty(0))
     if device.startswith("cuda:"):
         _import_cupy()
         return "cupy"
@@ -167,7 +167,7 @@ def backend_for(obj):
 
 def _cuda_index(obj):
     """CUDA device ordinal of a producer (None when it is not on a CUDA device)."""
-    if _backends.array_library_of(obj) == "cupy":
+    if backends.array_library_of(obj) == "cupy":
         return obj.device.id
     if hasattr(obj, "__dlpack_device__"):
         kind, index = obj.__dlpack_device__()

@@ -24,7 +24,7 @@ try:
 except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ImportError("adapters.torch needs PyTorch: pip install 'sketchgrad[torch]'") from exc
 
-from sketchlib import CountSketch, SketchError, _backends
+from sketchlib import BackendUnavailable, CountSketch, SketchError, backends
 
 __all__ = [
     "backend_for_device",
@@ -60,9 +60,9 @@ def _cupy():
     try:
         import cupy
     except ImportError as exc:
-        raise _backends.BackendUnavailable(_CUPY_HINT) from exc
-    if "cupy" not in _backends.available_backends():
-        raise _backends.BackendUnavailable("CUDA tensors need the CuPy backend, but CuPy cannot use "
+        raise BackendUnavailable(_CUPY_HINT) from exc
+    if "cupy" not in backends.available_backends():
+        raise BackendUnavailable("CUDA tensors need the CuPy backend, but CuPy cannot use "
                                            "a CUDA device here (none visible, or driver too old)")
     return cupy
 
@@ -141,7 +141,7 @@ def from_array(array):
 
     Read-only NumPy arrays are refused (torch tensors are always writable).
     """
-    lib = _backends.array_library_of(array)
+    lib = backends.array_library_of(array)
     if lib == "numpy":
         if not array.flags.writeable:
             raise SketchError("array is read-only; torch tensors are always writable, "
@@ -172,9 +172,9 @@ def backend_for_device(device):
     device = _device(device)
     if device.type == "cuda":
         _cupy()
-        return _backends.get_backend("cupy").NAME
+        return backends.get_backend("cupy").NAME
     if device.type == "cpu":
-        return _backends.backend_for_array(np.empty(0))
+        return backends.backend_for_array(np.empty(0))
     raise SketchError(f"no sketch backend for tensors on {device}; only CPU and CUDA are supported")
 
 

@@ -11,8 +11,8 @@ import numbers
 
 import numpy as np
 
-from sketchlib import CountSketch, SketchError
-from sketchlib._backends import get_backend
+from sketchlib import CountSketch, SketchError, finite_scalar
+from sketchlib.backends import get_backend
 
 __all__ = ["IdentitySketch", "make_compressor"]
 
@@ -26,7 +26,14 @@ class IdentitySketch:
         Dimension.
     dtype : {"float32", "float64"}, default "float32"
     backend : {"numpy", "numba", "cupy"}, default "numpy"
-        Decides the array library (NumPy or CuPy) of the table.
+        Decides the array library (NumPy or CuPy) of the table; the table
+        arithmetic goes through that backend's contract
+        (:mod:`sketchlib.backends`).
+
+    Raises
+    ------
+    SketchError
+        A bad ``d`` or an unknown backend; ``BackendUnavailable`` for one that cannot run here.
     """
 
     def __init__(self, d, *, dtype="float32", backend="numpy"):
@@ -61,8 +68,9 @@ class IdentitySketch:
 
     def copy(self):
         """A deep copy."""
-        new = self.empty_like()
-        new._table[...] = self._table
+        new = IdentitySketch.__new__(IdentitySketch)
+        new._be, new._xp, new._d, new._dtype = self._be, self._xp, self._d, self._dtype
+        new._table = self._be.copy_table(self._table)
         return new
 
     # ----------------------------------------------------------------- checks
@@ -72,7 +80,7 @@ class IdentitySketch:
             raise SketchError(f"{what} must have shape {tuple(shape)}, got {getattr(x, 'shape', None)}")
         if x.dtype.kind != "f":
             raise SketchError(f"{what} must have a floating dtype, got {x.dtype}")
-        if check_finite and not bool(self._xp.isfinite(x).all()):
+        if check_finite and not self._be.all_finite(x):
             raise SketchError(f"{what} contains NaN or infinity; the sketch is unchanged")
         return x.astype(self._dtype, copy=False)
 
@@ -80,8 +88,10 @@ class IdentitySketch:
         """Validate coordinate indices."""
         if getattr(idx, "ndim", None) != 1 or idx.dtype.kind not in "iu":
             raise SketchError("indices must be a 1-D integer array")
-        if idx.shape[0] and (int(idx.min()) < 0 or int(idx.max()) >= self._d):
-            raise SketchError(f"indices must lie in [0, {self._d})")
+        if idx.shape[0]:
+            lo, hi = self._be.index_range(idx)
+            if lo < 0 or hi >= self._d:
+                raise SketchError(f"indices must lie in [0, {self._d})")
         return idx.astype(self._xp.int64, copy=False)
 
     def _same(self, other):
@@ -114,17 +124,13 @@ class IdentitySketch:
 
     def zero(self):
         """``v = 0``."""
-        self._table[...] = 0
+        self._be.fill_zero(self._table)
         return self
 
     def add_scaled(self, other, alpha):
         """``v += alpha * other``."""
         self._same(other)
-        alpha = CountSketch._scalar(alpha)
-        if alpha == 1.0:
-            self._table += other._table
-        else:
-            self._table += other._table * self._dtype.type(alpha)
+        self._be.add_scaled(self._table, other._table, finite_scalar(alpha))
         return self
 
     def merge(self, other):
@@ -133,7 +139,7 @@ class IdentitySketch:
 
     def scale(self, alpha):
         """``v *= alpha``."""
-        self._table *= self._dtype.type(CountSketch._scalar(alpha))
+        self._be.scale(self._table, finite_scalar(alpha))
         return self
 
     # ---------------------------------------------------------------- queries
@@ -167,7 +173,26 @@ class IdentitySketch:
 
 
 def make_compressor(kind, d, *, rows, cols, seed=0, backend="numpy", dtype="float32", hash_version="auto"):
-    """A zero compressor: ``"count"`` (CountSketch) or ``"identity"`` (exact)."""
+    """A zero compressor: ``"count"`` (CountSketch) or ``"identity"`` (exact).
+
+    Parameters
+    ----------
+    kind : {"count", "identity"}
+    d : int
+    rows, cols, seed, hash_version
+        The CountSketch parameters (ignored by ``"identity"``).
+    backend : str, default "numpy"
+    dtype : {"float32", "float64"}, default "float32"
+
+    Returns
+    -------
+    CountSketch or IdentitySketch
+
+    Raises
+    ------
+    SketchError
+        An unknown kind or bad parameters.
+    """
     if kind == "count":
         return CountSketch(d, rows, cols, seed=seed, dtype=dtype, hash_version=hash_version, backend=backend)
     if kind == "identity":
