@@ -16,13 +16,14 @@ runs the sketch kernels.
 """
 import numpy as np
 
+from sketchlib import CountSketch, IncompatibleSketches, SketchError
+from sketchlib.errors import MissingDependency
+
 try:
     import torch
     import torch.distributed as dist
 except ImportError as exc:  # pragma: no cover - depends on the environment
-    raise ImportError("adapters.distributed needs PyTorch: pip install 'sketchgrad[torch]'") from exc
-
-from sketchlib import CountSketch, IncompatibleSketches, SketchError
+    raise MissingDependency("adapters.distributed needs PyTorch: pip install 'sketchgrad[torch]'") from exc
 
 from . import torch as _at
 

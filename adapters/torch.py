@@ -19,12 +19,13 @@ import contextlib
 
 import numpy as np
 
+from sketchlib import BackendUnavailable, CountSketch, SketchError, backends
+from sketchlib.errors import MissingDependency
+
 try:
     import torch
 except ImportError as exc:  # pragma: no cover - depends on the environment
-    raise ImportError("adapters.torch needs PyTorch: pip install 'sketchgrad[torch]'") from exc
-
-from sketchlib import BackendUnavailable, CountSketch, SketchError, backends
+    raise MissingDependency("adapters.torch needs PyTorch: pip install 'sketchgrad[torch]'") from exc
 
 __all__ = [
     "backend_for_device",

@@ -7,8 +7,8 @@ registry are public in :mod:`sketchlib.backends`.
 from . import backends
 from ._hash import HASH_VERSIONS
 from .backends import auto_backend, available_backends, get_backend, register_backend
-from .errors import (BackendUnavailable, IncompatibleSketches, SerializationError, SketchError, UnknownBackend,
-                     UnsupportedArray)
+from .errors import (BackendUnavailable, IncompatibleSketches, MissingDependency, SerializationError, SketchError,
+                     UnknownBackend, UnsupportedArray)
 from .serialize import FORMAT_VERSION
 from .sketch import MAX_ROWS, SUPPORTED_DTYPES, CountSketch
 from .validation import finite_scalar
@@ -19,6 +19,7 @@ __all__ = [
     "IncompatibleSketches",
     "SerializationError",
     "BackendUnavailable",
+    "MissingDependency",
     "UnknownBackend",
     "UnsupportedArray",
     "backends",

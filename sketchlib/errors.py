@@ -5,8 +5,8 @@ hierarchy existed (``except ValueError``) keeps working; the subclasses that
 replace a former ``ImportError`` or ``TypeError`` derive from that too.
 """
 
-__all__ = ["SketchError", "IncompatibleSketches", "SerializationError", "BackendUnavailable",
-           "UnknownBackend", "UnsupportedArray"]
+__all__ = ["SketchError", "IncompatibleSketches", "SerializationError", "MissingDependency",
+           "BackendUnavailable", "UnknownBackend", "UnsupportedArray"]
 
 
 class SketchError(ValueError):
@@ -21,7 +21,14 @@ class SerializationError(SketchError):
     """Bytes that are not a valid serialized sketch (truncated, corrupted, foreign)."""
 
 
-class BackendUnavailable(SketchError, ImportError):
+class MissingDependency(SketchError, ImportError):
+    """An optional library (torch, hypothesis, ...) is missing; the message says what to install.
+
+    Also an ``ImportError``, so ``except ImportError`` keeps catching it.
+    """
+
+
+class BackendUnavailable(MissingDependency):
     """A backend was asked for but cannot run here; the message says what to install.
 
     Also an ``ImportError``, so ``except ImportError`` keeps catching it.

@@ -10,15 +10,17 @@ Examples
 ... def test_mine(params, data):
 ...     x = data.draw(dense_vectors(params["d"]))
 """
+import numpy as np
+
+from .errors import MissingDependency
+
 try:
     from hypothesis import strategies as st
     from hypothesis.extra import numpy as hnp
 except ImportError as exc:  # pragma: no cover - exercised only without hypothesis
-    raise ImportError("sketchlib.testing needs hypothesis: pip install hypothesis") from exc
+    raise MissingDependency("sketchlib.testing needs hypothesis: pip install hypothesis") from exc
 
-import numpy as np
-
-from .sketch import CountSketch
+from .sketch import CountSketch  # noqa: E402
 
 __all__ = ["sketch_params", "dense_vectors", "sparse_updates", "sketches", "scalars"]
 
