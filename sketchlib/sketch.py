@@ -140,7 +140,13 @@ class CountSketch:
         return self._rows * self._cols * self._dtype.itemsize
 
     def signature(self):
-        """The tuple that must match for two sketches to combine."""
+        """The tuple that must match for two sketches to combine.
+
+        Returns
+        -------
+        tuple
+            ``(d, rows, cols, seed, hash_version, dtype name)``.
+        """
         return (self._d, self._rows, self._cols, self._seed, self._hv, self._dtype.name)
 
     def __repr__(self):
@@ -305,6 +311,12 @@ class CountSketch:
         -------
         CountSketch
             ``self``, for chaining.
+
+        Raises
+        ------
+        SketchError
+            An array of another library or device, a wrong shape, a
+            non-floating dtype, or (with ``check_finite``) NaN/inf; nothing is modified.
         """
         x = self._floating(x, "x", (self._d,), check_finite)
         self._backend.insert_dense(self._table, x, self._keys, self._hv)
@@ -321,6 +333,16 @@ class CountSketch:
             Coordinates in ``[0, d)``.
         values : floating array of shape (n,)
         check_finite : bool, default True
+
+        Returns
+        -------
+        CountSketch
+            ``self``.
+
+        Raises
+        ------
+        SketchError
+            As :meth:`insert`, and for indices that are not 1-D integers in ``[0, d)``.
         """
         if getattr(indices, "shape", None) is None or getattr(values, "shape", None) is None:
             raise SketchError("indices and values must be arrays")
@@ -334,6 +356,22 @@ class CountSketch:
         """Add the sketch of the sum of the rows of an ``(n, d)`` stack, in one call.
 
         By linearity this equals inserting each row in turn.
+
+        Parameters
+        ----------
+        stack : floating array of shape (n, d)
+        check_finite : bool, default True
+
+        Returns
+        -------
+        CountSketch
+            ``self``.
+
+        Raises
+        ------
+        SketchError
+            An array of another library or device, a wrong shape, a
+            non-floating dtype, or (with ``check_finite``) NaN/inf; nothing is modified.
         """
         stack = self._floating(stack, "stack", (getattr(stack, "shape", (0,))[0], self._d), check_finite)
         self._backend.insert_stack_sum(self._table, stack, self._keys, self._hv)
@@ -341,6 +379,11 @@ class CountSketch:
 
     def sketch_each(self, stack, *, check_finite=True):
         """Sketch each row of an ``(n, d)`` stack into its own new sketch, in one call.
+
+        Parameters
+        ----------
+        stack : floating array of shape (n, d)
+        check_finite : bool, default True
 
         Returns
         -------
@@ -490,12 +533,22 @@ class CountSketch:
         Returns
         -------
         array of shape (n,), the table dtype
+
+        Raises
+        ------
+        SketchError
+            Indices that are not a 1-D integer array of this sketch's library and device in ``[0, d)``.
         """
         idx = self._indices(indices)
         return self._backend.query(self._table, idx, self._keys, self._hv)
 
     def estimate_all(self):
-        """Estimates of all d coordinates as one d-length array."""
+        """Estimates of all d coordinates as one d-length array.
+
+        Returns
+        -------
+        array of shape (d,), the table dtype
+        """
         return self._backend.estimate_all(self._table, self._d, self._keys, self._hv)
 
     def _k(self, k):
@@ -514,24 +567,67 @@ class CountSketch:
     def topk(self, k):
         """The k coordinates with the largest ``|estimate|``.
 
+        Parameters
+        ----------
+        k : int
+            In ``[1, d]``.
+
         Returns
         -------
         indices : int64 array of shape (k,)
             Sorted by ``|estimate|`` descending (ties in any order).
         values : array of shape (k,)
             Their estimates, signs included.
+
+        Raises
+        ------
+        SketchError
+            If ``k`` is not an integer in ``[1, d]``.
         """
         return self._backend.topk(self._table, self._d, self._k(k), self._keys, self._hv)
 
     def heavy_hitters(self, threshold):
         """Coordinates with ``|estimate| >= threshold``, as ``(indices, values)``.
 
-        Indices come in ascending order; negative heavy hitters are included.
+        Parameters
+        ----------
+        threshold : float
+            Finite, ``>= 0``.
+
+        Returns
+        -------
+        indices : int64 array
+            Ascending.
+        values : array
+            Their estimates, negative heavy hitters included.
+
+        Raises
+        ------
+        SketchError
+            A threshold that is not a finite number ``>= 0``.
         """
         return self._backend.heavy(self._table, self._d, self._threshold(threshold), self._keys, self._hv)
 
     def unsketch(self, k=None, *, threshold=None):
-        """Dense d-vector holding only the heavy hitters (top-k or by threshold)."""
+        """Dense d-vector holding only the heavy hitters (top-k or by threshold).
+
+        Parameters
+        ----------
+        k : int, optional
+            Keep the top k (as :meth:`topk`).
+        threshold : float, optional
+            Keep every estimate with ``|estimate| >= threshold`` (as :meth:`heavy_hitters`).
+
+        Returns
+        -------
+        array of shape (d,)
+            The kept estimates in place, zeros elsewhere.
+
+        Raises
+        ------
+        SketchError
+            Neither or both of ``k`` and ``threshold``, or a bad value of either.
+        """
         if (k is None) == (threshold is None):
             raise SketchError("give exactly one of k or threshold")
         if threshold is None:
@@ -540,7 +636,12 @@ class CountSketch:
         return self._backend.scatter_dense(self._d, idx, vals, self._dtype)
 
     def l2_estimate(self):
-        """Estimate of the l2 norm of the sketched vector: ``sqrt(median_j sum_b T[j,b]^2)``."""
+        """Estimate of the l2 norm of the sketched vector: ``sqrt(median_j sum_b T[j,b]^2)``.
+
+        Returns
+        -------
+        float
+        """
         return self._backend.l2_estimate(self._table)
 
     def zero_coordinates(self, indices):
@@ -548,6 +649,21 @@ class CountSketch:
 
         This is the reference FetchSGD code's way of removing an update from the
         error sketch (it also clears whatever else shares those buckets).
+
+        Parameters
+        ----------
+        indices : integer array of shape (n,)
+            In ``[0, d)``.
+
+        Returns
+        -------
+        CountSketch
+            ``self``.
+
+        Raises
+        ------
+        SketchError
+            As :meth:`query`.
         """
         idx = self._indices(indices)
         if idx.shape[0]:
@@ -556,23 +672,70 @@ class CountSketch:
 
     # ------------------------------------------------------------ serialization
     def to_bytes(self):
-        """Serialize to bytes (versioned header, table, CRC32). See ``sketchlib.serialize``."""
+        """Serialize to bytes (versioned header, table, CRC32). See ``sketchlib.serialize``.
+
+        Returns
+        -------
+        bytes
+        """
         from .serialize import sketch_to_bytes
         return sketch_to_bytes(self)
 
     @classmethod
     def from_bytes(cls, data, *, backend="auto"):
-        """Rebuild a sketch from :meth:`to_bytes` output; bad bytes raise ``SerializationError``."""
+        """Rebuild a sketch from :meth:`to_bytes` output.
+
+        Parameters
+        ----------
+        data : bytes-like
+        backend : str, default "auto"
+
+        Returns
+        -------
+        CountSketch
+
+        Raises
+        ------
+        SerializationError
+            Truncated, corrupted or foreign bytes.
+        UnknownBackend, BackendUnavailable
+            A bad ``backend``.
+        """
         from .serialize import sketch_from_bytes
         return sketch_from_bytes(data, backend=backend)
 
     def save(self, path):
-        """Write the sketch to a file atomically (temporary file + rename)."""
+        """Write the sketch to a file atomically (temporary file + rename).
+
+        Parameters
+        ----------
+        path : str or os.PathLike
+
+        Raises
+        ------
+        OSError
+            If the folder cannot be written.
+        """
         from .serialize import save
         save(self, path)
 
     @classmethod
     def load(cls, path, *, backend="auto"):
-        """Read a sketch written by :meth:`save`."""
+        """Read a sketch written by :meth:`save`.
+
+        Parameters
+        ----------
+        path : str or os.PathLike
+        backend : str, default "auto"
+
+        Returns
+        -------
+        CountSketch
+
+        Raises
+        ------
+        SerializationError
+            A file that does not hold a valid sketch.
+        """
         from .serialize import load
         return load(path, backend=backend)
