@@ -58,16 +58,31 @@ class IdentitySketch:
         return f"IdentitySketch(d={self._d}, backend={self.backend!r})"
 
     def signature(self):
-        """Parameters that must match for two compressors to combine."""
+        """Parameters that must match for two compressors to combine.
+
+        Returns
+        -------
+        tuple
+        """
         return ("identity", self._d, self._dtype.name)
 
     # ------------------------------------------------------------ construction
     def empty_like(self):
-        """A zero compressor like this one."""
+        """A zero compressor like this one.
+
+        Returns
+        -------
+        IdentitySketch
+        """
         return IdentitySketch(self._d, dtype=self._dtype, backend=self._be.NAME)
 
     def copy(self):
-        """A deep copy."""
+        """A deep copy.
+
+        Returns
+        -------
+        IdentitySketch
+        """
         new = IdentitySketch.__new__(IdentitySketch)
         new._be, new._xp, new._d, new._dtype = self._be, self._xp, self._d, self._dtype
         new._table = self._be.copy_table(self._table)
@@ -101,12 +116,45 @@ class IdentitySketch:
 
     # ----------------------------------------------------------------- linear
     def insert(self, x, *, check_finite=True):
-        """``v += x``."""
+        """``v += x``.
+
+        Parameters
+        ----------
+        x : floating array of shape (d,)
+        check_finite : bool, default True
+
+        Returns
+        -------
+        IdentitySketch
+            ``self``.
+
+        Raises
+        ------
+        SketchError
+            A wrong shape, a non-floating dtype, or (with ``check_finite``) NaN/inf; nothing is modified.
+        """
         self._table[0] += self._vec(x, (self._d,), check_finite)
         return self
 
     def insert_sparse(self, indices, values, *, check_finite=True):
-        """``v[indices] += values`` (duplicates accumulate)."""
+        """``v[indices] += values`` (duplicates accumulate).
+
+        Parameters
+        ----------
+        indices : integer array of shape (n,)
+        values : floating array of shape (n,)
+        check_finite : bool, default True
+
+        Returns
+        -------
+        IdentitySketch
+            ``self``.
+
+        Raises
+        ------
+        SketchError
+            A wrong shape, a non-floating dtype, or (with ``check_finite``) NaN/inf, or bad indices; nothing is modified.
+        """
         idx = self._idx(indices)
         vals = self._vec(values, (idx.shape[0],), check_finite, "values")
         if self._xp is np:
@@ -117,42 +165,147 @@ class IdentitySketch:
         return self
 
     def insert_batch(self, stack, *, check_finite=True):
-        """``v += stack.sum(0)``."""
+        """``v += stack.sum(0)``.
+
+        Parameters
+        ----------
+        stack : floating array of shape (n, d)
+        check_finite : bool, default True
+
+        Returns
+        -------
+        IdentitySketch
+            ``self``.
+
+        Raises
+        ------
+        SketchError
+            A wrong shape, a non-floating dtype, or (with ``check_finite``) NaN/inf; nothing is modified.
+        """
         stack = self._vec(stack, (getattr(stack, "shape", (0,))[0], self._d), check_finite, "stack")
         self._table[0] += stack.sum(axis=0)
         return self
 
     def zero(self):
-        """``v = 0``."""
+        """``v = 0``.
+
+        Returns
+        -------
+        IdentitySketch
+            ``self``.
+        """
         self._be.fill_zero(self._table)
         return self
 
     def add_scaled(self, other, alpha):
-        """``v += alpha * other``."""
+        """``v += alpha * other``.
+
+        Parameters
+        ----------
+        other : IdentitySketch
+        alpha : real
+            Finite.
+
+        Returns
+        -------
+        IdentitySketch
+            ``self``.
+
+        Raises
+        ------
+        SketchError
+            Another kind of compressor or dimension, or a non-finite ``alpha``.
+        """
         self._same(other)
         self._be.add_scaled(self._table, other._table, finite_scalar(alpha))
         return self
 
     def merge(self, other):
-        """``v += other``."""
+        """``v += other``.
+
+        Parameters
+        ----------
+        other : IdentitySketch
+
+        Returns
+        -------
+        IdentitySketch
+            ``self``.
+
+        Raises
+        ------
+        SketchError
+            Another kind of compressor or dimension.
+        """
         return self.add_scaled(other, 1.0)
 
     def scale(self, alpha):
-        """``v *= alpha``."""
+        """``v *= alpha``.
+
+        Parameters
+        ----------
+        alpha : real
+            Finite.
+
+        Returns
+        -------
+        IdentitySketch
+            ``self``.
+
+        Raises
+        ------
+        SketchError
+            A non-finite ``alpha``.
+        """
         self._be.scale(self._table, finite_scalar(alpha))
         return self
 
     # ---------------------------------------------------------------- queries
     def query(self, indices):
-        """Exact values at ``indices``."""
+        """Exact values at ``indices``.
+
+        Parameters
+        ----------
+        indices : integer array of shape (n,)
+
+        Returns
+        -------
+        array of shape (n,)
+
+        Raises
+        ------
+        SketchError
+            Indices that are not a 1-D integer array in ``[0, d)``.
+        """
         return self._table[0][self._idx(indices)].copy()
 
     def estimate_all(self):
-        """The whole vector (a copy)."""
+        """The whole vector (a copy).
+
+        Returns
+        -------
+        array of shape (d,)
+        """
         return self._table[0].copy()
 
     def topk(self, k):
-        """Indices (by |value| descending) and values of the k largest magnitudes."""
+        """Indices (by |value| descending) and values of the k largest magnitudes.
+
+        Parameters
+        ----------
+        k : int
+            In ``[1, d]``.
+
+        Returns
+        -------
+        indices : int64 array of shape (k,)
+        values : array of shape (k,)
+
+        Raises
+        ------
+        SketchError
+            A bad ``k``.
+        """
         if isinstance(k, bool) or not isinstance(k, numbers.Integral) or not 0 < k <= self._d:
             raise SketchError(f"k must be an integer in [1, d={self._d}], got {k!r}")
         v = self._table[0]
@@ -163,12 +316,32 @@ class IdentitySketch:
         return idx, v[idx].copy()
 
     def zero_coordinates(self, indices):
-        """Zero exactly the given coordinates (the exact analogue of bucket zeroing)."""
+        """Zero exactly the given coordinates (the exact analogue of bucket zeroing).
+
+        Parameters
+        ----------
+        indices : integer array of shape (n,)
+
+        Returns
+        -------
+        IdentitySketch
+            ``self``.
+
+        Raises
+        ------
+        SketchError
+            Indices that are not a 1-D integer array in ``[0, d)``.
+        """
         self._table[0][self._idx(indices)] = 0
         return self
 
     def l2_estimate(self):
-        """Exact l2 norm."""
+        """Exact l2 norm.
+
+        Returns
+        -------
+        float
+        """
         return float(self._xp.linalg.norm(self._table[0]))
 
 
