@@ -88,6 +88,11 @@ class IdentitySketch:
         new._table = self._be.copy_table(self._table)
         return new
 
+    def _keep(self, updated):
+        """Adopt a table the backend returns (immutable arrays); None means updated in place."""
+        if updated is not None:
+            self._table = updated
+
     # ----------------------------------------------------------------- checks
     def _vec(self, x, shape, check_finite, what="x"):
         """Validate a floating array of the given shape."""
@@ -194,7 +199,7 @@ class IdentitySketch:
         IdentitySketch
             ``self``.
         """
-        self._be.fill_zero(self._table)
+        self._keep(self._be.fill_zero(self._table))
         return self
 
     def add_scaled(self, other, alpha):
@@ -217,7 +222,7 @@ class IdentitySketch:
             Another kind of compressor or dimension, or a non-finite ``alpha``.
         """
         self._same(other)
-        self._be.add_scaled(self._table, other._table, finite_scalar(alpha))
+        self._keep(self._be.add_scaled(self._table, other._table, finite_scalar(alpha)))
         return self
 
     def merge(self, other):
@@ -257,7 +262,7 @@ class IdentitySketch:
         SketchError
             A non-finite ``alpha``.
         """
-        self._be.scale(self._table, finite_scalar(alpha))
+        self._keep(self._be.scale(self._table, finite_scalar(alpha)))
         return self
 
     # ---------------------------------------------------------------- queries

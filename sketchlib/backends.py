@@ -80,7 +80,14 @@ Plumbing
 ``index_range(indices) -> (int, int)``
     Minimum and maximum of a non-empty integer array (one host read).
 
-Table arithmetic (in place unless a result is returned)
+Updating functions (``fill_zero``, ``scale``, ``add_scaled``, the inserts,
+``zero_buckets``) update ``table`` in place and return None; a backend whose
+arrays are immutable (JAX-style) returns the updated table instead, and the
+sketch keeps it (``tests/_toy_backend.py`` works that way).  Only sharing the
+table's memory (``CountSketch.from_table``, DLPack export followed by writes
+into it) then behaves differently.
+
+Table arithmetic
 
 ``fill_zero(table)``; ``scale(table, alpha)`` (``table *= alpha`` with alpha
 cast to the table dtype); ``add_scaled(table, other, alpha)`` (``table +=

@@ -163,6 +163,11 @@ class CountSketch:
         new._table = table
         return new
 
+    def _keep(self, updated):
+        """Adopt the table a backend returns (immutable arrays); None means it updated in place."""
+        if updated is not None:
+            self._table = updated
+
     def empty_like(self):
         """A zero sketch with the same parameters and backend.
 
@@ -319,7 +324,7 @@ class CountSketch:
             non-floating dtype, or (with ``check_finite``) NaN/inf; nothing is modified.
         """
         x = self._floating(x, "x", (self._d,), check_finite)
-        self._backend.insert_dense(self._table, x, self._keys, self._hv)
+        self._keep(self._backend.insert_dense(self._table, x, self._keys, self._hv))
         return self
 
     def insert_sparse(self, indices, values, *, check_finite=True):
@@ -349,7 +354,7 @@ class CountSketch:
         idx = self._indices(indices)
         vals = self._floating(values, "values", (idx.shape[0],), check_finite)
         if idx.shape[0]:
-            self._backend.insert_sparse(self._table, idx, vals, self._keys, self._hv)
+            self._keep(self._backend.insert_sparse(self._table, idx, vals, self._keys, self._hv))
         return self
 
     def insert_batch(self, stack, *, check_finite=True):
@@ -374,7 +379,7 @@ class CountSketch:
             non-floating dtype, or (with ``check_finite``) NaN/inf; nothing is modified.
         """
         stack = self._floating(stack, "stack", (getattr(stack, "shape", (0,))[0], self._d), check_finite)
-        self._backend.insert_stack_sum(self._table, stack, self._keys, self._hv)
+        self._keep(self._backend.insert_stack_sum(self._table, stack, self._keys, self._hv))
         return self
 
     def sketch_each(self, stack, *, check_finite=True):
@@ -398,7 +403,8 @@ class CountSketch:
         """
         stack = self._floating(stack, "stack", (getattr(stack, "shape", (0,))[0], self._d), check_finite)
         tables = self._backend.zeros_tables(stack.shape[0], self._rows, self._cols, self._dtype)
-        self._backend.insert_stack_each(tables, stack, self._keys, self._hv)
+        filled = self._backend.insert_stack_each(tables, stack, self._keys, self._hv)
+        tables = tables if filled is None else filled
         return [self._with_table(table) for table in tables]
 
     # ---------------------------------------------------------- linear algebra
@@ -410,7 +416,7 @@ class CountSketch:
         CountSketch
             ``self``.
         """
-        self._backend.fill_zero(self._table)
+        self._keep(self._backend.fill_zero(self._table))
         return self
 
     def merge(self, other):
@@ -456,7 +462,7 @@ class CountSketch:
             If ``alpha`` is not a finite real number.
         """
         self._same_kind(other)
-        self._backend.add_scaled(self._table, other._table, finite_scalar(alpha))
+        self._keep(self._backend.add_scaled(self._table, other._table, finite_scalar(alpha)))
         return self
 
     def scale(self, alpha):
@@ -477,14 +483,14 @@ class CountSketch:
         SketchError
             If ``alpha`` is not a finite real number.
         """
-        self._backend.scale(self._table, finite_scalar(alpha))
+        self._keep(self._backend.scale(self._table, finite_scalar(alpha)))
         return self
 
     def _combined(self, other, alpha):
         """New sketch ``self + alpha * other`` (``alpha`` = 1 or -1: exactly ``a + b``, ``a - b``)."""
         self._same_kind(other)
         new = self.copy()
-        self._backend.add_scaled(new._table, other._table, alpha)
+        new._keep(self._backend.add_scaled(new._table, other._table, alpha))
         return new
 
     def __add__(self, other):
@@ -667,7 +673,7 @@ class CountSketch:
         """
         idx = self._indices(indices)
         if idx.shape[0]:
-            self._backend.zero_buckets(self._table, idx, self._keys, self._hv)
+            self._keep(self._backend.zero_buckets(self._table, idx, self._keys, self._hv))
         return self
 
     # ------------------------------------------------------------ serialization

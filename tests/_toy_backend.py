@@ -6,6 +6,10 @@ are NumPy arrays; inserts use ``np.add.at`` in the table dtype, estimates a
 gather and ``np.median``, top-k a full stable sort: slow and obviously right,
 and written independently of ``numpy_ref`` (which sums buckets in float64 with
 ``bincount`` and selects with ``argpartition``).
+
+It also never writes into an array it is given: every updating function
+returns a new table, as a backend of immutable arrays (JAX) would, which the
+contract allows (the sketch adopts a returned table).
 """
 import sys
 
@@ -78,21 +82,18 @@ def index_range(indices):
 
 # -------------------------------------------------------- table arithmetic
 def fill_zero(table):
-    """Zero in place."""
-    table.fill(0)
+    """A zero table."""
+    return np.zeros_like(table)
 
 
 def scale(table, alpha):
-    """``table *= alpha``."""
-    np.multiply(table, table.dtype.type(alpha), out=table)
+    """``alpha * table``."""
+    return table * table.dtype.type(alpha)
 
 
 def add_scaled(table, other, alpha):
-    """``table += alpha * other``."""
-    if alpha == 1.0:
-        np.add(table, other, out=table)
-    else:
-        np.add(table, other * table.dtype.type(alpha), out=table)
+    """``table + alpha * other``."""
+    return table + other if alpha == 1.0 else table + other * table.dtype.type(alpha)
 
 
 def copy_table(table):
@@ -115,26 +116,30 @@ def _hashes(table, indices, keys, version):
 
 
 def insert_sparse(table, indices, values, keys, version):
-    """``np.add.at`` of ``sign * value`` into each row."""
+    """A new table: ``np.add.at`` of ``sign * value`` into each row of a copy."""
+    out = table.copy()
     for j, (buckets, signs) in enumerate(_hashes(table, indices, keys, version)):
-        np.add.at(table[j], buckets, (signs * values).astype(table.dtype))
+        np.add.at(out[j], buckets, (signs * values).astype(table.dtype))
+    return out
 
 
 def insert_dense(table, x, keys, version):
     """A dense vector is the sparse vector of all its coordinates."""
-    insert_sparse(table, np.arange(x.shape[0], dtype=np.int64), x, keys, version)
+    return insert_sparse(table, np.arange(x.shape[0], dtype=np.int64), x, keys, version)
 
 
 def insert_stack_sum(table, stack, keys, version):
     """One row of the stack at a time."""
     for x in stack:
-        insert_dense(table, x, keys, version)
+        table = insert_dense(table, x, keys, version)
+    return table
 
 
 def insert_stack_each(tables, stack, keys, version):
-    """Each row into its own table."""
-    for table, x in zip(tables, stack):
-        insert_dense(table, x, keys, version)
+    """Each row into its own table, stacked anew."""
+    if stack.shape[0] == 0:
+        return tables
+    return np.stack([insert_dense(table, x, keys, version) for table, x in zip(tables, stack)])
 
 
 def query(table, indices, keys, version):
@@ -171,9 +176,11 @@ def heavy(table, d, threshold, keys, version):
 
 
 def zero_buckets(table, indices, keys, version):
-    """Zero each index's bucket in each row."""
+    """A copy with each index's bucket zeroed in each row."""
+    out = table.copy()
     for j, (buckets, _) in enumerate(_hashes(table, indices, keys, version)):
-        table[j, buckets] = 0
+        out[j, buckets] = 0
+    return out
 
 
 def l2_estimate(table):
