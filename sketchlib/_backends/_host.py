@@ -4,6 +4,8 @@ Every array allocated here starts on a 64-byte boundary (``ALIGN``): NumPy only
 promises 16, and consumers such as ``jax.numpy.from_dlpack(..., copy=False)``
 import host memory without a copy only when it is aligned (XLA's CPU buffers).
 """
+import math
+
 import numpy as np
 
 from . import record_host_transfer
@@ -18,10 +20,11 @@ ALIGN = 64
 def _aligned_buffer(shape, dtype, zero):
     """A C-contiguous array of ``shape`` whose data starts on an ``ALIGN``-byte boundary."""
     dtype = np.dtype(dtype)
-    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-    raw = (np.zeros if zero else np.empty)(nbytes + ALIGN, dtype=np.uint8)   # calloc: lazy zero pages
-    start = -raw.ctypes.data % ALIGN
-    return raw[start:start + nbytes].view(dtype).reshape(shape)
+    n = math.prod(shape)
+    # NumPy aligns to at least the item size, so the offset is a whole number of items.
+    raw = (np.zeros if zero else np.empty)(n + ALIGN // dtype.itemsize, dtype=dtype)   # calloc: lazy zero pages
+    start = (-raw.ctypes.data % ALIGN) // dtype.itemsize
+    return raw[start:start + n].reshape(shape)
 
 
 def array_module():
@@ -60,7 +63,8 @@ def to_numpy(array):
 
 def from_numpy(array):
     """A new 64-byte aligned copy of a host array."""
-    out = _aligned_buffer(np.shape(array), np.asarray(array).dtype, zero=False)
+    array = np.asarray(array)
+    out = _aligned_buffer(array.shape, array.dtype, zero=False)
     out[...] = array
     return out
 
@@ -79,7 +83,8 @@ def as_input(x, dtype):
 
 def index_range(indices):
     """``(min, max)`` of a non-empty integer array, as Python ints (one host read)."""
-    return to_host_scalars(np.array([indices.min(), indices.max()], dtype=indices.dtype))
+    record_host_transfer(2 * indices.dtype.itemsize)
+    return int(indices.min()), int(indices.max())
 
 
 def fill_zero(table):
