@@ -16,13 +16,14 @@ runs the sketch kernels.
 """
 import numpy as np
 
+from sketchlib import CountSketch, IncompatibleSketches, SketchError
+from sketchlib.errors import MissingDependency
+
 try:
     import torch
     import torch.distributed as dist
 except ImportError as exc:  # pragma: no cover - depends on the environment
-    raise ImportError("adapters.distributed needs PyTorch: pip install 'sketchgrad[torch]'") from exc
-
-from sketchlib import CountSketch, IncompatibleSketches, SketchError
+    raise MissingDependency("adapters.distributed needs PyTorch: pip install 'sketchgrad[torch]'") from exc
 
 from . import torch as _at
 
@@ -40,6 +41,11 @@ def signature_tensor(sketch, device="cpu"):
     sketch : CountSketch
     device : torch.device or str
         Where the tensor is made (CUDA for NCCL).
+
+    Returns
+    -------
+    torch.Tensor
+        int64, shape (7,).
     """
     d, rows, cols, seed, hash_version, dtype = sketch.signature()
     values = [d, rows, cols, seed >> 32, seed & 0xFFFFFFFF, hash_version, _DTYPE_CODES[dtype]]
@@ -76,6 +82,13 @@ def check_same_sketch(sketches, *, group=None):
     sketches : CountSketch or sequence of CountSketch
         The same number of sketches on every rank, compared position by position.
     group : ProcessGroup, optional
+
+    Raises
+    ------
+    IncompatibleSketches
+        On every rank, when the ranks' sketches differ (count or signature).
+    SketchError
+        No initialised process group, no sketches, a non-sketch, or CPU sketches under NCCL.
     """
     _check_group()
     sketches = [sketches] if isinstance(sketches, CountSketch) else list(sketches)
@@ -141,12 +154,37 @@ def allreduce_sketch_(sketch, *, op="sum", group=None, check=True):
     -------
     CountSketch
         ``sketch``, now the sketch of the sum (mean) of every rank's vector.
+
+    Raises
+    ------
+    IncompatibleSketches
+        As :func:`check_same_sketch` (nothing is summed).
+    SketchError
+        A bad ``op``, no process group, a read-only table, or CPU sketches under NCCL.
     """
     return allreduce_sketches_([sketch], op=op, group=group, check=check)[0]
 
 
 def allreduce_sketches_(sketches, *, op="sum", group=None, check=True):
-    """:func:`allreduce_sketch_` for several sketches (one collective per table), in order."""
+    """:func:`allreduce_sketch_` for several sketches (one collective per table), in order.
+
+    Parameters
+    ----------
+    sketches : sequence of CountSketch
+    op : {"sum", "mean"}, default "sum"
+    group : ProcessGroup, optional
+    check : bool, default True
+
+    Returns
+    -------
+    list of CountSketch
+        The same sketches, reduced in place.
+
+    Raises
+    ------
+    IncompatibleSketches, SketchError
+        As :func:`allreduce_sketch_`.
+    """
     if op not in ("sum", "mean"):
         raise SketchError(f"op must be 'sum' or 'mean', got {op!r}")
     _check_group()

@@ -27,7 +27,7 @@ and no sketch is modified.
 """
 import numpy as np
 
-from sketchlib import BackendUnavailable, CountSketch, SketchError, _backends
+from sketchlib import BackendUnavailable, CountSketch, SketchError, backends
 
 __all__ = [
     "DLPackTable",
@@ -69,6 +69,11 @@ def device_of(obj):
     str
         ``"cpu"`` for host memory, ``"cuda:N"`` for CUDA device ``N``, else the
         DLPack device name with its index (e.g. ``"rocm:0"``).
+
+    Raises
+    ------
+    SketchError
+        If ``obj`` has no ``__dlpack_device__``.
     """
     if not hasattr(obj, "__dlpack_device__"):
         raise SketchError(f"expected an array that supports DLPack (__dlpack_device__), "
@@ -87,7 +92,7 @@ def _import_cupy():
         import cupy
     except ImportError as exc:
         raise BackendUnavailable(f"this array lives on a CUDA device, which needs CuPy: {_CUPY_HINT}") from exc
-    if "cupy" not in _backends.available_backends():
+    if "cupy" not in backends.available_backends():
         raise BackendUnavailable("this array lives on a CUDA device, but CuPy cannot use a CUDA "
                                  "device here (no device visible, or driver too old for this CuPy)")
     return cupy
@@ -124,7 +129,7 @@ def as_array(obj, *, writable=False, what="array"):
     BackendUnavailable
         A CUDA array while CuPy is missing.
     """
-    lib = _backends.array_library_of(obj)
+    lib = backends.array_library_of(obj)
     if lib in ("numpy", "cupy") and hasattr(obj, "shape"):
         if writable:
             _check_writable(obj, what)
@@ -153,12 +158,28 @@ def as_array(obj, *, writable=False, what="array"):
 
 
 def backend_for(obj):
-    """Name of the backend whose tables live where ``obj`` lives (``"numba"``, ``"numpy"`` or ``"cupy"``)."""
-    device = device_of(obj) if _backends.array_library_of(obj) not in ("numpy", "cupy") else None
+    """Name of the backend whose tables live where ``obj`` lives (``"numba"``, ``"numpy"`` or ``"cupy"``).
+
+    Parameters
+    ----------
+    obj : NumPy/CuPy array or DLPack producer
+
+    Returns
+    -------
+    str
+
+    Raises
+    ------
+    SketchError
+        Not an array, or on a device other than the CPU and CUDA.
+    BackendUnavailable
+        A CUDA array while CuPy is missing.
+    """
+    device = device_of(obj) if backends.array_library_of(obj) not in ("numpy", "cupy") else None
     if device is None:
-        return _backends.backend_for_array(obj)
+        return backends.backend_for_array(obj)
     if device == "cpu":
-        return _backends.backend_for_array(np.empty(0))
+        return backends.backend_for_array(np.empty(0))
     if device.startswith("cuda:"):
         _import_cupy()
         return "cupy"
@@ -167,7 +188,7 @@ def backend_for(obj):
 
 def _cuda_index(obj):
     """CUDA device ordinal of a producer (None when it is not on a CUDA device)."""
-    if _backends.array_library_of(obj) == "cupy":
+    if backends.array_library_of(obj) == "cupy":
         return obj.device.id
     if hasattr(obj, "__dlpack_device__"):
         kind, index = obj.__dlpack_device__()
@@ -195,6 +216,15 @@ def new_sketch_like(obj, rows, cols, *, d=None, seed=0, dtype=None, hash_version
     Returns
     -------
     CountSketch
+
+    Raises
+    ------
+    SketchError
+        An argument that is not a DLPack producer, lives on an unsupported
+        device, has an unsupported dtype, or that the sketch refuses (see
+        :class:`sketchlib.CountSketch`); nothing is modified.
+    BackendUnavailable
+        A CUDA array while CuPy is missing.
     """
     array = as_array(obj, what="obj")
     if d is None:
@@ -210,43 +240,188 @@ def new_sketch_like(obj, rows, cols, *, d=None, seed=0, dtype=None, hash_version
 
 
 def insert(sketch, x, *, check_finite=True):
-    """``sketch += S(x)`` for a dense DLPack vector of length ``sketch.d``; returns ``sketch``."""
+    """``sketch += S(x)`` for a dense DLPack vector of length ``sketch.d``.
+
+    Parameters
+    ----------
+    sketch : CountSketch
+    x : DLPack producer of shape (d,)
+        Floating, on the sketch's device.
+    check_finite : bool, default True
+
+    Returns
+    -------
+    CountSketch
+        ``sketch``.
+
+    Raises
+    ------
+    SketchError
+        An argument that is not a DLPack producer, lives on an unsupported
+        device, has an unsupported dtype, or that the sketch refuses (see
+        :class:`sketchlib.CountSketch`); nothing is modified.
+    BackendUnavailable
+        A CUDA array while CuPy is missing.
+    """
     return sketch.insert(as_array(x, what="x"), check_finite=check_finite)
 
 
 def insert_sparse(sketch, indices, values, *, check_finite=True):
-    """Add a sparse vector given as DLPack ``(indices, values)``; returns ``sketch``."""
+    """Add a sparse vector given as DLPack ``(indices, values)``.
+
+    Parameters
+    ----------
+    sketch : CountSketch
+    indices : DLPack producer of integers, shape (n,)
+    values : DLPack producer of floats, shape (n,)
+    check_finite : bool, default True
+
+    Returns
+    -------
+    CountSketch
+        ``sketch``.
+
+    Raises
+    ------
+    SketchError
+        An argument that is not a DLPack producer, lives on an unsupported
+        device, has an unsupported dtype, or that the sketch refuses (see
+        :class:`sketchlib.CountSketch`); nothing is modified.
+    BackendUnavailable
+        A CUDA array while CuPy is missing.
+    """
     return sketch.insert_sparse(as_array(indices, what="indices"), as_array(values, what="values"),
                                 check_finite=check_finite)
 
 
 def insert_batch(sketch, stack, *, check_finite=True):
-    """Add the sketch of the sum of the rows of an ``(n, d)`` DLPack stack; returns ``sketch``."""
+    """Add the sketch of the sum of the rows of an ``(n, d)`` DLPack stack.
+
+    Parameters
+    ----------
+    sketch : CountSketch
+    stack : DLPack producer of shape (n, d)
+    check_finite : bool, default True
+
+    Returns
+    -------
+    CountSketch
+        ``sketch``.
+
+    Raises
+    ------
+    SketchError
+        An argument that is not a DLPack producer, lives on an unsupported
+        device, has an unsupported dtype, or that the sketch refuses (see
+        :class:`sketchlib.CountSketch`); nothing is modified.
+    BackendUnavailable
+        A CUDA array while CuPy is missing.
+    """
     return sketch.insert_batch(as_array(stack, what="stack"), check_finite=check_finite)
 
 
 def query(sketch, indices):
-    """Point estimates at DLPack ``indices``, as an array of the sketch's library (a DLPack producer)."""
+    """Point estimates at DLPack ``indices``.
+
+    Parameters
+    ----------
+    sketch : CountSketch
+    indices : DLPack producer of integers, shape (n,)
+
+    Returns
+    -------
+    numpy.ndarray or cupy.ndarray
+        An array of the sketch's library (a DLPack producer).
+
+    Raises
+    ------
+    SketchError
+        An argument that is not a DLPack producer, lives on an unsupported
+        device, has an unsupported dtype, or that the sketch refuses (see
+        :class:`sketchlib.CountSketch`); nothing is modified.
+    BackendUnavailable
+        A CUDA array while CuPy is missing.
+    """
     return sketch.query(as_array(indices, what="indices"))
 
 
 def estimate_all(sketch):
-    """Estimates of all coordinates (NumPy or CuPy array, a DLPack producer)."""
+    """Estimates of all coordinates.
+
+    Parameters
+    ----------
+    sketch : CountSketch
+
+    Returns
+    -------
+    numpy.ndarray or cupy.ndarray
+        Of shape (d,), a DLPack producer.
+    """
     return sketch.estimate_all()
 
 
 def topk(sketch, k):
-    """``(indices, values)`` of the k largest estimates by magnitude (DLPack producers)."""
+    """``(indices, values)`` of the k largest estimates by magnitude.
+
+    Parameters
+    ----------
+    sketch : CountSketch
+    k : int
+
+    Returns
+    -------
+    indices, values : numpy.ndarray or cupy.ndarray
+        DLPack producers, by magnitude descending.
+
+    Raises
+    ------
+    SketchError
+        A bad ``k``.
+    """
     return sketch.topk(k)
 
 
 def heavy_hitters(sketch, threshold):
-    """``(indices, values)`` of the estimates with magnitude >= threshold (DLPack producers)."""
+    """``(indices, values)`` of the estimates with magnitude >= threshold.
+
+    Parameters
+    ----------
+    sketch : CountSketch
+    threshold : float
+
+    Returns
+    -------
+    indices, values : numpy.ndarray or cupy.ndarray
+        DLPack producers, indices ascending.
+
+    Raises
+    ------
+    SketchError
+        A bad threshold.
+    """
     return sketch.heavy_hitters(threshold)
 
 
 def unsketch(sketch, k=None, *, threshold=None):
-    """Dense vector of the heavy hitters (a DLPack producer)."""
+    """Dense vector of the heavy hitters (top-k or by threshold).
+
+    Parameters
+    ----------
+    sketch : CountSketch
+    k : int, optional
+    threshold : float, optional
+        Exactly one of ``k`` and ``threshold``.
+
+    Returns
+    -------
+    numpy.ndarray or cupy.ndarray
+        Of shape (d,), a DLPack producer.
+
+    Raises
+    ------
+    SketchError
+        Neither or both of ``k`` and ``threshold``, or a bad value.
+    """
     return sketch.unsketch(k, threshold=threshold)
 
 
@@ -255,6 +430,15 @@ class DLPackTable:
 
     Writes through the imported array change the sketch, which is the point
     (e.g. an in-place all-reduce); the view holds a reference to the sketch.
+
+    Parameters
+    ----------
+    sketch : CountSketch
+
+    Raises
+    ------
+    SketchError
+        If ``sketch`` is not a CountSketch.
     """
 
     __slots__ = ("sketch",)
@@ -282,7 +466,21 @@ class DLPackTable:
 
 
 def export_table(sketch):
-    """A :class:`DLPackTable` over ``sketch``'s table, for any ``from_dlpack`` consumer (no copy)."""
+    """A :class:`DLPackTable` over ``sketch``'s table, for any ``from_dlpack`` consumer (no copy).
+
+    Parameters
+    ----------
+    sketch : CountSketch
+
+    Returns
+    -------
+    DLPackTable
+
+    Raises
+    ------
+    SketchError
+        If ``sketch`` is not a CountSketch.
+    """
     return DLPackTable(sketch)
 
 
@@ -291,5 +489,25 @@ def sketch_from_table(table, d, *, seed=0):
 
     The inverse of :func:`export_table`: a table received from another library
     (e.g. after a collective) becomes a sketch that writes into the same memory.
+
+    Parameters
+    ----------
+    table : DLPack producer of shape (rows, cols)
+        Writable, C-contiguous, float32 or float64.
+    d : int
+    seed : int, default 0
+
+    Returns
+    -------
+    CountSketch
+
+    Raises
+    ------
+    SketchError
+        An argument that is not a DLPack producer, lives on an unsupported
+        device, has an unsupported dtype, or that the sketch refuses (see
+        :class:`sketchlib.CountSketch`); nothing is modified.
+    BackendUnavailable
+        A CUDA array while CuPy is missing.
     """
     return CountSketch.from_table(as_array(table, writable=True, what="table"), d, seed=seed)

@@ -19,12 +19,13 @@ import contextlib
 
 import numpy as np
 
+from sketchlib import BackendUnavailable, CountSketch, SketchError, backends
+from sketchlib.errors import MissingDependency
+
 try:
     import torch
 except ImportError as exc:  # pragma: no cover - depends on the environment
-    raise ImportError("adapters.torch needs PyTorch: pip install 'sketchgrad[torch]'") from exc
-
-from sketchlib import CountSketch, SketchError, _backends
+    raise MissingDependency("adapters.torch needs PyTorch: pip install 'sketchgrad[torch]'") from exc
 
 __all__ = [
     "backend_for_device",
@@ -61,9 +62,9 @@ def _cupy():
     try:
         import cupy
     except ImportError as exc:
-        raise _backends.BackendUnavailable(_CUPY_HINT) from exc
-    if "cupy" not in _backends.available_backends():
-        raise _backends.BackendUnavailable("CUDA tensors need the CuPy backend, but CuPy cannot use "
+        raise BackendUnavailable(_CUPY_HINT) from exc
+    if "cupy" not in backends.available_backends():
+        raise BackendUnavailable("CUDA tensors need the CuPy backend, but CuPy cannot use "
                                            "a CUDA device here (none visible, or driver too old)")
     return cupy
 
@@ -83,6 +84,15 @@ def cuda_stream_scope(where):
     ----------
     where : torch.Tensor, torch.device or str
         A CPU device makes this a no-op.
+
+    Yields
+    ------
+    None
+
+    Raises
+    ------
+    BackendUnavailable
+        A CUDA device while CuPy is missing or cannot use it.
     """
     device = _device(where)
     if device.type != "cuda":
@@ -120,6 +130,14 @@ def to_array(tensor, *, what="tensor"):
     Returns
     -------
     numpy.ndarray or cupy.ndarray
+
+    Raises
+    ------
+    SketchError
+        Not a tensor, a dtype NumPy/CuPy cannot represent (bfloat16, complex),
+        a sparse layout, or a device other than CPU and CUDA.
+    BackendUnavailable
+        A CUDA tensor while CuPy is missing.
     """
     if not isinstance(tensor, torch.Tensor):
         raise SketchError(f"{what} must be a torch.Tensor, got {type(tensor).__name__}")
@@ -141,8 +159,21 @@ def from_array(array):
     """A torch tensor sharing the memory of a NumPy or CuPy array.
 
     Read-only NumPy arrays are refused (torch tensors are always writable).
+
+    Parameters
+    ----------
+    array : numpy.ndarray or cupy.ndarray
+
+    Returns
+    -------
+    torch.Tensor
+
+    Raises
+    ------
+    SketchError
+        A read-only array, or an array of another library.
     """
-    lib = _backends.array_library_of(array)
+    lib = backends.array_library_of(array)
     if lib == "numpy":
         if not array.flags.writeable:
             raise SketchError("array is read-only; torch tensors are always writable, "
@@ -169,13 +200,29 @@ def _tensor_for(sketch, tensor, what):
 
 
 def backend_for_device(device):
-    """The sketch backend for tensors on ``device``: CuPy for CUDA, else Numba, else NumPy."""
+    """The sketch backend for tensors on ``device``: CuPy for CUDA, else Numba, else NumPy.
+
+    Parameters
+    ----------
+    device : torch.device or str
+
+    Returns
+    -------
+    str
+
+    Raises
+    ------
+    SketchError
+        A device other than CPU and CUDA.
+    BackendUnavailable
+        CUDA while CuPy is missing.
+    """
     device = _device(device)
     if device.type == "cuda":
         _cupy()
-        return _backends.get_backend("cupy").NAME
+        return backends.get_backend("cupy").NAME
     if device.type == "cpu":
-        return _backends.backend_for_array(np.empty(0))
+        return backends.backend_for_array(np.empty(0))
     raise SketchError(f"no sketch backend for tensors on {device}; only CPU and CUDA are supported")
 
 
@@ -197,6 +244,14 @@ def new_sketch_like_tensor(tensor, rows, cols, *, d=None, seed=0, dtype=None, ha
     Returns
     -------
     CountSketch
+
+    Raises
+    ------
+    SketchError
+        A tensor that is not on the sketch's device, has an unsupported dtype
+        or layout, or that the sketch refuses; nothing is modified.
+    BackendUnavailable
+        CUDA work while CuPy is missing.
     """
     if not isinstance(tensor, torch.Tensor):
         raise SketchError(f"tensor must be a torch.Tensor, got {type(tensor).__name__}")
@@ -225,6 +280,14 @@ def insert(sketch, tensor, *, check_finite=True):
     -------
     CountSketch
         ``sketch``.
+
+    Raises
+    ------
+    SketchError
+        A tensor that is not on the sketch's device, has an unsupported dtype
+        or layout, or that the sketch refuses; nothing is modified.
+    BackendUnavailable
+        CUDA work while CuPy is missing.
     """
     array = _tensor_for(sketch, tensor, "tensor")
     with _sketch_scope(sketch):
@@ -232,13 +295,55 @@ def insert(sketch, tensor, *, check_finite=True):
 
 
 def sketch_tensor(tensor, rows, cols, *, seed=0, dtype=None, hash_version="auto"):
-    """A new sketch of ``tensor`` (flattened) on its device: ``new_sketch_like_tensor`` + ``insert``."""
+    """A new sketch of ``tensor`` (flattened) on its device: ``new_sketch_like_tensor`` + ``insert``.
+
+    Parameters
+    ----------
+    tensor : torch.Tensor
+    rows, cols : int
+    seed : int, default 0
+    dtype : str or torch.dtype, optional
+    hash_version : {"auto", 1, 2}, default "auto"
+
+    Returns
+    -------
+    CountSketch
+
+    Raises
+    ------
+    SketchError
+        A tensor that is not on the sketch's device, has an unsupported dtype
+        or layout, or that the sketch refuses; nothing is modified.
+    BackendUnavailable
+        CUDA work while CuPy is missing.
+    """
     sketch = new_sketch_like_tensor(tensor, rows, cols, seed=seed, dtype=dtype, hash_version=hash_version)
     return insert(sketch, tensor)
 
 
 def insert_sparse(sketch, indices, values, *, check_finite=True):
-    """Add the sparse vector ``(indices, values)`` (1-D tensors on the sketch's device)."""
+    """Add the sparse vector ``(indices, values)`` (1-D tensors on the sketch's device).
+
+    Parameters
+    ----------
+    sketch : CountSketch
+    indices : integer torch.Tensor of shape (n,)
+    values : floating torch.Tensor of shape (n,)
+    check_finite : bool, default True
+
+    Returns
+    -------
+    CountSketch
+        ``sketch``.
+
+    Raises
+    ------
+    SketchError
+        A tensor that is not on the sketch's device, has an unsupported dtype
+        or layout, or that the sketch refuses; nothing is modified.
+    BackendUnavailable
+        CUDA work while CuPy is missing.
+    """
     idx = _tensor_for(sketch, indices, "indices")
     vals = _tensor_for(sketch, values, "values")
     with _sketch_scope(sketch):
@@ -246,48 +351,161 @@ def insert_sparse(sketch, indices, values, *, check_finite=True):
 
 
 def insert_batch(sketch, stack, *, check_finite=True):
-    """Add the sketch of the sum of the rows of an ``(n, d)`` tensor."""
+    """Add the sketch of the sum of the rows of an ``(n, d)`` tensor.
+
+    Parameters
+    ----------
+    sketch : CountSketch
+    stack : floating torch.Tensor of shape (n, d)
+    check_finite : bool, default True
+
+    Returns
+    -------
+    CountSketch
+        ``sketch``.
+
+    Raises
+    ------
+    SketchError
+        A tensor that is not on the sketch's device, has an unsupported dtype
+        or layout, or that the sketch refuses; nothing is modified.
+    BackendUnavailable
+        CUDA work while CuPy is missing.
+    """
     array = _tensor_for(sketch, stack, "stack")
     with _sketch_scope(sketch):
         return sketch.insert_batch(array, check_finite=check_finite)
 
 
 def sketch_each(sketch, stack, *, check_finite=True):
-    """One new sketch (parameters of ``sketch``) per row of an ``(n, d)`` tensor."""
+    """One new sketch (parameters of ``sketch``) per row of an ``(n, d)`` tensor.
+
+    Parameters
+    ----------
+    sketch : CountSketch
+    stack : floating torch.Tensor of shape (n, d)
+    check_finite : bool, default True
+
+    Returns
+    -------
+    list of CountSketch
+
+    Raises
+    ------
+    SketchError
+        A tensor that is not on the sketch's device, has an unsupported dtype
+        or layout, or that the sketch refuses; nothing is modified.
+    BackendUnavailable
+        CUDA work while CuPy is missing.
+    """
     array = _tensor_for(sketch, stack, "stack")
     with _sketch_scope(sketch):
         return sketch.sketch_each(array, check_finite=check_finite)
 
 
 def query(sketch, indices):
-    """Point estimates at an integer tensor of indices, as a tensor on the sketch's device."""
+    """Point estimates at an integer tensor of indices, as a tensor on the sketch's device.
+
+    Parameters
+    ----------
+    sketch : CountSketch
+    indices : integer torch.Tensor of shape (n,)
+
+    Returns
+    -------
+    torch.Tensor
+
+    Raises
+    ------
+    SketchError
+        A tensor that is not on the sketch's device, has an unsupported dtype
+        or layout, or that the sketch refuses; nothing is modified.
+    BackendUnavailable
+        CUDA work while CuPy is missing.
+    """
     idx = _tensor_for(sketch, indices, "indices")
     with _sketch_scope(sketch):
         return from_array(sketch.query(idx))
 
 
 def estimate_all(sketch):
-    """All d estimates as a tensor on the sketch's device."""
+    """All d estimates as a tensor on the sketch's device.
+
+    Parameters
+    ----------
+    sketch : CountSketch
+
+    Returns
+    -------
+    torch.Tensor
+    """
     with _sketch_scope(sketch):
         return from_array(sketch.estimate_all())
 
 
 def topk(sketch, k):
-    """``(indices int64, values)`` tensors of the k largest estimates by magnitude."""
+    """``(indices int64, values)`` tensors of the k largest estimates by magnitude.
+
+    Parameters
+    ----------
+    sketch : CountSketch
+    k : int
+
+    Returns
+    -------
+    indices, values : torch.Tensor
+
+    Raises
+    ------
+    SketchError
+        A bad ``k``.
+    """
     with _sketch_scope(sketch):
         idx, vals = sketch.topk(k)
         return from_array(idx), from_array(vals)
 
 
 def heavy_hitters(sketch, threshold):
-    """``(indices, values)`` tensors of the estimates with magnitude >= threshold, ascending indices."""
+    """``(indices, values)`` tensors of the estimates with magnitude >= threshold, ascending indices.
+
+    Parameters
+    ----------
+    sketch : CountSketch
+    threshold : float
+
+    Returns
+    -------
+    indices, values : torch.Tensor
+
+    Raises
+    ------
+    SketchError
+        A bad threshold.
+    """
     with _sketch_scope(sketch):
         idx, vals = sketch.heavy_hitters(threshold)
         return from_array(idx), from_array(vals)
 
 
 def unsketch(sketch, k=None, *, threshold=None):
-    """Dense d-vector tensor holding only the heavy hitters (top-k or by threshold)."""
+    """Dense d-vector tensor holding only the heavy hitters (top-k or by threshold).
+
+    Parameters
+    ----------
+    sketch : CountSketch
+    k : int, optional
+    threshold : float, optional
+        Exactly one of ``k`` and ``threshold``.
+
+    Returns
+    -------
+    torch.Tensor
+
+    Raises
+    ------
+    SketchError
+        Neither or both of ``k`` and ``threshold``, or a bad value.
+    """
     with _sketch_scope(sketch):
         return from_array(sketch.unsketch(k, threshold=threshold))
 
@@ -296,6 +514,19 @@ def table_as_tensor(sketch):
     """The sketch's ``(rows, cols)`` table as a torch tensor sharing its memory.
 
     Writing into the tensor (e.g. ``dist.all_reduce``) changes the sketch.
+
+    Parameters
+    ----------
+    sketch : CountSketch
+
+    Returns
+    -------
+    torch.Tensor
+
+    Raises
+    ------
+    SketchError
+        If ``sketch`` is not a CountSketch.
     """
     if not isinstance(sketch, CountSketch):
         raise SketchError(f"expected a CountSketch, got {type(sketch).__name__}")
@@ -303,7 +534,27 @@ def table_as_tensor(sketch):
 
 
 def sketch_from_tensor_table(table, d, *, seed=0):
-    """Wrap a ``(rows, cols)`` float tensor as a sketch that writes into it (no copy)."""
+    """Wrap a ``(rows, cols)`` float tensor as a sketch that writes into it (no copy).
+
+    Parameters
+    ----------
+    table : torch.Tensor of shape (rows, cols)
+        float32 or float64, contiguous.
+    d : int
+    seed : int, default 0
+
+    Returns
+    -------
+    CountSketch
+
+    Raises
+    ------
+    SketchError
+        A tensor that is not on the sketch's device, has an unsupported dtype
+        or layout, or that the sketch refuses; nothing is modified.
+    BackendUnavailable
+        CUDA work while CuPy is missing.
+    """
     array = to_array(table, what="table")
     with cuda_stream_scope(table):
         return CountSketch.from_table(array, d, seed=seed)

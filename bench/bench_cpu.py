@@ -30,8 +30,8 @@ import tracemalloc
 import numpy as np
 
 from sketchlib import CountSketch
-from sketchlib._backends import numba_cpu
-from sketchlib._hash import buckets_and_signs
+from sketchlib.backends import get_backend
+from sketchlib.hashing import buckets_and_signs
 
 
 class Baseline:
@@ -149,6 +149,8 @@ def main():
     def insert_batch_base():
         for v in stack:
             base.insert(v)
+
+    numba_cpu = get_backend("numba")   # the module: its STORE_ESTIMATES switch is a documented knob
 
     def unsketch_two_pass():
         numba_cpu.STORE_ESTIMATES = False

@@ -11,8 +11,8 @@ import numbers
 
 import numpy as np
 
-from sketchlib import CountSketch, SketchError
-from sketchlib._backends import get_backend
+from sketchlib import CountSketch, SketchError, finite_scalar
+from sketchlib.backends import get_backend
 
 __all__ = ["IdentitySketch", "make_compressor"]
 
@@ -26,7 +26,14 @@ class IdentitySketch:
         Dimension.
     dtype : {"float32", "float64"}, default "float32"
     backend : {"numpy", "numba", "cupy"}, default "numpy"
-        Decides the array library (NumPy or CuPy) of the table.
+        Decides the array library (NumPy or CuPy) of the table; the table
+        arithmetic goes through that backend's contract
+        (:mod:`sketchlib.backends`).
+
+    Raises
+    ------
+    SketchError
+        A bad ``d`` or an unknown backend; ``BackendUnavailable`` for one that cannot run here.
     """
 
     def __init__(self, d, *, dtype="float32", backend="numpy"):
@@ -51,19 +58,40 @@ class IdentitySketch:
         return f"IdentitySketch(d={self._d}, backend={self.backend!r})"
 
     def signature(self):
-        """Parameters that must match for two compressors to combine."""
+        """Parameters that must match for two compressors to combine.
+
+        Returns
+        -------
+        tuple
+        """
         return ("identity", self._d, self._dtype.name)
 
     # ------------------------------------------------------------ construction
     def empty_like(self):
-        """A zero compressor like this one."""
+        """A zero compressor like this one.
+
+        Returns
+        -------
+        IdentitySketch
+        """
         return IdentitySketch(self._d, dtype=self._dtype, backend=self._be.NAME)
 
     def copy(self):
-        """A deep copy."""
-        new = self.empty_like()
-        new._table[...] = self._table
+        """A deep copy.
+
+        Returns
+        -------
+        IdentitySketch
+        """
+        new = IdentitySketch.__new__(IdentitySketch)
+        new._be, new._xp, new._d, new._dtype = self._be, self._xp, self._d, self._dtype
+        new._table = self._be.copy_table(self._table)
         return new
+
+    def _keep(self, updated):
+        """Adopt a table the backend returns (immutable arrays); None means updated in place."""
+        if updated is not None:
+            self._table = updated
 
     # ----------------------------------------------------------------- checks
     def _vec(self, x, shape, check_finite, what="x"):
@@ -72,7 +100,7 @@ class IdentitySketch:
             raise SketchError(f"{what} must have shape {tuple(shape)}, got {getattr(x, 'shape', None)}")
         if x.dtype.kind != "f":
             raise SketchError(f"{what} must have a floating dtype, got {x.dtype}")
-        if check_finite and not bool(self._xp.isfinite(x).all()):
+        if check_finite and not self._be.all_finite(x):
             raise SketchError(f"{what} contains NaN or infinity; the sketch is unchanged")
         return x.astype(self._dtype, copy=False)
 
@@ -80,8 +108,10 @@ class IdentitySketch:
         """Validate coordinate indices."""
         if getattr(idx, "ndim", None) != 1 or idx.dtype.kind not in "iu":
             raise SketchError("indices must be a 1-D integer array")
-        if idx.shape[0] and (int(idx.min()) < 0 or int(idx.max()) >= self._d):
-            raise SketchError(f"indices must lie in [0, {self._d})")
+        if idx.shape[0]:
+            lo, hi = self._be.index_range(idx)
+            if lo < 0 or hi >= self._d:
+                raise SketchError(f"indices must lie in [0, {self._d})")
         return idx.astype(self._xp.int64, copy=False)
 
     def _same(self, other):
@@ -91,12 +121,45 @@ class IdentitySketch:
 
     # ----------------------------------------------------------------- linear
     def insert(self, x, *, check_finite=True):
-        """``v += x``."""
+        """``v += x``.
+
+        Parameters
+        ----------
+        x : floating array of shape (d,)
+        check_finite : bool, default True
+
+        Returns
+        -------
+        IdentitySketch
+            ``self``.
+
+        Raises
+        ------
+        SketchError
+            A wrong shape, a non-floating dtype, or (with ``check_finite``) NaN/inf; nothing is modified.
+        """
         self._table[0] += self._vec(x, (self._d,), check_finite)
         return self
 
     def insert_sparse(self, indices, values, *, check_finite=True):
-        """``v[indices] += values`` (duplicates accumulate)."""
+        """``v[indices] += values`` (duplicates accumulate).
+
+        Parameters
+        ----------
+        indices : integer array of shape (n,)
+        values : floating array of shape (n,)
+        check_finite : bool, default True
+
+        Returns
+        -------
+        IdentitySketch
+            ``self``.
+
+        Raises
+        ------
+        SketchError
+            A wrong shape, a non-floating dtype, or (with ``check_finite``) NaN/inf, or bad indices; nothing is modified.
+        """
         idx = self._idx(indices)
         vals = self._vec(values, (idx.shape[0],), check_finite, "values")
         if self._xp is np:
@@ -107,46 +170,147 @@ class IdentitySketch:
         return self
 
     def insert_batch(self, stack, *, check_finite=True):
-        """``v += stack.sum(0)``."""
+        """``v += stack.sum(0)``.
+
+        Parameters
+        ----------
+        stack : floating array of shape (n, d)
+        check_finite : bool, default True
+
+        Returns
+        -------
+        IdentitySketch
+            ``self``.
+
+        Raises
+        ------
+        SketchError
+            A wrong shape, a non-floating dtype, or (with ``check_finite``) NaN/inf; nothing is modified.
+        """
         stack = self._vec(stack, (getattr(stack, "shape", (0,))[0], self._d), check_finite, "stack")
         self._table[0] += stack.sum(axis=0)
         return self
 
     def zero(self):
-        """``v = 0``."""
-        self._table[...] = 0
+        """``v = 0``.
+
+        Returns
+        -------
+        IdentitySketch
+            ``self``.
+        """
+        self._keep(self._be.fill_zero(self._table))
         return self
 
     def add_scaled(self, other, alpha):
-        """``v += alpha * other``."""
+        """``v += alpha * other``.
+
+        Parameters
+        ----------
+        other : IdentitySketch
+        alpha : real
+            Finite.
+
+        Returns
+        -------
+        IdentitySketch
+            ``self``.
+
+        Raises
+        ------
+        SketchError
+            Another kind of compressor or dimension, or a non-finite ``alpha``.
+        """
         self._same(other)
-        alpha = CountSketch._scalar(alpha)
-        if alpha == 1.0:
-            self._table += other._table
-        else:
-            self._table += other._table * self._dtype.type(alpha)
+        self._keep(self._be.add_scaled(self._table, other._table, finite_scalar(alpha)))
         return self
 
     def merge(self, other):
-        """``v += other``."""
+        """``v += other``.
+
+        Parameters
+        ----------
+        other : IdentitySketch
+
+        Returns
+        -------
+        IdentitySketch
+            ``self``.
+
+        Raises
+        ------
+        SketchError
+            Another kind of compressor or dimension.
+        """
         return self.add_scaled(other, 1.0)
 
     def scale(self, alpha):
-        """``v *= alpha``."""
-        self._table *= self._dtype.type(CountSketch._scalar(alpha))
+        """``v *= alpha``.
+
+        Parameters
+        ----------
+        alpha : real
+            Finite.
+
+        Returns
+        -------
+        IdentitySketch
+            ``self``.
+
+        Raises
+        ------
+        SketchError
+            A non-finite ``alpha``.
+        """
+        self._keep(self._be.scale(self._table, finite_scalar(alpha)))
         return self
 
     # ---------------------------------------------------------------- queries
     def query(self, indices):
-        """Exact values at ``indices``."""
+        """Exact values at ``indices``.
+
+        Parameters
+        ----------
+        indices : integer array of shape (n,)
+
+        Returns
+        -------
+        array of shape (n,)
+
+        Raises
+        ------
+        SketchError
+            Indices that are not a 1-D integer array in ``[0, d)``.
+        """
         return self._table[0][self._idx(indices)].copy()
 
     def estimate_all(self):
-        """The whole vector (a copy)."""
+        """The whole vector (a copy).
+
+        Returns
+        -------
+        array of shape (d,)
+        """
         return self._table[0].copy()
 
     def topk(self, k):
-        """Indices (by |value| descending) and values of the k largest magnitudes."""
+        """Indices (by |value| descending) and values of the k largest magnitudes.
+
+        Parameters
+        ----------
+        k : int
+            In ``[1, d]``.
+
+        Returns
+        -------
+        indices : int64 array of shape (k,)
+        values : array of shape (k,)
+
+        Raises
+        ------
+        SketchError
+            A bad ``k``.
+        """
         if isinstance(k, bool) or not isinstance(k, numbers.Integral) or not 0 < k <= self._d:
             raise SketchError(f"k must be an integer in [1, d={self._d}], got {k!r}")
         v = self._table[0]
@@ -157,17 +321,56 @@ class IdentitySketch:
         return idx, v[idx].copy()
 
     def zero_coordinates(self, indices):
-        """Zero exactly the given coordinates (the exact analogue of bucket zeroing)."""
+        """Zero exactly the given coordinates (the exact analogue of bucket zeroing).
+
+        Parameters
+        ----------
+        indices : integer array of shape (n,)
+
+        Returns
+        -------
+        IdentitySketch
+            ``self``.
+
+        Raises
+        ------
+        SketchError
+            Indices that are not a 1-D integer array in ``[0, d)``.
+        """
         self._table[0][self._idx(indices)] = 0
         return self
 
     def l2_estimate(self):
-        """Exact l2 norm."""
+        """Exact l2 norm.
+
+        Returns
+        -------
+        float
+        """
         return float(self._xp.linalg.norm(self._table[0]))
 
 
 def make_compressor(kind, d, *, rows, cols, seed=0, backend="numpy", dtype="float32", hash_version="auto"):
-    """A zero compressor: ``"count"`` (CountSketch) or ``"identity"`` (exact)."""
+    """A zero compressor: ``"count"`` (CountSketch) or ``"identity"`` (exact).
+
+    Parameters
+    ----------
+    kind : {"count", "identity"}
+    d : int
+    rows, cols, seed, hash_version
+        The CountSketch parameters (ignored by ``"identity"``).
+    backend : str, default "numpy"
+    dtype : {"float32", "float64"}, default "float32"
+
+    Returns
+    -------
+    CountSketch or IdentitySketch
+
+    Raises
+    ------
+    SketchError
+        An unknown kind or bad parameters.
+    """
     if kind == "count":
         return CountSketch(d, rows, cols, seed=seed, dtype=dtype, hash_version=hash_version, backend=backend)
     if kind == "identity":

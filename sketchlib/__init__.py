@@ -1,13 +1,17 @@
 """sketchlib: a framework-agnostic Count Sketch for gradient compression.
 
 Importing this package needs only NumPy; Numba, CuPy and torch are imported
-lazily by the backends and adapters that use them.
+lazily by the backends and adapters that use them.  The backend contract and
+registry are public in :mod:`sketchlib.backends`.
 """
-from ._backends import BackendUnavailable, auto_backend, available_backends
+from . import backends
 from ._hash import HASH_VERSIONS
-from .errors import IncompatibleSketches, SerializationError, SketchError
+from .backends import auto_backend, available_backends, get_backend, register_backend
+from .errors import (BackendUnavailable, IncompatibleSketches, MissingDependency, SerializationError, SketchError,
+                     UnknownBackend, UnsupportedArray)
 from .serialize import FORMAT_VERSION
 from .sketch import MAX_ROWS, SUPPORTED_DTYPES, CountSketch
+from .validation import finite_scalar
 
 __all__ = [
     "CountSketch",
@@ -15,8 +19,15 @@ __all__ = [
     "IncompatibleSketches",
     "SerializationError",
     "BackendUnavailable",
+    "MissingDependency",
+    "UnknownBackend",
+    "UnsupportedArray",
+    "backends",
     "available_backends",
     "auto_backend",
+    "get_backend",
+    "register_backend",
+    "finite_scalar",
     "HASH_VERSIONS",
     "FORMAT_VERSION",
     "MAX_ROWS",

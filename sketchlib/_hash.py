@@ -39,6 +39,8 @@ estimation error of both versions).
 """
 import numpy as np
 
+from .errors import SketchError
+
 HASH_VERSIONS = (1, 2)
 BLOCKED_WIDTH = 4         # coordinates per block in version 2
 _M32 = 0xFFFFFFFF
@@ -57,7 +59,18 @@ def _splitmix64(z):
 
 
 def row_keys(seed, rows):
-    """Per-row hash keys as a ``(rows, 2)`` uint32 array ``[[a_0, b_0], ...]``."""
+    """Per-row hash keys as a ``(rows, 2)`` uint32 array ``[[a_0, b_0], ...]``.
+
+    Parameters
+    ----------
+    seed : int
+        In ``[0, 2**64)``.
+    rows : int
+
+    Returns
+    -------
+    numpy.ndarray of shape (rows, 2), uint32
+    """
     keys = np.empty((rows, 2), dtype=np.uint32)
     for j in range(rows):
         z = _splitmix64((seed + (j + 1) * _GOLDEN64) & _M64)
@@ -76,7 +89,18 @@ def _mix32(x):
 
 
 def hash32(indices, key_a, key_b):
-    """The 32-bit hash ``h`` of int64 ``indices`` under one row's keys."""
+    """The 32-bit hash ``h`` of int64 ``indices`` under one row's keys (version 1).
+
+    Parameters
+    ----------
+    indices : integer array
+    key_a, key_b : int
+        The row's two uint32 keys.
+
+    Returns
+    -------
+    numpy.ndarray of uint32
+    """
     idx = np.asarray(indices, dtype=np.int64).view(np.uint64)
     lo = (idx & np.uint64(_M32)).astype(np.uint32)
     hi = (idx >> np.uint64(32)).astype(np.uint32)
@@ -84,12 +108,42 @@ def hash32(indices, key_a, key_b):
 
 
 def auto_hash_version(cols):
-    """The version a sketch gets by default: 2 when ``cols`` is divisible by 4, else 1."""
+    """The version a sketch gets by default: 2 when ``cols`` is divisible by 4, else 1.
+
+    Parameters
+    ----------
+    cols : int
+
+    Returns
+    -------
+    int
+    """
     return 2 if cols % BLOCKED_WIDTH == 0 else 1
 
 
 def buckets_and_signs(indices, key_a, key_b, cols, version=1):
-    """Buckets (int64) and signs (+1/-1 as int8) of ``indices`` in one row."""
+    """Buckets (int64) and signs (+1/-1 as int8) of ``indices`` in one row.
+
+    Parameters
+    ----------
+    indices : integer array
+        Coordinates (int64 range).
+    key_a, key_b : int
+        The row's keys (a row of :func:`row_keys`).
+    cols : int
+        Buckets per row (divisible by 4 for version 2).
+    version : {1, 2}, default 1
+
+    Returns
+    -------
+    buckets : numpy.ndarray of int64, in ``[0, cols)``
+    signs : numpy.ndarray of int8, +1 or -1
+
+    Raises
+    ------
+    SketchError
+        An unknown hash version.
+    """
     if version == 1:
         h = hash32(indices, key_a, key_b)
         buckets = ((h.astype(np.uint64) * np.uint64(cols)) >> np.uint64(32)).astype(np.int64)
@@ -102,6 +156,6 @@ def buckets_and_signs(indices, key_a, key_b, cols, version=1):
         buckets = (group * np.uint64(BLOCKED_WIDTH) + (off ^ (h & np.uint32(3)))).astype(np.int64)
         signbit = (h >> (np.uint32(2) + off)) & np.uint32(1)
     else:
-        raise ValueError(f"hash version must be one of {HASH_VERSIONS}, got {version!r}")
+        raise SketchError(f"hash version must be one of {HASH_VERSIONS}, got {version!r}")
     signs = (1 - 2 * signbit.astype(np.int8)).astype(np.int8)
     return buckets, signs

@@ -1,6 +1,12 @@
-"""Exceptions raised by sketchlib."""
+"""Exceptions raised by sketchlib: every one a :class:`SketchError`.
 
-__all__ = ["SketchError", "IncompatibleSketches", "SerializationError"]
+``SketchError`` derives from ``ValueError`` so that code written before the
+hierarchy existed (``except ValueError``) keeps working; the subclasses that
+replace a former ``ImportError`` or ``TypeError`` derive from that too.
+"""
+
+__all__ = ["SketchError", "IncompatibleSketches", "SerializationError", "MissingDependency",
+           "BackendUnavailable", "UnknownBackend", "UnsupportedArray"]
 
 
 class SketchError(ValueError):
@@ -13,3 +19,25 @@ class IncompatibleSketches(SketchError):
 
 class SerializationError(SketchError):
     """Bytes that are not a valid serialized sketch (truncated, corrupted, foreign)."""
+
+
+class MissingDependency(SketchError, ImportError):
+    """An optional library (torch, hypothesis, ...) is missing; the message says what to install.
+
+    Also an ``ImportError``, so ``except ImportError`` keeps catching it.
+    """
+
+
+class BackendUnavailable(MissingDependency):
+    """A backend was asked for but cannot run here; the message says what to install.
+
+    Also an ``ImportError``, so ``except ImportError`` keeps catching it.
+    """
+
+
+class UnknownBackend(SketchError):
+    """A backend name that is not registered (see ``sketchlib.backends.register_backend``)."""
+
+
+class UnsupportedArray(SketchError, TypeError):
+    """An array of a library no registered backend holds (also a ``TypeError``)."""

@@ -24,7 +24,7 @@ import zlib
 import numpy as np
 
 from ._hash import HASH_VERSIONS
-from .errors import SerializationError
+from .errors import BackendUnavailable, SerializationError, SketchError, UnknownBackend
 
 __all__ = ["FORMAT_VERSION", "sketch_to_bytes", "sketch_from_bytes", "save", "load"]
 
@@ -46,6 +46,11 @@ def sketch_to_bytes(sketch):
     Returns
     -------
     bytes
+
+    Raises
+    ------
+    BackendUnavailable
+        Only if the sketch's backend has become unusable (its table cannot be read).
     """
     table = np.ascontiguousarray(sketch._backend.to_numpy(sketch.table))
     payload = table.astype(table.dtype.newbyteorder("<"), copy=False).tobytes()
@@ -64,10 +69,16 @@ def sketch_from_bytes(data, *, backend="auto"):
     backend : str, default "auto"
         Backend of the new sketch.
 
+    Returns
+    -------
+    CountSketch
+
     Raises
     ------
     SerializationError
         For truncated, corrupted or foreign bytes, or unsupported versions.
+    UnknownBackend, BackendUnavailable
+        For a ``backend`` that is not registered or cannot run here.
     """
     from .sketch import CountSketch
 
@@ -94,15 +105,29 @@ def sketch_from_bytes(data, *, backend="auto"):
         raise SerializationError("checksum mismatch: the bytes are corrupted")
     try:
         sketch = CountSketch(d, rows, cols, seed=seed, dtype=dtype.name, hash_version=hver, backend=backend)
-    except ValueError as exc:
+    except (UnknownBackend, BackendUnavailable):
+        raise                       # the caller's backend argument, not the bytes
+    except SketchError as exc:
         raise SerializationError(f"header holds invalid parameters: {exc}") from exc
     table = np.frombuffer(data, dtype=dtype, count=rows * cols, offset=_HEADER.size).reshape(rows, cols)
-    sketch._table[...] = sketch._backend.from_numpy(table.astype(sketch.dtype))
+    # from_numpy copies (host backends: into a 64-byte aligned table); the byte swap, if any, happens here.
+    sketch._table = sketch._backend.from_numpy(table.astype(sketch.dtype, copy=False))
     return sketch
 
 
 def save(sketch, path):
-    """Write a sketch to ``path`` atomically: a temporary file, fsync, then rename."""
+    """Write a sketch to ``path`` atomically: a temporary file, fsync, then rename.
+
+    Parameters
+    ----------
+    sketch : CountSketch
+    path : str or os.PathLike
+
+    Raises
+    ------
+    OSError
+        If the folder cannot be written (no partial file is left behind).
+    """
     data = sketch_to_bytes(sketch)
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
@@ -120,6 +145,23 @@ def save(sketch, path):
 
 
 def load(path, *, backend="auto"):
-    """Read a sketch written by :func:`save`."""
+    """Read a sketch written by :func:`save`.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+    backend : str, default "auto"
+
+    Returns
+    -------
+    CountSketch
+
+    Raises
+    ------
+    SerializationError
+        For a file that does not hold a valid sketch.
+    OSError
+        If the file cannot be read.
+    """
     with open(path, "rb") as fh:
         return sketch_from_bytes(fh.read(), backend=backend)

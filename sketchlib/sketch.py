@@ -1,35 +1,24 @@
-"""The CountSketch class: parameters, validation, linear algebra and queries.
+"""The CountSketch class: parameters, validation and dispatch.
 
-The arithmetic lives in a backend (see ``sketchlib._backends``); this module
-validates every input once at the edge, so a bad call raises before anything
-is modified and the kernels can trust what they get.
+Every table operation lives in a backend (the contract is documented in
+:mod:`sketchlib.backends`); this module validates every input once at the
+edge, so a bad call raises before anything is modified, and then calls the
+backend, whose functions trust what they get.  No array arithmetic happens here.
 """
 import numbers
-import operator
 
 import numpy as np
 
 from . import _backends
 from ._hash import BLOCKED_WIDTH, HASH_VERSIONS, auto_hash_version, row_keys
 from .errors import IncompatibleSketches, SketchError
+from .validation import finite_scalar, positive_int
 
 __all__ = ["CountSketch", "MAX_ROWS", "SUPPORTED_DTYPES"]
 
 MAX_ROWS = 32
 MAX_COLS = 2**31 - 1
 SUPPORTED_DTYPES = ("float32", "float64")
-
-
-def _positive_int(value, name, upper=None):
-    """Validate a positive integer parameter."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise SketchError(f"{name} must be an integer, got {value!r}")
-    value = int(value)
-    if value <= 0:
-        raise SketchError(f"{name} must be positive, got {value}")
-    if upper is not None and value > upper:
-        raise SketchError(f"{name} must be at most {upper}, got {value}")
-    return value
 
 
 class CountSketch:
@@ -63,10 +52,18 @@ class CountSketch:
         divisible by 4, else 1: a function of the parameters only, so equal
         parameters give equal hashes everywhere.  The version is part of
         :meth:`signature`; sketches of different versions never combine.
-    backend : {"auto", "numpy", "numba", "cupy"}, default "auto"
+    backend : {"auto", "numpy", "numba", "cupy"} or a registered name, default "auto"
         Where the table lives.  ``"auto"`` picks the GPU (CuPy) when a CUDA
-        device is usable, else Numba, else the NumPy reference; the choice is
-        in :attr:`backend`.
+        device is usable, else Numba, else the NumPy reference (the usable
+        backend of highest priority, :func:`sketchlib.backends.auto_backend`);
+        the choice is in :attr:`backend`.
+
+    Raises
+    ------
+    SketchError
+        A bad parameter (``UnknownBackend`` for an unregistered backend name).
+    BackendUnavailable
+        The backend cannot run here (its library or device is missing).
 
     Notes
     -----
@@ -79,9 +76,9 @@ class CountSketch:
     __slots__ = ("_d", "_rows", "_cols", "_seed", "_dtype", "_backend", "_keys", "_hv", "_table")
 
     def __init__(self, d, rows, cols, *, seed=0, dtype="float32", hash_version="auto", backend="auto"):
-        d = _positive_int(d, "d", upper=2**62)
-        rows = _positive_int(rows, "rows", upper=MAX_ROWS)
-        cols = _positive_int(cols, "cols", upper=MAX_COLS)
+        d = positive_int(d, "d", upper=2**62)
+        rows = positive_int(rows, "rows", upper=MAX_ROWS)
+        cols = positive_int(cols, "cols", upper=MAX_COLS)
         if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= seed < 2**64:
             raise SketchError(f"seed must be an integer in [0, 2**64), got {seed!r}")
         try:
@@ -143,7 +140,13 @@ class CountSketch:
         return self._rows * self._cols * self._dtype.itemsize
 
     def signature(self):
-        """The tuple that must match for two sketches to combine."""
+        """The tuple that must match for two sketches to combine.
+
+        Returns
+        -------
+        tuple
+            ``(d, rows, cols, seed, hash_version, dtype name)``.
+        """
         return (self._d, self._rows, self._cols, self._seed, self._hv, self._dtype.name)
 
     def __repr__(self):
@@ -151,32 +154,60 @@ class CountSketch:
                 f"dtype={self._dtype.name!r}, hash_version={self._hv}, backend={self.backend!r}, device={self.device!r})")
 
     # -------------------------------------------------------------- construction
-    def empty_like(self):
-        """A zero sketch with the same parameters and backend."""
+    def _with_table(self, table, backend=None):
+        """A sketch with this one's parameters over ``table`` (no copy, no check)."""
         new = object.__new__(CountSketch)
         new._d, new._rows, new._cols, new._seed = self._d, self._rows, self._cols, self._seed
-        new._dtype, new._backend, new._keys, new._hv = self._dtype, self._backend, self._keys, self._hv
-        new._table = self._backend.zeros((self._rows, self._cols), self._dtype)
+        new._dtype, new._keys, new._hv = self._dtype, self._keys, self._hv
+        new._backend = backend or self._backend
+        new._table = table
         return new
+
+    def _keep(self, updated):
+        """Adopt the table a backend returns (immutable arrays); None means it updated in place."""
+        if updated is not None:
+            self._table = updated
+
+    def empty_like(self):
+        """A zero sketch with the same parameters and backend.
+
+        Returns
+        -------
+        CountSketch
+        """
+        return self._with_table(self._backend.zeros((self._rows, self._cols), self._dtype))
 
     def copy(self):
-        """A deep copy (same backend)."""
-        new = self.empty_like()
-        new._table[...] = self._table
-        return new
+        """A deep copy (same backend).
+
+        Returns
+        -------
+        CountSketch
+        """
+        return self._with_table(self._backend.copy_table(self._table))
 
     def to(self, backend):
-        """A copy of this sketch on another backend (``"numpy"``, ``"numba"``, ``"cupy"``).
+        """A copy of this sketch on another backend (``"numpy"``, ``"numba"``, ``"cupy"``, ...).
 
         This is the one explicit way to move a sketch between devices; nothing
         is ever transferred implicitly.
+
+        Parameters
+        ----------
+        backend : str
+            A registered backend name.
+
+        Returns
+        -------
+        CountSketch
+
+        Raises
+        ------
+        UnknownBackend, BackendUnavailable
+            As :func:`sketchlib.backends.get_backend`.
         """
         target = _backends.get_backend(backend)
-        new = object.__new__(CountSketch)
-        new._d, new._rows, new._cols, new._seed = self._d, self._rows, self._cols, self._seed
-        new._dtype, new._backend, new._keys, new._hv = self._dtype, target, self._keys, self._hv
-        new._table = target.from_numpy(self._backend.to_numpy(self._table).copy())
-        return new
+        return self._with_table(target.from_numpy(self._backend.to_numpy(self._table)), target)
 
     @classmethod
     def from_table(cls, table, d, *, seed=0, hash_version="auto", backend=None):
@@ -184,6 +215,27 @@ class CountSketch:
 
         The table's array type picks the backend unless ``backend`` names one
         that holds the same kind of array.
+
+        Parameters
+        ----------
+        table : array of shape (rows, cols)
+            C-contiguous, float32 or float64; the sketch writes into it.
+        d : int
+        seed : int, default 0
+        hash_version : {"auto", 1, 2}, default "auto"
+        backend : str, optional
+            Default: :func:`sketchlib.backends.backend_for_array` of ``table``.
+
+        Returns
+        -------
+        CountSketch
+
+        Raises
+        ------
+        SketchError
+            A table of another library than the backend's, not 2-D, not
+            C-contiguous, or bad parameters (``UnsupportedArray`` for an array
+            no backend holds).
         """
         name = backend or _backends.backend_for_array(table)
         lib = _backends.array_library_of(table)
@@ -221,8 +273,7 @@ class CountSketch:
             raise SketchError(f"{what} must have shape {tuple(shape)}, got {tuple(x.shape)}")
         if check_finite and not self._backend.all_finite(x):
             raise SketchError(f"{what} contains NaN or infinity; the sketch is unchanged")
-        xp = self._backend.array_module()
-        return xp.ascontiguousarray(x, dtype=self._dtype)
+        return self._backend.as_input(x, self._dtype)
 
     def _indices(self, indices, what="indices"):
         """Validate coordinate indices; return them as contiguous int64."""
@@ -231,12 +282,11 @@ class CountSketch:
             raise SketchError(f"{what} must be 1-D, got shape {tuple(indices.shape)}")
         if indices.dtype.kind not in "iu":
             raise SketchError(f"{what} must have an integer dtype, got {indices.dtype}")
-        xp = self._backend.array_module()
         if indices.shape[0]:
-            lo, hi = int(indices.min()), int(indices.max())
+            lo, hi = self._backend.index_range(indices)
             if lo < 0 or hi >= self._d:
                 raise SketchError(f"{what} must lie in [0, {self._d}), got values in [{lo}, {hi}]")
-        return xp.ascontiguousarray(indices, dtype=xp.int64)
+        return self._backend.as_input(indices, np.int64)
 
     def _same_kind(self, other):
         """Raise unless ``other`` is a sketch this one can combine with."""
@@ -266,9 +316,15 @@ class CountSketch:
         -------
         CountSketch
             ``self``, for chaining.
+
+        Raises
+        ------
+        SketchError
+            An array of another library or device, a wrong shape, a
+            non-floating dtype, or (with ``check_finite``) NaN/inf; nothing is modified.
         """
         x = self._floating(x, "x", (self._d,), check_finite)
-        self._backend.insert_dense(self._table, x, self._keys, self._hv)
+        self._keep(self._backend.insert_dense(self._table, x, self._keys, self._hv))
         return self
 
     def insert_sparse(self, indices, values, *, check_finite=True):
@@ -282,92 +338,170 @@ class CountSketch:
             Coordinates in ``[0, d)``.
         values : floating array of shape (n,)
         check_finite : bool, default True
+
+        Returns
+        -------
+        CountSketch
+            ``self``.
+
+        Raises
+        ------
+        SketchError
+            As :meth:`insert`, and for indices that are not 1-D integers in ``[0, d)``.
         """
         if getattr(indices, "shape", None) is None or getattr(values, "shape", None) is None:
             raise SketchError("indices and values must be arrays")
         idx = self._indices(indices)
         vals = self._floating(values, "values", (idx.shape[0],), check_finite)
         if idx.shape[0]:
-            self._backend.insert_sparse(self._table, idx, vals, self._keys, self._hv)
+            self._keep(self._backend.insert_sparse(self._table, idx, vals, self._keys, self._hv))
         return self
 
     def insert_batch(self, stack, *, check_finite=True):
         """Add the sketch of the sum of the rows of an ``(n, d)`` stack, in one call.
 
         By linearity this equals inserting each row in turn.
+
+        Parameters
+        ----------
+        stack : floating array of shape (n, d)
+        check_finite : bool, default True
+
+        Returns
+        -------
+        CountSketch
+            ``self``.
+
+        Raises
+        ------
+        SketchError
+            An array of another library or device, a wrong shape, a
+            non-floating dtype, or (with ``check_finite``) NaN/inf; nothing is modified.
         """
         stack = self._floating(stack, "stack", (getattr(stack, "shape", (0,))[0], self._d), check_finite)
-        self._backend.insert_stack_sum(self._table, stack, self._keys, self._hv)
+        self._keep(self._backend.insert_stack_sum(self._table, stack, self._keys, self._hv))
         return self
 
     def sketch_each(self, stack, *, check_finite=True):
         """Sketch each row of an ``(n, d)`` stack into its own new sketch, in one call.
 
+        Parameters
+        ----------
+        stack : floating array of shape (n, d)
+        check_finite : bool, default True
+
         Returns
         -------
         list of CountSketch
             n sketches with this sketch's parameters; their tables are views of
-            one ``(n, rows, cols)`` array (``result[0].table.base``).
+            one allocation (the backend's ``zeros_tables``).
+
+        Raises
+        ------
+        SketchError
+            As :meth:`insert_batch`.
         """
         stack = self._floating(stack, "stack", (getattr(stack, "shape", (0,))[0], self._d), check_finite)
-        tables = self._backend.zeros((stack.shape[0], self._rows, self._cols), self._dtype)
-        self._backend.insert_stack_each(tables, stack, self._keys, self._hv)
-        out = []
-        for table in tables:
-            new = self.empty_like()
-            new._table = table
-            out.append(new)
-        return out
+        tables = self._backend.zeros_tables(stack.shape[0], self._rows, self._cols, self._dtype)
+        filled = self._backend.insert_stack_each(tables, stack, self._keys, self._hv)
+        tables = tables if filled is None else filled
+        return [self._with_table(table) for table in tables]
 
     # ---------------------------------------------------------- linear algebra
     def zero(self):
-        """Set every bucket to zero (in place); returns ``self``."""
-        self._table[...] = 0
+        """Set every bucket to zero (in place).
+
+        Returns
+        -------
+        CountSketch
+            ``self``.
+        """
+        self._keep(self._backend.fill_zero(self._table))
         return self
 
     def merge(self, other):
-        """Add another sketch into this one (in place): the sketch of the sum."""
+        """Add another sketch into this one (in place): the sketch of the sum.
+
+        Parameters
+        ----------
+        other : CountSketch
+            Same signature, backend library and device.
+
+        Returns
+        -------
+        CountSketch
+            ``self``.
+
+        Raises
+        ------
+        IncompatibleSketches
+            If ``other`` cannot be combined with this sketch.
+        """
         return self.add_scaled(other, 1.0)
 
     def add_scaled(self, other, alpha):
-        """``S += alpha * other`` in place; ``alpha`` a finite real scalar."""
+        """``S += alpha * other`` in place.
+
+        Parameters
+        ----------
+        other : CountSketch
+            Same signature, backend library and device.
+        alpha : real
+            Finite.
+
+        Returns
+        -------
+        CountSketch
+            ``self``.
+
+        Raises
+        ------
+        IncompatibleSketches
+            If ``other`` cannot be combined with this sketch.
+        SketchError
+            If ``alpha`` is not a finite real number.
+        """
         self._same_kind(other)
-        alpha = self._scalar(alpha)
-        if alpha == 1.0:
-            self._table += other._table
-        else:
-            self._table += other._table * self._dtype.type(alpha)
+        self._keep(self._backend.add_scaled(self._table, other._table, finite_scalar(alpha)))
         return self
 
     def scale(self, alpha):
-        """``S *= alpha`` in place; returns ``self``."""
-        alpha = self._scalar(alpha)
-        self._table *= self._dtype.type(alpha)
+        """``S *= alpha`` in place.
+
+        Parameters
+        ----------
+        alpha : real
+            Finite.
+
+        Returns
+        -------
+        CountSketch
+            ``self``.
+
+        Raises
+        ------
+        SketchError
+            If ``alpha`` is not a finite real number.
+        """
+        self._keep(self._backend.scale(self._table, finite_scalar(alpha)))
         return self
 
-    @staticmethod
-    def _scalar(alpha):
-        """Validate a finite real scalar."""
-        if isinstance(alpha, bool) or not isinstance(alpha, numbers.Real) or not np.isfinite(alpha):
-            raise SketchError(f"scalar must be a finite real number, got {alpha!r}")
-        return float(alpha)
-
-    def _binary(self, other, op):
-        """New sketch ``op(self, other)`` for + and -."""
+    def _combined(self, other, alpha):
+        """New sketch ``self + alpha * other`` (``alpha`` = 1 or -1: exactly ``a + b``, ``a - b``)."""
         self._same_kind(other)
-        new = self.empty_like()
-        new._table = op(self._table, other._table)
+        new = self.copy()
+        new._keep(self._backend.add_scaled(new._table, other._table, alpha))
         return new
 
     def __add__(self, other):
         if not isinstance(other, CountSketch):
             return NotImplemented
-        return self._binary(other, operator.add)
+        return self._combined(other, 1.0)
 
     def __sub__(self, other):
         if not isinstance(other, CountSketch):
             return NotImplemented
-        return self._binary(other, operator.sub)
+        return self._combined(other, -1.0)
 
     def __iadd__(self, other):
         if not isinstance(other, CountSketch):
@@ -405,12 +539,22 @@ class CountSketch:
         Returns
         -------
         array of shape (n,), the table dtype
+
+        Raises
+        ------
+        SketchError
+            Indices that are not a 1-D integer array of this sketch's library and device in ``[0, d)``.
         """
         idx = self._indices(indices)
         return self._backend.query(self._table, idx, self._keys, self._hv)
 
     def estimate_all(self):
-        """Estimates of all d coordinates as one d-length array."""
+        """Estimates of all d coordinates as one d-length array.
+
+        Returns
+        -------
+        array of shape (d,), the table dtype
+        """
         return self._backend.estimate_all(self._table, self._d, self._keys, self._hv)
 
     def _k(self, k):
@@ -429,35 +573,81 @@ class CountSketch:
     def topk(self, k):
         """The k coordinates with the largest ``|estimate|``.
 
+        Parameters
+        ----------
+        k : int
+            In ``[1, d]``.
+
         Returns
         -------
         indices : int64 array of shape (k,)
             Sorted by ``|estimate|`` descending (ties in any order).
         values : array of shape (k,)
             Their estimates, signs included.
+
+        Raises
+        ------
+        SketchError
+            If ``k`` is not an integer in ``[1, d]``.
         """
         return self._backend.topk(self._table, self._d, self._k(k), self._keys, self._hv)
 
     def heavy_hitters(self, threshold):
         """Coordinates with ``|estimate| >= threshold``, as ``(indices, values)``.
 
-        Indices come in ascending order; negative heavy hitters are included.
+        Parameters
+        ----------
+        threshold : float
+            Finite, ``>= 0``.
+
+        Returns
+        -------
+        indices : int64 array
+            Ascending.
+        values : array
+            Their estimates, negative heavy hitters included.
+
+        Raises
+        ------
+        SketchError
+            A threshold that is not a finite number ``>= 0``.
         """
         return self._backend.heavy(self._table, self._d, self._threshold(threshold), self._keys, self._hv)
 
     def unsketch(self, k=None, *, threshold=None):
-        """Dense d-vector holding only the heavy hitters (top-k or by threshold)."""
+        """Dense d-vector holding only the heavy hitters (top-k or by threshold).
+
+        Parameters
+        ----------
+        k : int, optional
+            Keep the top k (as :meth:`topk`).
+        threshold : float, optional
+            Keep every estimate with ``|estimate| >= threshold`` (as :meth:`heavy_hitters`).
+
+        Returns
+        -------
+        array of shape (d,)
+            The kept estimates in place, zeros elsewhere.
+
+        Raises
+        ------
+        SketchError
+            Neither or both of ``k`` and ``threshold``, or a bad value of either.
+        """
         if (k is None) == (threshold is None):
             raise SketchError("give exactly one of k or threshold")
         if threshold is None:
             return self._backend.unsketch_topk(self._table, self._d, self._k(k), self._keys, self._hv)
         idx, vals = self.heavy_hitters(threshold)
-        out = self._backend.zeros((self._d,), self._dtype)
-        out[idx] = vals
-        return out
+        return self._backend.scatter_dense(self._d, idx, vals, self._dtype)
 
     def l2_estimate(self):
-        """Estimate of the l2 norm of the sketched vector: ``sqrt(median_j sum_b T[j,b]^2)``."""
+        """Estimate of the l2 norm of the sketched vector: ``sqrt(median_j sum_b T[j,b]^2)``.
+
+        Returns
+        -------
+        float
+        """
         return self._backend.l2_estimate(self._table)
 
     def zero_coordinates(self, indices):
@@ -465,31 +655,93 @@ class CountSketch:
 
         This is the reference FetchSGD code's way of removing an update from the
         error sketch (it also clears whatever else shares those buckets).
+
+        Parameters
+        ----------
+        indices : integer array of shape (n,)
+            In ``[0, d)``.
+
+        Returns
+        -------
+        CountSketch
+            ``self``.
+
+        Raises
+        ------
+        SketchError
+            As :meth:`query`.
         """
         idx = self._indices(indices)
         if idx.shape[0]:
-            self._backend.zero_buckets(self._table, idx, self._keys, self._hv)
+            self._keep(self._backend.zero_buckets(self._table, idx, self._keys, self._hv))
         return self
 
     # ------------------------------------------------------------ serialization
     def to_bytes(self):
-        """Serialize to bytes (versioned header, table, CRC32). See ``sketchlib.serialize``."""
+        """Serialize to bytes (versioned header, table, CRC32). See ``sketchlib.serialize``.
+
+        Returns
+        -------
+        bytes
+        """
         from .serialize import sketch_to_bytes
         return sketch_to_bytes(self)
 
     @classmethod
     def from_bytes(cls, data, *, backend="auto"):
-        """Rebuild a sketch from :meth:`to_bytes` output; bad bytes raise ``SerializationError``."""
+        """Rebuild a sketch from :meth:`to_bytes` output.
+
+        Parameters
+        ----------
+        data : bytes-like
+        backend : str, default "auto"
+
+        Returns
+        -------
+        CountSketch
+
+        Raises
+        ------
+        SerializationError
+            Truncated, corrupted or foreign bytes.
+        UnknownBackend, BackendUnavailable
+            A bad ``backend``.
+        """
         from .serialize import sketch_from_bytes
         return sketch_from_bytes(data, backend=backend)
 
     def save(self, path):
-        """Write the sketch to a file atomically (temporary file + rename)."""
+        """Write the sketch to a file atomically (temporary file + rename).
+
+        Parameters
+        ----------
+        path : str or os.PathLike
+
+        Raises
+        ------
+        OSError
+            If the folder cannot be written.
+        """
         from .serialize import save
         save(self, path)
 
     @classmethod
     def load(cls, path, *, backend="auto"):
-        """Read a sketch written by :meth:`save`."""
+        """Read a sketch written by :meth:`save`.
+
+        Parameters
+        ----------
+        path : str or os.PathLike
+        backend : str, default "auto"
+
+        Returns
+        -------
+        CountSketch
+
+        Raises
+        ------
+        SerializationError
+            A file that does not hold a valid sketch.
+        """
         from .serialize import load
         return load(path, backend=backend)

@@ -10,15 +10,17 @@ Examples
 ... def test_mine(params, data):
 ...     x = data.draw(dense_vectors(params["d"]))
 """
+import numpy as np
+
+from .errors import MissingDependency
+
 try:
     from hypothesis import strategies as st
     from hypothesis.extra import numpy as hnp
 except ImportError as exc:  # pragma: no cover - exercised only without hypothesis
-    raise ImportError("sketchlib.testing needs hypothesis: pip install hypothesis") from exc
+    raise MissingDependency("sketchlib.testing needs hypothesis: pip install hypothesis") from exc
 
-import numpy as np
-
-from .sketch import CountSketch
+from .sketch import CountSketch  # noqa: E402
 
 __all__ = ["sketch_params", "dense_vectors", "sparse_updates", "sketches", "scalars"]
 
@@ -58,7 +60,16 @@ def _valid_cols(params):
 
 
 def scalars(max_magnitude=1e3):
-    """Finite float scalars of bounded magnitude (for linear combinations)."""
+    """Finite float scalars of bounded magnitude (for linear combinations).
+
+    Parameters
+    ----------
+    max_magnitude : float, default 1e3
+
+    Returns
+    -------
+    SearchStrategy of float
+    """
     return st.floats(-max_magnitude, max_magnitude, allow_nan=False, allow_infinity=False, width=32)
 
 
@@ -71,6 +82,10 @@ def dense_vectors(d, *, dtype="float64", max_magnitude=1e3):
     dtype : str
     max_magnitude : float
         Bound on each element's magnitude.
+
+    Returns
+    -------
+    SearchStrategy of numpy.ndarray
     """
     elements = st.floats(-max_magnitude, max_magnitude, allow_nan=False, allow_infinity=False,
                          width=32)
@@ -79,7 +94,19 @@ def dense_vectors(d, *, dtype="float64", max_magnitude=1e3):
 
 @st.composite
 def sparse_updates(draw, d, *, max_nnz=50, dtype="float64", max_magnitude=1e3):
-    """``(indices, values)`` pairs with indices in ``[0, d)``, duplicates allowed."""
+    """``(indices, values)`` pairs with indices in ``[0, d)``, duplicates allowed.
+
+    Parameters
+    ----------
+    d : int
+    max_nnz : int, default 50
+    dtype : str, default "float64"
+    max_magnitude : float, default 1e3
+
+    Returns
+    -------
+    SearchStrategy of (int64 array, float array)
+    """
     n = draw(st.integers(0, max_nnz))
     idx = draw(hnp.arrays(np.int64, n, elements=st.integers(0, d - 1)))
     vals = draw(dense_vectors(n, dtype=dtype, max_magnitude=max_magnitude))
@@ -88,7 +115,19 @@ def sparse_updates(draw, d, *, max_nnz=50, dtype="float64", max_magnitude=1e3):
 
 @st.composite
 def sketches(draw, *, backend="numpy", filled=True, **param_bounds):
-    """``CountSketch`` objects on ``backend``, optionally holding a random dense vector."""
+    """``CountSketch`` objects on ``backend``, optionally holding a random dense vector.
+
+    Parameters
+    ----------
+    backend : str, default "numpy"
+    filled : bool, default True
+    **param_bounds
+        Passed to :func:`sketch_params`.
+
+    Returns
+    -------
+    SearchStrategy of CountSketch
+    """
     params = draw(sketch_params(**param_bounds))
     sk = CountSketch(backend=backend, **params)
     if filled:

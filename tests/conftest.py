@@ -4,7 +4,7 @@ import os
 import pytest
 from hypothesis import HealthCheck, settings
 
-from sketchlib._backends import available_backends
+from sketchlib.backends import available_backends
 
 settings.register_profile("ci", max_examples=40, deadline=None,
                           suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])

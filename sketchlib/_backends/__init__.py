@@ -1,73 +1,160 @@
-"""The one place where array types meet backends.
+"""Registry of sketch backends (private implementation of ``sketchlib.backends``).
 
-A backend is a module with the same small API (see ``numpy_ref`` for the
-reference implementation and the contract of each function)::
-
-    NAME, ARRAY_LIBRARY, DEVICE_KIND
-    available() -> bool
-    array_module()                          numpy or cupy
-    device_of(array) -> str                 "cpu" or "cuda:N"
-    zeros(shape, dtype) -> array
-    to_numpy(array) -> numpy.ndarray
-    from_numpy(ndarray) -> array
-    all_finite(x) -> bool
-    insert_dense(table, x, keys, version)   table[r, c] += S(x)
-    insert_sparse(table, indices, values, keys, version)
-    insert_stack_sum(table, stack, keys, version)    table += S(sum of the rows of stack)
-    insert_stack_each(tables, stack, keys, version)  tables[n] += S(stack[n])
-    query(table, indices, keys, version) -> values
-    estimate_all(table, d, keys, version) -> values
-    topk(table, d, k, keys, version) -> (indices, values)     by |value|, descending
-    unsketch_topk(table, d, k, keys, version) -> dense d-vector of the top-k, zeros elsewhere
-    heavy(table, d, threshold, keys, version) -> (indices, values)   ascending indices
-    zero_buckets(table, indices, keys, version)
-    l2_estimate(table) -> float
-
-``keys`` are the ``(rows, 2)`` uint32 row keys and ``version`` the hash
-version (1 or 2) of ``sketchlib._hash``.  Inputs reach a backend already validated (shapes, dtypes, ranges, finiteness):
-kernels trust them.  Dispatch looks at ``type(x).__module__`` only, so no
-array library is imported to classify an array.
+The contract a backend implements, and how to register one, are documented in
+the public module :mod:`sketchlib.backends`; this package holds the built-in
+backends (``numpy_ref``, ``numba_cpu``, ``cupy_gpu``) and the registry behind
+that module.  Dispatch looks at ``type(x).__module__`` only, so no array
+library is imported to classify an array.
 """
+import contextlib
+import dataclasses
 import importlib
+import threading
+import types
+
+from ..errors import BackendUnavailable, SketchError, UnknownBackend, UnsupportedArray
 
 __all__ = [
-    "BACKEND_NAMES",
+    "CONTRACT",
     "BackendUnavailable",
-    "available_backends",
-    "auto_backend",
-    "get_backend",
+    "HostTransfers",
     "array_library_of",
+    "auto_backend",
+    "available_backends",
     "backend_for_array",
+    "backends_for_library",
+    "count_host_transfers",
+    "get_backend",
+    "library_of_backend",
+    "record_host_transfer",
+    "register_backend",
+    "registered_backends",
+    "unregister_backend",
 ]
 
-_MODULES = {
-    "numpy": "sketchlib._backends.numpy_ref",
-    "numba": "sketchlib._backends.numba_cpu",
-    "cupy": "sketchlib._backends.cupy_gpu",
-}
-_INSTALL_HINTS = {
-    "numba": "install numba: pip install 'sketchgrad[numba]'",
-    "cupy": "install CuPy for your CUDA (pip install 'sketchgrad[cuda12x]' or "
-    "'sketchgrad[cuda13x]') and make sure a CUDA device is visible",
-}
-# Array library -> backends that hold their tables in arrays of that library, in
-# order of preference.
-_BY_LIBRARY = {"numpy": ("numba", "numpy"), "cupy": ("cupy",)}
-BACKEND_NAMES = tuple(_MODULES)
+# What a backend module must define (documented one by one in sketchlib.backends).
+CONTRACT = (
+    "NAME", "ARRAY_LIBRARY",
+    # plumbing
+    "available", "array_module", "device_of", "zeros", "zeros_tables", "from_numpy", "to_numpy",
+    "to_host_scalars", "as_input", "all_finite", "index_range",
+    # table arithmetic
+    "fill_zero", "scale", "add_scaled", "copy_table", "scatter_dense",
+    # sketch kernels
+    "insert_dense", "insert_sparse", "insert_stack_sum", "insert_stack_each", "query", "estimate_all",
+    "topk", "unsketch_topk", "heavy", "zero_buckets", "l2_estimate",
+)
 
 
-class BackendUnavailable(ImportError):
-    """A backend was asked for but cannot run here; the message says what to install."""
+@dataclasses.dataclass(frozen=True)
+class _Entry:
+    """One registered backend: how to load it and what it holds."""
+
+    loader: object            # a module, a dotted module path, or a zero-argument callable
+    array_library: str
+    priority: int
+    install_hint: str
 
 
+_registry = {}
 _loaded = {}
 _usable = {}
+_lock = threading.RLock()
+
+
+def register_backend(name, module_or_loader, *, array_library, priority=0, install_hint=None, replace=False):
+    """Register a backend under ``name``; see :mod:`sketchlib.backends` for the contract.
+
+    Parameters
+    ----------
+    name : str
+        The name users pass as ``CountSketch(..., backend=name)``.
+    module_or_loader : module, str or callable
+        The backend module, its dotted import path (imported on first use), or a
+        zero-argument callable returning the module (called on first use).
+    array_library : str
+        Top-level module name of the arrays holding its tables (``"numpy"``,
+        ``"cupy"``, ``"jax"``...): ``type(table).__module__.split(".")[0]``.
+    priority : int, default 0
+        Higher is preferred by :func:`auto_backend` and :func:`backend_for_array`
+        (built-ins: cupy 30, numba 20, numpy 10).
+    install_hint : str, optional
+        What to install when the backend is unusable (shown in ``BackendUnavailable``).
+    replace : bool, default False
+        Allow replacing a backend already registered under ``name``.
+
+    Raises
+    ------
+    SketchError
+        A bad name or library, or ``name`` already registered without ``replace``.
+    """
+    if not isinstance(name, str) or not name or name == "auto":
+        raise SketchError(f"a backend name must be a non-empty string other than 'auto', got {name!r}")
+    if not isinstance(array_library, str) or not array_library:
+        raise SketchError(f"array_library must be a module name such as 'numpy', got {array_library!r}")
+    if not (isinstance(module_or_loader, (str, types.ModuleType)) or callable(module_or_loader)):
+        raise SketchError(f"backend {name!r}: expected a module, a dotted module path or a callable, "
+                          f"got {type(module_or_loader).__name__}")
+    if isinstance(priority, bool) or not isinstance(priority, int):
+        raise SketchError(f"priority must be an integer, got {priority!r}")
+    with _lock:
+        if name in _registry and not replace:
+            raise SketchError(f"backend {name!r} is already registered (pass replace=True to replace it)")
+        _registry[name] = _Entry(module_or_loader, array_library, priority,
+                                 install_hint or f"backend {name!r} reports that it cannot run here")
+        _loaded.pop(name, None)
+        _usable.pop(name, None)
+
+
+def unregister_backend(name):
+    """Remove a registered backend (sketches already made with it keep working).
+
+    Parameters
+    ----------
+    name : str
+
+    Raises
+    ------
+    UnknownBackend
+        If ``name`` is not registered.
+    """
+    with _lock:
+        if name not in _registry:
+            raise UnknownBackend(f"unknown backend {name!r}")
+        del _registry[name]
+        _loaded.pop(name, None)
+        _usable.pop(name, None)
+
+
+def registered_backends():
+    """Names of all registered backends, usable or not, highest priority first.
+
+    Returns
+    -------
+    tuple of str
+    """
+    return tuple(sorted(_registry, key=lambda n: -_registry[n].priority))
 
 
 def _load(name):
-    """Import a backend module (once) without checking that it can run."""
+    """Import a backend module (once) and check that it implements the contract."""
     if name not in _loaded:
-        _loaded[name] = importlib.import_module(_MODULES[name])
+        loader = _registry[name].loader
+        if isinstance(loader, types.ModuleType):
+            module = loader
+        elif isinstance(loader, str):
+            module = importlib.import_module(loader)
+        else:
+            module = loader()
+        missing = [attr for attr in CONTRACT if not hasattr(module, attr)]
+        if missing:
+            raise SketchError(f"backend {name!r} ({getattr(module, '__name__', module)!r}) does not implement "
+                              f"the backend contract: missing {', '.join(missing)}")
+        if module.NAME != name or module.ARRAY_LIBRARY != _registry[name].array_library:
+            raise SketchError(f"backend {name!r}: module says NAME={module.NAME!r}, ARRAY_LIBRARY="
+                              f"{module.ARRAY_LIBRARY!r}, registered as {name!r} holding "
+                              f"{_registry[name].array_library!r} arrays")
+        _loaded[name] = module
     return _loaded[name]
 
 
@@ -86,62 +173,198 @@ def get_backend(name):
 
     Parameters
     ----------
-    name : {"numpy", "numba", "cupy"}
+    name : str
+        A registered name (built-in: ``"numpy"``, ``"numba"``, ``"cupy"``).
+
+    Returns
+    -------
+    module
+        Implementing every function of the contract.
 
     Raises
     ------
-    ValueError
-        If the name is unknown.
+    UnknownBackend
+        If the name is not registered.
     BackendUnavailable
-        If the backend's library is missing or cannot run (no CUDA device).
+        If the backend's library is missing or cannot run (e.g. no CUDA device).
     """
-    if name not in _MODULES:
-        raise ValueError(f"unknown backend {name!r}; choose one of {', '.join(BACKEND_NAMES)}")
+    if not isinstance(name, str) or name not in _registry:
+        raise UnknownBackend(f"unknown backend {name!r}; choose one of {', '.join(registered_backends())}")
     if not _is_usable(name):
-        raise BackendUnavailable(f"backend {name!r} is not usable here: {_INSTALL_HINTS[name]}")
+        raise BackendUnavailable(f"backend {name!r} is not usable here: {_registry[name].install_hint}")
     return _load(name)
 
 
 def available_backends():
-    """Names of the backends usable on this machine, fastest first."""
-    order = ("cupy", "numba", "numpy")
-    return tuple(n for n in order if _is_usable(n))
+    """Names of the backends usable on this machine, highest priority (fastest) first.
+
+    Returns
+    -------
+    tuple of str
+    """
+    return tuple(n for n in registered_backends() if _is_usable(n))
 
 
 def auto_backend():
-    """The backend a sketch gets when none is named: GPU, else Numba, else NumPy."""
+    """The backend a sketch gets when none is named: the usable one of highest priority.
+
+    Returns
+    -------
+    str
+        With the built-ins: ``"cupy"`` when a GPU is usable, else ``"numba"``, else ``"numpy"``.
+    """
     return available_backends()[0]
 
 
 def array_library_of(x):
-    """Top-level module name of an array's type (``"numpy"``, ``"cupy"``, ...)."""
+    """Top-level module name of an array's type (``"numpy"``, ``"cupy"``, ...), importing nothing.
+
+    Parameters
+    ----------
+    x : object
+
+    Returns
+    -------
+    str
+    """
     return type(x).__module__.split(".", 1)[0]
+
+
+def backends_for_library(library):
+    """Registered backends whose tables are arrays of ``library``, highest priority first.
+
+    Parameters
+    ----------
+    library : str
+
+    Returns
+    -------
+    tuple of str
+    """
+    return tuple(n for n in registered_backends() if _registry[n].array_library == library)
+
+
+def library_of_backend(name):
+    """Array library whose arrays backend ``name`` holds.
+
+    Parameters
+    ----------
+    name : str
+
+    Returns
+    -------
+    str
+
+    Raises
+    ------
+    UnknownBackend
+        If the name is not registered.
+    """
+    if name not in _registry:
+        raise UnknownBackend(f"unknown backend {name!r}; choose one of {', '.join(registered_backends())}")
+    return _registry[name].array_library
 
 
 def backend_for_array(x):
     """Name of the preferred usable backend for arrays of ``x``'s type.
 
+    Parameters
+    ----------
+    x : array
+
+    Returns
+    -------
+    str
+
     Raises
     ------
-    TypeError
-        If ``x`` is not an array of a supported library.
+    UnsupportedArray
+        If no registered backend holds arrays of ``x``'s library.
+    BackendUnavailable
+        If such backends exist but none is usable here.
     """
     lib = array_library_of(x)
-    if lib not in _BY_LIBRARY:
+    names = backends_for_library(lib)
+    if not names:
         hint = ""
         if hasattr(x, "__dlpack__"):
             hint = " (it speaks DLPack: use adapters.dlpack or adapters.torch)"
-        raise TypeError(f"cannot sketch an array of type {type(x).__name__} from {lib!r}{hint}")
-    for name in _BY_LIBRARY[lib]:
+        raise UnsupportedArray(f"cannot sketch an array of type {type(x).__name__} from {lib!r}{hint}")
+    for name in names:
         if _is_usable(name):
             return name
-    raise BackendUnavailable(f"arrays of {lib!r} need backend {_BY_LIBRARY[lib][0]!r}: "
-                             f"{_INSTALL_HINTS.get(_BY_LIBRARY[lib][0], '')}")
+    raise BackendUnavailable(f"arrays of {lib!r} need backend {names[0]!r}: {_registry[names[0]].install_hint}")
 
 
-def library_of_backend(name):
-    """Array library whose arrays backend ``name`` holds."""
-    for lib, names in _BY_LIBRARY.items():
-        if name in names:
-            return lib
-    raise ValueError(f"unknown backend {name!r}")
+# ------------------------------------------------------------ host transfers
+class HostTransfers:
+    """Counts of device-to-host reads recorded while a :func:`count_host_transfers` block runs.
+
+    Attributes
+    ----------
+    count : int
+        Number of reads (each a host synchronisation on a device backend).
+    nbytes : int
+        Bytes read.
+    """
+
+    __slots__ = ("count", "nbytes")
+
+    def __init__(self):
+        self.count = 0
+        self.nbytes = 0
+
+    def __repr__(self):
+        return f"HostTransfers(count={self.count}, nbytes={self.nbytes})"
+
+
+_counters = []
+
+
+def record_host_transfer(nbytes=0):
+    """Record one device-to-host read in every active counter (backends call this).
+
+    Parameters
+    ----------
+    nbytes : int, default 0
+        Bytes read.
+    """
+    if _counters:   # one list test on the hot path when nobody counts
+        with _lock:
+            for counter in _counters:
+                counter.count += 1
+                counter.nbytes += int(nbytes)
+
+
+@contextlib.contextmanager
+def count_host_transfers():
+    """Count the device-to-host reads backends make inside the block (all threads).
+
+    Yields
+    ------
+    HostTransfers
+        Updated live; read it after the block.
+
+    Examples
+    --------
+    >>> with count_host_transfers() as n:
+    ...     sketch.insert(x)
+    >>> n.count        # 1: the finiteness flag
+    """
+    counter = HostTransfers()
+    with _lock:
+        _counters.append(counter)
+    try:
+        yield counter
+    finally:
+        with _lock:
+            _counters.remove(counter)
+
+
+_CUPY_HINT = ("install CuPy for your CUDA (pip install 'sketchgrad[cuda12x]' or "
+              "'sketchgrad[cuda13x]') and make sure a CUDA device is visible")
+register_backend("cupy", "sketchlib._backends.cupy_gpu", array_library="cupy", priority=30,
+                 install_hint=_CUPY_HINT)
+register_backend("numba", "sketchlib._backends.numba_cpu", array_library="numpy", priority=20,
+                 install_hint="install numba: pip install 'sketchgrad[numba]'")
+register_backend("numpy", "sketchlib._backends.numpy_ref", array_library="numpy", priority=10)

@@ -1,7 +1,30 @@
-"""Array plumbing shared by the backends whose tables are NumPy arrays."""
+"""Array plumbing and table arithmetic shared by the backends whose tables are NumPy arrays.
+
+Every array allocated here starts on a 64-byte boundary (``ALIGN``): NumPy only
+promises 16, and consumers such as ``jax.numpy.from_dlpack(..., copy=False)``
+import host memory without a copy only when it is aligned (XLA's CPU buffers).
+"""
+import math
+
 import numpy as np
 
-__all__ = ["array_module", "device_of", "zeros", "to_numpy", "from_numpy", "dense_from_topk"]
+from . import record_host_transfer
+
+__all__ = ["ALIGN", "array_module", "device_of", "zeros", "zeros_tables", "to_numpy", "from_numpy",
+           "to_host_scalars", "as_input", "index_range", "fill_zero", "scale", "add_scaled", "copy_table",
+           "scatter_dense", "dense_from_topk"]
+
+ALIGN = 64
+
+
+def _aligned_buffer(shape, dtype, zero):
+    """A C-contiguous array of ``shape`` whose data starts on an ``ALIGN``-byte boundary."""
+    dtype = np.dtype(dtype)
+    n = math.prod(shape)
+    # NumPy aligns to at least the item size, so the offset is a whole number of items.
+    raw = (np.zeros if zero else np.empty)(n + ALIGN // dtype.itemsize, dtype=dtype)   # calloc: lazy zero pages
+    start = (-raw.ctypes.data % ALIGN) // dtype.itemsize
+    return raw[start:start + n].reshape(shape)
 
 
 def array_module():
@@ -15,8 +38,22 @@ def device_of(array):
 
 
 def zeros(shape, dtype):
-    """A zero table."""
-    return np.zeros(shape, dtype=dtype)
+    """A zero array, 64-byte aligned."""
+    return _aligned_buffer(shape, dtype, zero=True)
+
+
+def zeros_tables(n, rows, cols, dtype):
+    """``n`` zero ``(rows, cols)`` tables as one ``(n, rows, cols)`` array, each table 64-byte aligned.
+
+    When a table's bytes are not a multiple of ``ALIGN`` each is padded, and
+    the array is a strided view (not C-contiguous).
+    """
+    dtype = np.dtype(dtype)
+    per = rows * cols
+    step = -(-per * dtype.itemsize // ALIGN) * ALIGN // dtype.itemsize if per else 0
+    if step == per:
+        return zeros((n, rows, cols), dtype)
+    return zeros((n, step), dtype)[:, :per].reshape(n, rows, cols)
 
 
 def to_numpy(array):
@@ -25,13 +62,62 @@ def to_numpy(array):
 
 
 def from_numpy(array):
-    """A contiguous host array."""
-    return np.ascontiguousarray(array)
+    """A new 64-byte aligned copy of a host array."""
+    array = np.asarray(array)
+    out = _aligned_buffer(array.shape, array.dtype, zero=False)
+    out[...] = array
+    return out
+
+
+def to_host_scalars(array):
+    """The elements of a small array as a tuple of Python scalars (recorded as one host read)."""
+    array = np.asarray(array)
+    record_host_transfer(array.nbytes)
+    return tuple(array.reshape(-1).tolist())
+
+
+def as_input(x, dtype):
+    """``x`` as a C-contiguous array of ``dtype`` (no copy when it already is one)."""
+    return np.ascontiguousarray(x, dtype=dtype)
+
+
+def index_range(indices):
+    """``(min, max)`` of a non-empty integer array, as Python ints (one host read)."""
+    record_host_transfer(2 * indices.dtype.itemsize)
+    return int(indices.min()), int(indices.max())
+
+
+def fill_zero(table):
+    """Set every element to zero, in place."""
+    table[...] = 0
+
+
+def scale(table, alpha):
+    """``table *= alpha``, in place, ``alpha`` cast to the table dtype."""
+    table *= table.dtype.type(alpha)
+
+
+def add_scaled(table, other, alpha):
+    """``table += alpha * other``, in place (a plain add when ``alpha == 1``)."""
+    if alpha == 1.0:
+        table += other
+    else:
+        table += other * table.dtype.type(alpha)
+
+
+def copy_table(table):
+    """A new 64-byte aligned copy of a table."""
+    return from_numpy(table)
+
+
+def scatter_dense(d, indices, values, dtype):
+    """A zero d-vector with ``out[indices] = values``."""
+    out = zeros((d,), dtype)
+    out[indices] = values
+    return out
 
 
 def dense_from_topk(topk, table, d, k, keys, version):
     """The top-k unsketch of a host backend: its ``topk`` scattered into a zero d-vector."""
     idx, val = topk(table, d, k, keys, version)
-    out = np.zeros(d, dtype=table.dtype)
-    out[idx] = val
-    return out
+    return scatter_dense(d, idx, val, table.dtype)

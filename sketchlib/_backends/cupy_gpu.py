@@ -581,3 +581,67 @@ def _buckets_and_signs(indices, keys, cols, version=1):
             _launch("sk_hash_rows", n, (indices, np.int64(n), _dev_keys(keys), np.int32(rows),
                                         np.uint32(cols), buckets, signs), version=version)
         return buckets, signs
+
+
+# ---- contract: table arithmetic and host transfers
+# The parts of the backend contract (sketchlib.backends) that launch no
+# hand-written kernel: CuPy element-wise operations on the table's device and
+# the one counted device-to-host read.
+def zeros_tables(n, rows, cols, dtype):
+    """``n`` zero tables as one C-contiguous ``(n, rows, cols)`` array on the current device."""
+    return _cp().zeros((n, rows, cols), dtype=dtype)
+
+
+def to_host_scalars(array):
+    """The elements of a small device array as Python scalars: one device-to-host read, recorded."""
+    from . import record_host_transfer
+    host = _cp().asnumpy(array)
+    record_host_transfer(host.nbytes)
+    return tuple(host.reshape(-1).tolist())
+
+
+def as_input(x, dtype):
+    """``x`` as a C-contiguous array of ``dtype`` (no copy when it already is one)."""
+    return _cp().ascontiguousarray(x, dtype=dtype)
+
+
+def index_range(indices):
+    """``(min, max)`` of a non-empty integer array: both reduced on the device, one read."""
+    cp = _cp()
+    with indices.device:
+        return to_host_scalars(cp.stack((indices.min(), indices.max())))
+
+
+def fill_zero(table):
+    """Set every element to zero, in place."""
+    with table.device:
+        table.fill(0)
+
+
+def scale(table, alpha):
+    """``table *= alpha``, in place, ``alpha`` cast to the table dtype."""
+    with table.device:
+        table *= table.dtype.type(alpha)
+
+
+def add_scaled(table, other, alpha):
+    """``table += alpha * other``, in place (a plain add when ``alpha == 1``)."""
+    with table.device:
+        if alpha == 1.0:
+            table += other
+        else:
+            table += other * table.dtype.type(alpha)
+
+
+def copy_table(table):
+    """A new copy of a table, on the table's device."""
+    with table.device:
+        return table.copy()
+
+
+def scatter_dense(d, indices, values, dtype):
+    """A zero d-vector with ``out[indices] = values``, on the device of ``indices``."""
+    with indices.device:
+        out = _cp().zeros(d, dtype=dtype)
+        out[indices] = values
+        return out

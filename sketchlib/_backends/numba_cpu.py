@@ -1,6 +1,6 @@
 """Numba CPU backend: parallel kernels with hashes computed on the fly.
 
-Same contract as ``numpy_ref`` (see ``sketchlib._backends``); tables are NumPy
+Same contract as ``numpy_ref`` (see :mod:`sketchlib.backends`); tables are NumPy
 arrays.  Numba is imported only when a kernel is first needed, so this module
 imports without it and :func:`available` says whether it can run.
 
@@ -23,11 +23,12 @@ one (``_PARALLEL_WORK``); otherwise they use ``numba.get_num_threads()``, so
 """
 import numpy as np
 
-from ._host import array_module, dense_from_topk, device_of, from_numpy, to_numpy, zeros  # noqa: F401
+from ._host import (  # noqa: F401  (the shared part of the contract)
+    add_scaled, array_module, as_input, copy_table, dense_from_topk, device_of, fill_zero, from_numpy, index_range,
+    scale, scatter_dense, to_host_scalars, to_numpy, zeros, zeros_tables)
 
 NAME = "numba"
 ARRAY_LIBRARY = "numpy"
-DEVICE_KIND = "cpu"
 # Whether top-k/heavy keep a d-length estimate buffer between their two passes
 # (faster) or recompute estimates in the second pass (no per-coordinate memory).
 STORE_ESTIMATES = True
@@ -89,7 +90,8 @@ def all_finite(x):
     """
     flat = np.ascontiguousarray(x).reshape(-1)
     step = 1 << 20
-    return all(np.isfinite(flat[i:i + step]).all() for i in range(0, flat.shape[0], step))
+    ok = all(np.isfinite(flat[i:i + step]).all() for i in range(0, flat.shape[0], step))
+    return bool(to_host_scalars(np.bool_(ok))[0])   # the read a device backend makes
 
 
 def _insert(tables, stack, base, keys, version):
@@ -246,7 +248,7 @@ def _heavy(table, d, threshold, keys, version, threads):
     counts = kern.count_above(table, keys64, version, d, ntasks, est, STORE_ESTIMATES, thr)
     offsets = np.zeros(ntasks, dtype=np.int64)
     np.cumsum(counts[:-1], out=offsets[1:])
-    n = int(counts.sum())
+    (n,) = to_host_scalars(counts.sum())   # sizes the output: a device backend reads it back
     idx = np.empty(n, dtype=np.int64)
     vals = np.empty(n, dtype=table.dtype)
     kern.gather_above(table, keys64, version, d, ntasks, est, STORE_ESTIMATES, thr, offsets, idx, vals)
@@ -262,4 +264,4 @@ def zero_buckets(table, indices, keys, version):
 def l2_estimate(table):
     """``sqrt(median_j sum_b T[j, b]**2)``."""
     with _Threads(table.size):
-        return float(np.sqrt(np.median(_k().row_sq_sums(table))))
+        return float(np.sqrt(np.median(to_host_scalars(_k().row_sq_sums(table)))))

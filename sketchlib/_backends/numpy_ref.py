@@ -1,6 +1,6 @@
 """Plain NumPy reference backend: slow, obviously right, the oracle of the others.
 
-Every function works a row at a time and, for long vectors, a chunk of
+Same contract as every backend (see :mod:`sketchlib.backends`).  Every function works a row at a time and, for long vectors, a chunk of
 coordinates at a time, so temporaries stay bounded.  Estimates use
 ``numpy.median`` over rows: for an even number of rows, the mean of the two
 middle values.
@@ -9,11 +9,12 @@ import numpy as np
 
 from .._hash import buckets_and_signs
 
-from ._host import array_module, dense_from_topk, device_of, from_numpy, to_numpy, zeros  # noqa: F401
+from ._host import (  # noqa: F401  (the shared part of the contract)
+    add_scaled, array_module, as_input, copy_table, dense_from_topk, device_of, fill_zero, from_numpy, index_range,
+    scale, scatter_dense, to_host_scalars, to_numpy, zeros, zeros_tables)
 
 NAME = "numpy"
 ARRAY_LIBRARY = "numpy"
-DEVICE_KIND = "cpu"
 CHUNK = 1 << 20
 
 
@@ -23,8 +24,8 @@ def available():
 
 
 def all_finite(x):
-    """True when no element is NaN or infinite."""
-    return bool(np.isfinite(x).all())
+    """True when no element is NaN or infinite (the flag read as one host read)."""
+    return bool(to_host_scalars(np.isfinite(x).all())[0])
 
 
 def _chunks(n):
@@ -130,4 +131,4 @@ def zero_buckets(table, indices, keys, version):
 def l2_estimate(table):
     """``sqrt(median_j sum_b T[j, b]**2)``."""
     row_sq = np.einsum("ij,ij->i", table.astype(np.float64), table.astype(np.float64))
-    return float(np.sqrt(np.median(row_sq)))
+    return float(np.sqrt(np.median(to_host_scalars(row_sq))))
