@@ -223,3 +223,59 @@ def test_ray_simulation_follows_the_simulator():
                    num_supernodes=sim.num_clients, backend_config={"client_resources": {"num_cpus": 1}})
     torch.testing.assert_close(ff.weights_from_record(strategy.result.arrays, sim.d), sim.params,
                                atol=1e-5, rtol=1e-5)
+
+
+def test_changed_only_downloads_follow_the_simulator_with_fewer_bytes():
+    spec = spec_for(RULES["fetchsgd"], num_clients=6, clients_per_round=3, rounds=5)
+    sim, w0, sim_updates = simulate(spec)
+    runs = {}
+    for download in ("full", "changed"):
+        metrics = []
+        strategy = ff.RuleStrategy.from_spec(spec, sim.d, download=download,
+                                             on_round=lambda r, u, m: metrics.append(m))
+        grid = ff.run_in_process(ff.make_server_app(strategy, w0, spec.train.rounds),
+                                 ff.make_client_app(loader(sim, spec)), nodes(sim.num_clients))
+        torch.testing.assert_close(strategy.weights, sim.params, atol=1e-5, rtol=1e-5)
+        runs[download] = (metrics, grid)
+    full, changed = runs["full"][0], runs["changed"][0]
+    seen, held = set(), []
+    for t, (mf, mc) in enumerate(zip(full, changed)):
+        picked = set(ff.RuleStrategy.from_spec(spec, sim.d).sample_nodes(runs["full"][1], t))
+        returning = len(picked & seen)
+        seen |= picked
+        held.append(returning)
+        assert mf["down-bytes"] == changed[0]["down-bytes"]  # full weights to each of W nodes
+        if returning:  # each returning node gets <= 8 bytes per weight changed so far, plus headers
+            assert mc["down-bytes"] < mf["down-bytes"]
+            assert mc["down-bytes"] <= (spec.train.clients_per_round - returning) * (4 * sim.d + 200) \
+                + returning * (8 * spec.rule.k * t + 400)
+    assert sum(held) > 0, "no node took part twice: the test exercises nothing"
+    # A node keeps the model of the last round it took part in (version v: after v updates).
+    history = [w0.cpu()]
+    for u in sim_updates:
+        history.append(history[-1] - u.cpu())
+    kept = 0
+    for ctx in runs["changed"][1].contexts.values():
+        if "fedsim.version" in ctx.state.config_records:
+            v = int(ctx.state["fedsim.version"]["version"])
+            w = ff.weights_from_record(ctx.state["fedsim.weights"], sim.d)
+            torch.testing.assert_close(w, history[v], atol=1e-5, rtol=1e-5)
+            kept += 1
+    assert kept == len(seen)
+
+
+def test_a_node_that_lost_its_weights_fails_once_then_gets_the_full_weights():
+    spec = spec_for(RULES["local_topk"], num_clients=5, clients_per_round=5, rounds=3)
+    sim = Simulation(spec)
+    grid = ff.InProcessGrid(ff.make_client_app(loader(sim, spec)), nodes(sim.num_clients))
+    metrics = []
+
+    def on_round(r, update, m):
+        metrics.append(m)
+        if r == 1:  # node 2 restarts and forgets the weights it kept
+            grid.contexts[2].state = RecordDict()
+
+    strategy = ff.RuleStrategy.from_spec(spec, sim.d, download="changed", on_round=on_round)
+    ff.make_server_app(strategy, sim.params, 3)(grid, flwr.app.Context(1, 0, {}, RecordDict(), {}))
+    assert [m["clients"] for m in metrics] == [5, 4, 5]
+    assert "fedsim.version" in grid.contexts[2].state.config_records

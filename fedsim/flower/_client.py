@@ -11,7 +11,8 @@ from sketchlib import CountSketch
 
 from ..compressors import make_compressor
 from ..errors import ConfigError
-from ._protocol import ARRAYS, CONFIG, METRICS, NUM_EXAMPLES, UPLOAD, weights_from_record
+from ._download import apply_download
+from ._protocol import ARRAYS, CONFIG, METRICS, NUM_EXAMPLES, UPLOAD
 
 __all__ = ["client_train", "make_client_app"]
 
@@ -67,7 +68,7 @@ def _local_sgd(model, x, y, cfg, loss_fn, client_id):
     return {"delta": (flatten_params(model, trainable_only=True) - start).cpu().numpy()}
 
 
-def client_train(message, model, x, y, *, loss_fn=None, client_id=0):
+def client_train(message, model, x, y, *, context=None, loss_fn=None, client_id=0):
     """Run the round a :class:`RuleStrategy` train message asks for; return the reply Message.
 
     Loads the message's flat weights into ``model`` (trainable parameters, in
@@ -86,6 +87,9 @@ def client_train(message, model, x, y, *, loss_fn=None, client_id=0):
         The local model (its weights are overwritten); computation runs on its device.
     x, y : torch.Tensor
         The local batch (on the model's device).
+    context : flwr.app.Context, optional
+        The node's context; required when the strategy downloads changed weights only
+        (``download="changed"``): the node keeps its weights in ``context.state``.
     loss_fn : callable, optional
         ``loss_fn(logits, y) -> scalar`` (default mean cross-entropy).
     client_id : int, default 0
@@ -100,18 +104,14 @@ def client_train(message, model, x, y, *, loss_fn=None, client_id=0):
     Raises
     ------
     ConfigError
-        The model's size differs from the server's weights, or an unknown rule.
+        The model's size differs from the server's weights, a change list for weights this
+        node does not hold, or an unknown rule.
     """
     loss_fn = loss_fn or F.cross_entropy
     content = message.content
     cfg, arrays = content[CONFIG], content[ARRAYS]
     d = num_elements(model, trainable_only=True)
-    try:
-        w = weights_from_record(arrays)
-    except ValueError as exc:
-        raise ConfigError(str(exc)) from None
-    if w.shape[0] != d:
-        raise ConfigError(f"the server sent {w.shape[0]} weights but the model has {d} trainable parameters")
+    w = apply_download(arrays, cfg, None if context is None else context.state, d)
     unflatten_into(model, w, trainable_only=True)
     device = _trainable(model)[0].device
     rule = cfg["rule"]
@@ -155,6 +155,6 @@ def make_client_app(load):
     def train(message, context):
         model, x, y = load(context)
         cid = context.node_config.get("partition-id", context.node_id)
-        return client_train(message, model, x, y, client_id=int(cid))
+        return client_train(message, model, x, y, context=context, client_id=int(cid))
 
     return app

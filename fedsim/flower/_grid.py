@@ -5,7 +5,11 @@ import uuid
 from flwr.app import Context, Error, Message, RecordDict
 from flwr.common.constant import SUPERLINK_NODE_ID, ErrorCode
 from flwr.serverapp.grid import Grid
-from flwr.supercore.run import Run
+
+try:  # where flwr keeps ``Run`` moved between releases
+    from flwr.supercore.run import Run
+except ImportError:  # pragma: no cover - older flwr
+    from flwr.common.typing import Run
 
 from ..errors import ConfigError
 

@@ -13,6 +13,7 @@ from adapters.torch import from_array
 from .._schedule import learning_rate
 from ..errors import ClientUpdateError, ConfigError, NonFiniteError
 from ..rules import make_rule
+from ._download import DOWNLOADS, DownloadState
 from ._protocol import (ARRAYS, CONFIG, METRICS, NUM_EXAMPLES, UPLOAD, UPLOAD_KIND, FlowerRoundError, array_of,
                         weights_from_record, weights_record)
 
@@ -132,6 +133,11 @@ class RuleStrategy(Strategy):
         Seconds to wait for them; then :class:`FlowerRoundError`.
     poll_interval : float, default 0.5
         Seconds between two looks at the connected nodes.
+    download : {"full", "changed"}, default "full"
+        ``"full"``: every sampled node gets the full weights (stateless clients, Flower's
+        usual way).  ``"changed"``: a node that took part before gets only the weights
+        changed since (indices and values, or the full weights when smaller) and keeps its
+        copy in its ``Context.state`` (fedsim's download accounting, made real).
     on_round : callable, optional
         ``on_round(server_round, update, metrics)`` after each round (update: the d-vector
         with ``w <- w - update``; metrics: the round's dict).
@@ -147,15 +153,20 @@ class RuleStrategy(Strategy):
     Bytes: ``down-bytes`` and ``up-bytes`` in the round metrics are the payload of the
     ArrayRecords actually sent and received (``ArrayRecord.count_bytes()``: NumPy ``.npy``
     bytes, header included, plus key names; metadata, config and transport framing not
-    counted).  The weights go down in full to every sampled node every round (Flower
-    clients here are stateless), so downloads are ``4 d`` bytes per client; fedsim's own
-    accounting instead counts only the weights changed since the client last took part.
-    ``rule-up-bytes`` is the rule's own count (``rule.upload_bytes()`` per reply).
+    counted).  With ``download="full"`` the weights go down in full to every sampled node
+    every round, ``4 d`` bytes per node; with ``"changed"`` a returning node downloads
+    ``8`` bytes per changed weight (``4 d`` at most), as fedsim's accounting counts (fedsim
+    also lets a new client rebuild the seeded initial model; here a new node downloads the
+    full weights once).  ``rule-up-bytes`` is the rule's own count (``rule.upload_bytes()``
+    per reply).
     """
 
     def __init__(self, rule, *, lr, clients_per_round, weight_decay=0.0, weighting="samples", seed=0,
-                 min_available_nodes=None, wait_timeout=120.0, poll_interval=0.5, on_round=None):
+                 min_available_nodes=None, wait_timeout=120.0, poll_interval=0.5, download="full",
+                 on_round=None):
         _check_rule(rule)
+        if download not in DOWNLOADS:
+            raise ConfigError(f"download must be one of {list(DOWNLOADS)}, got {download!r}")
         if isinstance(clients_per_round, bool) or not isinstance(clients_per_round, int) or clients_per_round < 1:
             raise ConfigError(f"clients_per_round must be a positive int, got {clients_per_round!r}")
         if weighting not in ("samples", "uniform"):
@@ -169,7 +180,8 @@ class RuleStrategy(Strategy):
         self.weighting, self.seed = weighting, int(seed)
         self.min_available_nodes = max(min_available_nodes or clients_per_round, clients_per_round)
         self.wait_timeout, self.poll_interval = float(wait_timeout), float(poll_interval)
-        self.on_round = on_round
+        self.on_round, self.download = on_round, download
+        self._downloads = None  # DownloadState with download="changed"
         self.weights = None  # the current flat weights (CPU float32 tensor), set by configure_train
         self._pending = None
 
@@ -238,15 +250,27 @@ class RuleStrategy(Strategy):
     def configure_train(self, server_round, arrays, config, grid):
         """Sample nodes; send each the full weights and the round's config."""
         t = server_round - 1
-        self.weights = weights_from_record(arrays, self.rule.d)
+        weights = weights_from_record(arrays, self.rule.d)
+        if self.download == "changed" and (self._downloads is None or not torch.equal(weights, self.weights)):
+            # Weights from elsewhere (a first or a new start): no node's copy can be trusted.
+            self._downloads = DownloadState(self.rule.d)
+        self.weights = weights
         lr = float(self._lr(t))
         nodes = self.sample_nodes(grid, t)
-        record = RecordDict({ARRAYS: arrays,
-                             CONFIG: ConfigRecord({**dict(config), **self._rule_config(t, lr)})})
-        self._pending = {"round": server_round, "lr": lr, "nodes": set(nodes),
-                         "down": len(nodes) * arrays.count_bytes()}
+        base = {**dict(config), **self._rule_config(t, lr)}
+        if self.download == "full":
+            record = RecordDict({ARRAYS: arrays, CONFIG: ConfigRecord(base)})
+            payloads = {n: record for n in nodes}
+            down = len(nodes) * arrays.count_bytes()
+        else:
+            payloads, down = {}, 0
+            for n in nodes:
+                sent, extra = self._downloads.payload(n, weights)
+                payloads[n] = RecordDict({ARRAYS: sent, CONFIG: ConfigRecord({**base, **extra})})
+                down += sent.count_bytes()
+        self._pending = {"round": server_round, "lr": lr, "nodes": set(nodes), "down": down}
         log.info("round %d: sampled %d of the connected nodes", server_round, len(nodes))
-        return [Message(record, dst_node_id=n, message_type=MessageType.TRAIN, group_id=str(server_round))
+        return [Message(payloads[n], dst_node_id=n, message_type=MessageType.TRAIN, group_id=str(server_round))
                 for n in nodes]
 
     def _read_reply(self, msg):
@@ -312,6 +336,12 @@ class RuleStrategy(Strategy):
         for m in failed:
             log.warning("round %d: node %d failed: %s", server_round, m.metadata.src_node_id, m.error.reason)
         good = sorted((self._read_reply(m) for m in replies if not m.has_error()), key=lambda r: r[0])
+        if self._downloads is not None:
+            for m in failed:
+                self._downloads.failed(int(m.metadata.src_node_id))
+            answered = {r[0] for r in good} | {int(m.metadata.src_node_id) for m in failed}
+            for node in self._pending["nodes"] - answered:  # no reply: unknown what the node holds
+                self._downloads.failed(node)
         if not good:
             reasons = "; ".join(f"node {m.metadata.src_node_id}: {m.error.reason}" for m in failed[:3])
             raise FlowerRoundError(f"round {server_round}: no usable reply from the {len(self._pending['nodes'])} "
@@ -336,6 +366,10 @@ class RuleStrategy(Strategy):
             raise NonFiniteError(f"{self.rule.name}: the weights became NaN/inf in round {server_round}; lower "
                                  f"the learning rate")
         self.weights = new
+        if self._downloads is not None:
+            for node in nodes:
+                self._downloads.replied(node, self._downloads.version)
+            self._downloads.applied(update)
         metrics = {"train-loss": float(sum(wi * r[2] for wi, r in zip(w.tolist(), good))),
                    "num-examples": float(counts.sum()), "clients": len(good), "lr": lr,
                    "changed": int(torch.count_nonzero(update)),
