@@ -6,12 +6,12 @@ from flwr.app import Context, Error, Message, RecordDict
 from flwr.common.constant import SUPERLINK_NODE_ID, ErrorCode
 from flwr.serverapp.grid import Grid
 
+from ..errors import ConfigError
+
 try:  # where flwr keeps ``Run`` moved between releases
     from flwr.supercore.run import Run
 except ImportError:  # pragma: no cover - older flwr
     from flwr.common.typing import Run
-
-from ..errors import ConfigError
 
 try:  # flwr >= 1.2x: instruction Messages read the process's task identity, which a runtime sets
     from flwr.supercore.task_identity import TaskIdentity
@@ -21,6 +21,7 @@ except ImportError:  # pragma: no cover - older flwr
 __all__ = ["InProcessGrid", "run_in_process"]
 
 log = logging.getLogger("fedsim")
+
 
 class InProcessGrid(Grid):
     """A ``Grid`` whose nodes are ClientApp calls in this process, one persistent Context per node.
@@ -81,16 +82,18 @@ class InProcessGrid(Grid):
     def _deliver(self, msg):
         """The ClientApp's reply to ``msg`` (an error reply when it raises or the node is unknown)."""
         node = msg.metadata.dst_node_id
+        raised = ErrorCode.CLIENT_APP_RAISED_EXCEPTION
         if node not in self.contexts:
-            return Message(Error(code=ErrorCode.NODE_UNAVAILABLE, reason=f"no node {node} in this grid"), reply_to=msg)
+            return Message(Error(code=ErrorCode.NODE_UNAVAILABLE, reason=f"no node {node} in this grid"),
+                           reply_to=msg)
         try:
             reply = self.client_app(msg, self.contexts[node])
         except Exception as exc:  # a SuperNode turns a ClientApp's exception into an error reply
             log.warning("node %d: the ClientApp raised %s: %s", node, type(exc).__name__, exc)
-            return Message(Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=f"{type(exc).__name__}: {exc}"), reply_to=msg)
+            return Message(Error(code=raised, reason=f"{type(exc).__name__}: {exc}"), reply_to=msg)
         if not isinstance(reply, Message):
-            return Message(Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=f"the ClientApp returned {type(reply).__name__}, "
-                                                                 f"not a Message"), reply_to=msg)
+            reason = f"the ClientApp returned {type(reply).__name__}, not a Message"
+            return Message(Error(code=raised, reason=reason), reply_to=msg)
         return reply
 
     def push_messages(self, messages):
