@@ -36,11 +36,11 @@ def _loss_and_grad(model, x, y, loss_fn, weight_decay):
     return float(loss.detach())
 
 
-def _sketch_upload(model, cfg, device):
+def _sketch_upload(model, cfg, device, backend):
     """FetchSGD: the model's gradient sketched with the server's sketch parameters."""
     d = num_elements(model, trainable_only=True)
     sketch = make_compressor(cfg["sketch-kind"], d, rows=int(cfg["sketch-rows"]), cols=int(cfg["sketch-cols"]),
-                             seed=int(cfg["sketch-seed"]), backend=backend_for_device(device),
+                             seed=int(cfg["sketch-seed"]), backend=backend or backend_for_device(device),
                              hash_version=int(cfg["sketch-hash-version"]) or "auto")
     if isinstance(sketch, CountSketch):
         sketch_model_grad(model, sketch, trainable_only=True)
@@ -68,7 +68,7 @@ def _local_sgd(model, x, y, cfg, loss_fn, client_id):
     return {"delta": (flatten_params(model, trainable_only=True) - start).cpu().numpy()}
 
 
-def client_train(message, model, x, y, *, context=None, loss_fn=None, client_id=0):
+def client_train(message, model, x, y, *, context=None, loss_fn=None, client_id=0, sketch_backend=None):
     """Run the round a :class:`RuleStrategy` train message asks for; return the reply Message.
 
     Loads the message's flat weights into ``model`` (trainable parameters, in
@@ -94,6 +94,9 @@ def client_train(message, model, x, y, *, context=None, loss_fn=None, client_id=
         ``loss_fn(logits, y) -> scalar`` (default mean cross-entropy).
     client_id : int, default 0
         Seeds FedAvg's sample orders (fedsim draws them from (seed, round, client)).
+    sketch_backend : str, optional
+        sketchlib backend of the client's sketch (default: CuPy on CUDA, else Numba if
+        installed, else NumPy); every backend computes the same table.
 
     Returns
     -------
@@ -121,7 +124,7 @@ def client_train(message, model, x, y, *, context=None, loss_fn=None, client_id=
     else:
         loss = _loss_and_grad(model, x, y, loss_fn, float(cfg["weight-decay"]))
         if rule == "fetchsgd":
-            upload = _sketch_upload(model, cfg, device)
+            upload = _sketch_upload(model, cfg, device, sketch_backend)
         elif rule == "local_topk":
             g = flatten_grads(model, trainable_only=True)
             idx = torch.topk(g.abs(), int(cfg["k"]), sorted=True).indices
@@ -136,7 +139,7 @@ def client_train(message, model, x, y, *, context=None, loss_fn=None, client_id=
     return Message(record, reply_to=message)
 
 
-def make_client_app(load):
+def make_client_app(load, *, sketch_backend=None):
     """A ClientApp whose train function is :func:`client_train` on the node's data.
 
     Parameters
@@ -144,6 +147,8 @@ def make_client_app(load):
     load : callable
         ``load(context) -> (model, x, y)`` for this node (e.g. by
         ``context.node_config["partition-id"]``).
+    sketch_backend : str, optional
+        As in :func:`client_train`.
 
     Returns
     -------
@@ -155,6 +160,7 @@ def make_client_app(load):
     def train(message, context):
         model, x, y = load(context)
         cid = context.node_config.get("partition-id", context.node_id)
-        return client_train(message, model, x, y, context=context, client_id=int(cid))
+        return client_train(message, model, x, y, context=context, client_id=int(cid),
+                            sketch_backend=sketch_backend)
 
     return app
