@@ -279,3 +279,17 @@ def test_a_node_that_lost_its_weights_fails_once_then_gets_the_full_weights():
     ff.make_server_app(strategy, sim.params, 3)(grid, flwr.app.Context(1, 0, {}, RecordDict(), {}))
     assert [m["clients"] for m in metrics] == [5, 4, 5]
     assert "fedsim.version" in grid.contexts[2].state.config_records
+
+
+def test_step_from_sketch_without_exact_values_refuses_a_second_round_and_changes_nothing():
+    spec = spec_for({"name": "fetchsgd", "k": 20, "rows": 3, "cols": 200, "second_round": 2,
+                     "sketch_backend": "numpy"})
+    rule = make_rule(spec.rule, 1000, device="cpu")
+    s = rule.new_sketch()
+    s.insert(np.linspace(-1, 1, 1000, dtype=np.float32))
+    rule.state.momentum.insert(np.ones(1000, np.float32))
+    before = np.array(rule.state.momentum.table), np.array(rule.state.error.table)
+    with pytest.raises(ConfigError, match="second_round"):
+        rule.step_from_sketch(s, 0.1)
+    assert np.array_equal(before[0], rule.state.momentum.table)
+    assert np.array_equal(before[1], rule.state.error.table)
