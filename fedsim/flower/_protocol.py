@@ -28,7 +28,22 @@ class FlowerRoundError(FedsimError):
 
 
 def weights_record(flat):
-    """An ArrayRecord ``{"weights": ...}`` holding a flat float32 weight vector (torch or NumPy)."""
+    """An ArrayRecord ``{"weights": ...}`` holding a flat float32 weight vector.
+
+    Parameters
+    ----------
+    flat : torch.Tensor or numpy.ndarray
+        1-D weights (any device; copied to the host as float32).
+
+    Returns
+    -------
+    flwr.app.ArrayRecord
+
+    Raises
+    ------
+    ValueError
+        ``flat`` is not 1-D.
+    """
     if isinstance(flat, torch.Tensor):
         flat = flat.detach().to("cpu", torch.float32).numpy()
     flat = np.ascontiguousarray(flat, dtype=np.float32)
@@ -38,7 +53,24 @@ def weights_record(flat):
 
 
 def weights_from_record(record, d=None):
-    """The flat float32 weight vector (a CPU tensor) of an ArrayRecord made by :func:`weights_record`."""
+    """The flat weights of an ArrayRecord made by :func:`weights_record`.
+
+    Parameters
+    ----------
+    record : flwr.app.ArrayRecord
+    d : int, optional
+        The expected length.
+
+    Returns
+    -------
+    torch.Tensor
+        A new float32 CPU tensor.
+
+    Raises
+    ------
+    ValueError
+        No ``"weights"`` array, or not a float32 vector of length ``d``.
+    """
     if WEIGHTS not in record:
         raise ValueError(f"the ArrayRecord has no {WEIGHTS!r} array (keys: {sorted(record.keys())})")
     w = record[WEIGHTS].numpy()

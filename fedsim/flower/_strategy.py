@@ -224,7 +224,23 @@ class RuleStrategy(Strategy):
             time.sleep(self.poll_interval)
 
     def sample_nodes(self, grid, t):
-        """The node ids of 0-based round ``t`` (waits for enough nodes to connect)."""
+        """The node ids of 0-based round ``t``.
+
+        Parameters
+        ----------
+        grid : flwr.serverapp.Grid
+        t : int
+
+        Returns
+        -------
+        list of int
+            ``clients_per_round`` ids, in increasing order.
+
+        Raises
+        ------
+        FlowerRoundError
+            Fewer than ``min_available_nodes`` connected within ``wait_timeout``.
+        """
         nodes = self._wait_for_nodes(grid)
         pick = np.sort(np.random.default_rng([self.seed, 1, t]).choice(len(nodes), self.clients_per_round,
                                                                          replace=False))
@@ -248,7 +264,22 @@ class RuleStrategy(Strategy):
         return out
 
     def configure_train(self, server_round, arrays, config, grid):
-        """Sample nodes; send each the full weights and the round's config."""
+        """Sample nodes; send each the weights (full or changed) and the round's config.
+
+        Parameters
+        ----------
+        server_round : int
+            1-based.
+        arrays : flwr.app.ArrayRecord
+            The current weights (:func:`weights_record`).
+        config : flwr.app.ConfigRecord
+            Extra entries for the clients (the strategy's own keys win).
+        grid : flwr.serverapp.Grid
+
+        Returns
+        -------
+        list of flwr.app.Message
+        """
         t = server_round - 1
         weights = weights_from_record(arrays, self.rule.d)
         if self.download == "changed" and (self._downloads is None or not torch.equal(weights, self.weights)):
@@ -328,7 +359,29 @@ class RuleStrategy(Strategy):
         return self.rule.step_from_sketch(s, lr)
 
     def aggregate_train(self, server_round, replies):
-        """Merge the replies with the rule; returns the new weights and the round's metrics."""
+        """Merge the replies with the rule and apply its update.
+
+        Parameters
+        ----------
+        server_round : int
+        replies : iterable of flwr.app.Message
+            Error replies are logged and left out (the weights renormalised over the rest).
+
+        Returns
+        -------
+        (flwr.app.ArrayRecord, flwr.app.MetricRecord)
+            The new weights; the round's metrics (``train-loss``, ``num-examples``,
+            ``clients``, ``lr``, ``changed``, ``up-bytes``, ``down-bytes``, ``rule-up-bytes``).
+
+        Raises
+        ------
+        ClientUpdateError
+            A reply is malformed or not finite (before any server state changes).
+        FlowerRoundError
+            No usable reply, or a reply to no message of this round.
+        NonFiniteError
+            The new weights are not finite.
+        """
         if self._pending is None or self._pending["round"] != server_round:
             raise FlowerRoundError(f"aggregate_train({server_round}) without configure_train for that round")
         replies = list(replies)

@@ -66,7 +66,13 @@ class FetchSGD(ServerRule):
             return self._round(ctx)
 
     def new_sketch(self):
-        """A zero sketch of this rule's kind and shape (what one client uploads)."""
+        """A zero sketch of this rule's kind and shape (what one client uploads).
+
+        Returns
+        -------
+        compressor
+            A new CountSketch (or IdentitySketch) with the rule's rows, cols, seed, hash version.
+        """
         return self._new()
 
     def _round(self, ctx):
