@@ -24,9 +24,10 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ImportError("fedsim.flower needs Flower (flwr >= 1.21): pip install 'sketchgrad[flower]'") from exc
 
 from ._client import client_train, make_client_app
+from ._context import UploadedRound
 from ._grid import InProcessGrid, run_in_process
 from ._protocol import FlowerRoundError, weights_from_record, weights_record
-from ._strategy import SUPPORTED_RULES, RuleStrategy, UploadedRound, make_server_app
+from ._strategy import SUPPORTED_RULES, RuleStrategy, make_server_app
 
 __all__ = [
     "RuleStrategy", "UploadedRound", "SUPPORTED_RULES", "make_server_app",
