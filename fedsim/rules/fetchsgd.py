@@ -137,37 +137,77 @@ class FetchSGD(ServerRule):
         with cuda_stream_scope(self.device):
             return self._round(ctx)
 
+    def new_sketch(self):
+        """A zero sketch of this rule's kind and shape (what one client uploads).
+
+        Returns
+        -------
+        compressor
+            A new CountSketch (or IdentitySketch) with the rule's rows, cols, seed, hash version.
+        """
+        return self._new()
+
     def _round(self, ctx):
-        """The step itself (inside the stream scope)."""
-        p = self.params
+        """Sketch the round's gradient sum, then :meth:`step_from_sketch` (inside the stream scope)."""
         g = ctx.gradient_sum()
         s = self._round_sketch.zero()
         s.insert(to_array(g))
         ctx.allreduce_(from_array(s.table))
-        su, se = self.state.momentum, self.state.error
-        su.scale(p.momentum).merge(s)
-        inside = p.lr_placement == "inside"
-        se.add_scaled(su, ctx.lr) if inside else se.merge(su)
-        if p.second_round:
-            idx, vals = self._second_round(ctx, g, s, ctx.lr if inside else 1.0)
-        else:
-            idx, vals = se.topk(p.k)
-        if p.zeroing == "subtract":
-            se.insert_sparse(idx, -vals)
-        else:
-            se.zero_coordinates(idx)
-            su.zero_coordinates(idx)
-        update = self.zeros()
-        idx_t, vals_t = from_array(idx), from_array(vals).to(torch.float32)
-        update[idx_t] = vals_t if inside else vals_t * ctx.lr
-        return update
+        exact = (lambda cand_t: ctx.allreduce_(g[cand_t].clone())) if self.params.second_round else None
+        return self.step_from_sketch(s, ctx.lr, exact_values=exact)
 
-    def _second_round(self, ctx, g, s, c):
+    def step_from_sketch(self, s, lr, *, exact_values=None):
+        """The server step from this round's summed sketch ``s`` (clients sketched, server merged).
+
+        Parameters
+        ----------
+        s : compressor
+            The weighted sum of the clients' sketches, like :meth:`new_sketch`; not kept.
+        lr : float
+            The round's learning rate.
+        exact_values : callable, optional
+            ``exact_values(indices_tensor) -> tensor``: the round's exact gradient sum at those
+            coordinates; required when ``second_round > 0``.
+
+        Returns
+        -------
+        torch.Tensor
+            The sparse update as a dense d-vector (``w <- w - update``).
+
+        Raises
+        ------
+        ConfigError
+            ``second_round > 0`` without ``exact_values`` (nothing has changed then).
+        """
+        cfg = self.params
+        if cfg.second_round and exact_values is None:
+            raise ConfigError("rule.second_round > 0 needs the clients' exact values at the candidates "
+                              "(a second exchange); this caller cannot provide them: set second_round = 0")
+        with cuda_stream_scope(self.device):
+            su, se = self.state.momentum, self.state.error
+            su.scale(cfg.momentum).merge(s)
+            inside = cfg.lr_placement == "inside"
+            se.add_scaled(su, lr) if inside else se.merge(su)
+            if cfg.second_round:
+                idx, vals = self._second_round(exact_values, s, lr if inside else 1.0)
+            else:
+                idx, vals = se.topk(cfg.k)
+            if cfg.zeroing == "subtract":
+                se.insert_sparse(idx, -vals)
+            else:
+                se.zero_coordinates(idx)
+                su.zero_coordinates(idx)
+            update = self.zeros()
+            idx_t, vals_t = from_array(idx), from_array(vals).to(torch.float32)
+            update[idx_t] = vals_t if inside else vals_t * lr
+            return update
+
+    def _second_round(self, exact_values, s, c):
         """Exact top-k among p k candidates (see the module docstring)."""
         p = self.params
         cand, _ = self.state.error.topk(min(self.d, p.second_round * p.k))
         cand_t = from_array(cand)
-        exact = ctx.allreduce_(g[cand_t].clone())
+        exact = exact_values(cand_t)
         rest = self.state.error.copy().add_scaled(s, -c)
         est = from_array(rest.query(cand)).to(torch.float32) + c * exact
         order = torch.topk(est.abs(), p.k, sorted=True).indices
