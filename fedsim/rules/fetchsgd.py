@@ -20,6 +20,7 @@ from adapters.torch import backend_for_device, cuda_stream_scope, from_array, to
 
 from .._fields import check
 from ..compressors import make_compressor
+from ..errors import ConfigError
 from ._base import ServerRule
 from ._params import ErrorFeedbackParams, knob
 from ._registry import register_rule
