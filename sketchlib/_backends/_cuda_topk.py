@@ -32,7 +32,7 @@ def refine_passes(kbits, ib):
     return -(-(kbits + ib - _cuda_src.HIST_BITS) // _cuda_src.HIST_BITS)
 
 
-def topk_dev(xp, launch, argsort, table, keys, d, k, groups, cap, dense=False):
+def topk_dev(xp, launch, argsort, table, keys, d, k, groups, cap, dense=False, packed=None):
     """Top-k (or, ``dense``, the top-k unsketch) of a table with every count kept on the device.
 
     Estimates + 12-bit histogram + pick (last block), compaction of the entries above the
@@ -67,6 +67,10 @@ def topk_dev(xp, launch, argsort, table, keys, d, k, groups, cap, dense=False):
         Candidate buffer size (at least 1); overflowing it only costs rescans of the estimates.
     dense : bool
         Return the dense d-vector of the top k (zeros elsewhere) instead of ``(idx, val)``.
+    packed : bool or None
+        Packed 64-bit output keys; None: float32 with ``d <= 2**32`` (the backend never
+        passes it).  False makes float32 take the index/value outputs it otherwise takes
+        only past 2**32 coordinates: the CPU emulation covers that path this way.
 
     Returns
     -------
@@ -75,9 +79,10 @@ def topk_dev(xp, launch, argsort, table, keys, d, k, groups, cap, dense=False):
     dt = table.dtype
     name = dt.name
     kbits = KEY_BITS[name]
-    packed = name == "float32" and d <= 2**32
+    fits = name == "float32" and d <= 2**32          # the packed key holds a float32 and a 32-bit index
+    packed = fits if packed is None else bool(packed) and fits
     if dense and not packed:
-        idx, val = topk_dev(xp, launch, argsort, table, keys, d, k, groups, cap)
+        idx, val = topk_dev(xp, launch, argsort, table, keys, d, k, groups, cap, packed=False)
         out = xp.zeros(d, dtype=dt)
         out[idx] = val
         return out
