@@ -18,15 +18,17 @@ guards every buffer against writes past its end, and checks the radix state afte
 launch.  Version 2's group kernels (the XOR shuffle of a group into its bucket slots, the
 16-byte loads and stores) are checked against the reference too.
 """
+import contextlib
 import ctypes
 import shutil
+import types
 import subprocess
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from sketchlib import CountSketch
+from sketchlib import CountSketch, SketchError
 from sketchlib._backends import _cuda_src, _cuda_topk
 from sketchlib._hash import buckets_and_signs
 
@@ -155,7 +157,7 @@ class Emulator:
         n = self.lib.emu_kernel(self.index[expr], 0, 0, None, sig)
         return [(s // 4, s % 4) for s in sig[:n]]
 
-    def launch(self, expr, args, grid=3):
+    def launch(self, expr, args, grid=3, block=_cuda_src.BLOCK):
         sig = self.signature(expr)
         assert len(args) == len(sig), f"{expr}: {len(args)} arguments for {len(sig)} parameters"
         holders = []
@@ -168,7 +170,7 @@ class Emulator:
                     f"{expr} #{pos}: {a!r} passed for a {size}-byte {'float' if kind == 2 else 'integer'}"
                 holders.append(np.array([a]))
         ptrs = (_P * len(args))(*[h.ctypes.data for h in holders])
-        self.lib.emu_kernel(self.index[expr], grid, _cuda_src.BLOCK, ptrs, (ctypes.c_int * 64)())
+        self.lib.emu_kernel(self.index[expr], grid, block, ptrs, (ctypes.c_int * 64)())
 
 
 class GuardedNumpy:
@@ -368,3 +370,154 @@ def test_emulated_dev_unsketch_writes_exactly_the_top_k(lib, dtype, kind):
                 np.testing.assert_array_equal(got[nz], est[nz])
                 strict = np.abs(est) > np.abs(est[order[k - 1]])
                 np.testing.assert_array_equal(got[strict], est[strict])
+
+
+# ------------------------------------------------------------------ the whole backend, emulated
+class _DevArray(np.ndarray):
+    """A NumPy array posing as a CuPy one for ``cupy_gpu``: a device context, a data pointer, get()."""
+
+    @property
+    def device(self):
+        return contextlib.nullcontext()
+
+    @property
+    def data(self):
+        return types.SimpleNamespace(ptr=self.ctypes.data)
+
+    def get(self):
+        return np.array(self)
+
+
+def _dev(a):
+    return np.ascontiguousarray(a).view(_DevArray)
+
+
+class _FakeCupy:
+    """The part of CuPy that ``cupy_gpu`` uses, over NumPy (one "device" with one SM, so small grids)."""
+
+    class _Device:
+        id = 0
+        attributes = {"MultiProcessorCount": 1, "L2CacheSize": 40 << 20}
+
+        def __init__(self, *_):
+            pass
+
+    cuda = types.SimpleNamespace(Device=_Device)
+
+    @staticmethod
+    def empty(shape, dtype=np.float64):
+        a = np.empty(shape, dtype)
+        a.view(np.uint8)[...] = 0xCD          # garbage, as on a device
+        return a.view(_DevArray)
+
+    @staticmethod
+    def zeros(shape, dtype=np.float64):
+        return np.zeros(shape, dtype).view(_DevArray)
+
+    @staticmethod
+    def asarray(a):
+        return _dev(a)
+
+    @staticmethod
+    def asnumpy(a):
+        return np.array(a)
+
+    @staticmethod
+    def argsort(a):                            # CuPy's sort is stable
+        return np.argsort(np.asarray(a), kind="stable").view(_DevArray)
+
+    def __getattr__(self, name):
+        return getattr(np, name)
+
+
+@pytest.fixture
+def backend(lib, monkeypatch):
+    """``cupy_gpu`` itself, its CuPy calls served by NumPy and its kernel launches by the emulated kernels
+    (every argument checked against the kernel's parameters)."""
+    from sketchlib._backends import cupy_gpu
+    emu = Emulator(lib)
+    launched = []
+
+    def fn(expr, version=None):
+        assert version in (None, lib.version)
+
+        def run(grid, block, args):
+            assert len(grid) == 1 and block[0] in (_cuda_src.BLOCK, _cuda_src.PICK_BLOCK)
+            launched.append(expr)
+            emu.launch(expr, args, grid=grid[0], block=block[0])
+        return run
+
+    monkeypatch.setattr(cupy_gpu, "_cp", _FakeCupy)
+    monkeypatch.setattr(cupy_gpu, "_fn", fn)
+    for cache in ("_keys_cache", "_sm_counts", "_l2_sizes"):
+        monkeypatch.setattr(cupy_gpu, cache, {})
+    cupy_gpu.launched = launched
+    return cupy_gpu
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_emulated_backend_equals_reference(backend, lib, dtype, monkeypatch):
+    """Every operation of the CuPy backend, run on the emulated kernels, equals the NumPy reference:
+    tables up to summation order, everything computed from a table exactly."""
+    hv = lib.version
+    rng = np.random.default_rng(17)
+    d, rows, cols, n = 1203, 5, 64, 5
+    ref = CountSketch(d, rows, cols, seed=4, dtype=dtype, hash_version=hv, backend="numpy")
+    keys = ref.keys
+    x = rng.standard_normal(d + 1).astype(dtype)
+    x[rng.random(d + 1) < 0.2] = 0
+    tol = dict(rtol=1e-5, atol=1e-4) if dtype == "float32" else dict(rtol=1e-12, atol=1e-12)
+    for off, kernel in ((0, "sk_insert_vec"), (1, "sk_insert_simple")):   # aligned, unaligned input
+        table = backend.zeros((rows, cols), dtype)
+        del backend.launched[:]
+        backend.insert_dense(table, _dev(x)[off:off + d] if off else _dev(x[:d]), keys, hv)
+        assert backend.launched == [_cuda_src.kernel(kernel, dtype)]
+        np.testing.assert_allclose(table, ref.copy().insert(x[off:off + d]).table, **tol)
+    idx = np.array([0, 5, 5, d - 1, 77], np.int64)
+    vals = rng.standard_normal(idx.size).astype(dtype)
+    backend.insert_sparse(table, _dev(idx), _dev(vals), keys, hv)
+    want = ref.copy().insert(x[1:d + 1]).insert_sparse(idx, vals)
+    np.testing.assert_allclose(table, want.table, **tol)
+    stack = rng.standard_normal((n, d + 1)).astype(dtype)[:, :d].copy()
+    summed = backend.zeros((rows, cols), dtype)
+    backend.insert_stack_sum(summed, _dev(stack), keys, hv)
+    np.testing.assert_allclose(summed, ref.copy().insert_batch(stack).table, **tol)
+    monkeypatch.setattr(backend, "_l2_bytes", lambda: 3 * 16 * cols * 2)   # float32: rows in groups of 2
+    each = backend.zeros((n, rows, cols), dtype)
+    backend.insert_stack_each(each, _dev(stack), keys, hv)
+    for i in range(n):
+        np.testing.assert_allclose(each[i], ref.copy().insert(stack[i]).table, **tol)
+    # queries on a given table: exact
+    table = np.round(rng.standard_normal((rows, cols)), 1).astype(dtype)   # ties
+    on = CountSketch.from_table(table, d, seed=4, hash_version=hv, backend="numpy")
+    dt = _dev(table)
+    est = on.estimate_all()
+    np.testing.assert_array_equal(backend.estimate_all(dt, d, keys, hv), est)
+    np.testing.assert_array_equal(backend.query(dt, _dev(idx), keys, hv), on.query(idx))
+    order = np.lexsort((np.arange(d), -np.abs(est)))
+    for k, caps in ((300, (None, 4)), (d, (None,))):    # cap 4: the extra passes and the overflow paths
+        for tail in backend.TOPK_TAILS:
+            for cap in caps:
+                gi, gv = backend.topk(dt, d, k, keys, hv, tail=tail, cand_cap=cap)
+                assert len(np.unique(gi)) == k
+                np.testing.assert_array_equal(gv, est[gi])
+                np.testing.assert_array_equal(np.abs(gv), np.abs(est[order[:k]]))
+        for tail in backend.TOPK_TAILS + ("auto",) if k < d else ():
+            got = np.asarray(backend.unsketch_topk(dt, d, k, keys, hv, tail=tail))
+            want = np.zeros(d, dtype)
+            want[order[:k]] = est[order[:k]]
+            np.testing.assert_array_equal(np.sort(np.abs(got)), np.sort(np.abs(want)))
+            np.testing.assert_array_equal(got[got != 0], est[got != 0])
+            if tail != "sync" and dtype == "float32":   # "dev" ("auto" at this d): the first k by (|v|, index)
+                np.testing.assert_array_equal(got, want)
+    for thr in (0.5, 1e9):
+        hi, hv_ = backend.heavy(dt, d, thr, keys, hv)
+        ri, rv = on.heavy_hitters(thr)
+        np.testing.assert_array_equal(hi, ri)
+        np.testing.assert_array_equal(hv_, rv)
+    zeroed = _dev(table.copy())
+    backend.zero_buckets(zeroed, _dev(idx), keys, hv)
+    np.testing.assert_array_equal(zeroed, on.copy().zero_coordinates(idx).table)
+    assert backend.all_finite(_dev(x)) and not backend.all_finite(_dev(np.where(x == x.max(), np.inf, x)))
+    with pytest.raises(SketchError, match="tail"):
+        backend.topk(dt, d, 3, keys, hv, tail="fast")
