@@ -80,22 +80,22 @@ static void run_groups(const T* x, const T* stack, i64 n, i64 d, T* table, T* ta
     if (x) emu_launch(2, 64, [&] { sk_insert_vec<T>(x, d, table, keys, rows, cols); });
     if (stack) emu_launch(2, 64, [&] { sk_stack_sum_vec<T>(stack, n, d, table_sum, keys, rows, cols); });
     emu_launch(2, 64, [&] {
-        if (groups && rows == 5) sk_estimates<T, 5, true>(table, keys, rows, cols, nullptr, n_est, est, hist, 0, shift, 12, count, thr);
-        else if (groups) sk_estimates<T, 0, true>(table, keys, rows, cols, nullptr, n_est, est, hist, 0, shift, 12, count, thr);
-        else if (rows == 5) sk_estimates<T, 5, false>(table, keys, rows, cols, idx, n_est, est, hist, 0, shift, 12, count, thr);
-        else sk_estimates<T, 0, false>(table, keys, rows, cols, idx, n_est, est, hist, 0, shift, 12, count, thr);
+        if (groups && rows == 5) sk_estimates<T, 5, true>(table, keys, rows, cols, nullptr, n_est, est, hist, 0, shift, SK_HIST_BITS, count, thr);
+        else if (groups) sk_estimates<T, 0, true>(table, keys, rows, cols, nullptr, n_est, est, hist, 0, shift, SK_HIST_BITS, count, thr);
+        else if (rows == 5) sk_estimates<T, 5, false>(table, keys, rows, cols, idx, n_est, est, hist, 0, shift, SK_HIST_BITS, count, thr);
+        else sk_estimates<T, 0, false>(table, keys, rows, cols, idx, n_est, est, hist, 0, shift, SK_HIST_BITS, count, thr);
     });
 }
 extern "C" void groups_f32(const float* x, const float* stack, i64 n, i64 d, float* table, float* table_sum,
                            const u32* keys, int rows, u32 cols, int groups, const i64* idx, i64 n_est, float* est,
                            u64* hist, u64* count, float thr) {
-    run_groups<float>(x, stack, n, d, table, table_sum, keys, rows, cols, groups, idx, n_est, est, hist, 31 - 12,
+    run_groups<float>(x, stack, n, d, table, table_sum, keys, rows, cols, groups, idx, n_est, est, hist, 31 - SK_HIST_BITS,
                       count, thr);
 }
 extern "C" void groups_f64(const double* x, const double* stack, i64 n, i64 d, double* table, double* table_sum,
                            const u32* keys, int rows, u32 cols, int groups, const i64* idx, i64 n_est, double* est,
                            u64* hist, u64* count, double thr) {
-    run_groups<double>(x, stack, n, d, table, table_sum, keys, rows, cols, groups, idx, n_est, est, hist, 63 - 12,
+    run_groups<double>(x, stack, n, d, table, table_sum, keys, rows, cols, groups, idx, n_est, est, hist, 63 - SK_HIST_BITS,
                        count, thr);
 }
 """
@@ -319,7 +319,7 @@ def test_emulated_group_kernels(lib, dtype, rows, d):
     def run(groups, idx, first):
         n_est = d if idx is None else idx.size
         est = np.zeros(n_est, dtype)
-        hist, count = np.zeros(1 << 12, np.uint64), np.zeros(1, np.uint64)
+        hist, count = np.zeros(_HB, np.uint64), np.zeros(1, np.uint64)
         fn(_ptr(x) if first else None, _ptr(stack) if first and use_stack else None, _I64(n), _I64(d),
            _ptr(table), _ptr(table_sum), _ptr(kk), rows, ctypes.c_uint(cols), groups,
            None if idx is None else _ptr(idx), _I64(n_est), _ptr(est), _ptr(hist), _ptr(count), ctype(thr))
@@ -338,8 +338,8 @@ def test_emulated_group_kernels(lib, dtype, rows, d):
         np.testing.assert_array_equal(est, want)
         bits = est.view(np.uint32 if dtype == "float32" else np.uint64) & (0x7FFFFFFF if dtype == "float32" else
                                                                               0x7FFFFFFFFFFFFFFF)
-        top = (bits >> (19 if dtype == "float32" else 51)).astype(np.int64)
-        np.testing.assert_array_equal(hist, np.bincount(top, minlength=1 << 12))
+        top = (bits >> ((31 if dtype == "float32" else 63) - _cuda_src.HIST_BITS)).astype(np.int64)
+        np.testing.assert_array_equal(hist, np.bincount(top, minlength=_HB))
         assert int(count[0]) == int(np.sum(np.abs(want) >= thr))
 
 
@@ -521,3 +521,8 @@ def test_emulated_backend_equals_reference(backend, lib, dtype, monkeypatch):
     assert backend.all_finite(_dev(x)) and not backend.all_finite(_dev(np.where(x == x.max(), np.inf, x)))
     with pytest.raises(SketchError, match="tail"):
         backend.topk(dt, d, 3, keys, hv, tail="fast")
+    buckets, signs = backend._buckets_and_signs(_dev(idx), keys, cols, hv)
+    for j in range(rows):
+        want_b, want_s = buckets_and_signs(idx, keys[j, 0], keys[j, 1], cols, hv)
+        np.testing.assert_array_equal(buckets[j], want_b)
+        np.testing.assert_array_equal(signs[j], want_s)
