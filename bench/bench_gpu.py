@@ -5,11 +5,15 @@ The baseline runs in the same process on the same card: it is the csvec design
 ``bincount`` per row to insert, an ``r x d`` gather and a median over rows to
 estimate, ``argpartition`` for top-k).  Times are medians of CUDA-event timings
 after warm-up; "peak MB" is the most pool memory the operation held at once
-beyond what existed before it (inputs and tables excluded).  Every insert,
-top-k and batched-each variant of the backend is timed so that one run shows
-which wins; the experimental ones are first run in a child process ("probe")
-and checked, so that a faulting kernel cannot end the benchmark.  Every operation
-is timed for both hash versions, "(hash 1)" and "(hash 2)" (groups of four
+beyond what existed before it (inputs and tables excluded).  Only what the
+library ships is timed, through the backend's own functions: the dense insert
+(and its scalar fallback for an unaligned input), the batched inserts, the
+estimates, and both top-k tails ("sync" and "dev", each the default somewhere:
+``cupy_gpu.TOPK_TAIL`` / ``UNSKETCH_TAIL``) as top-k and as unsketch; "dev" is first
+run in a child process ("probe") and checked against "sync", so that a fault
+cannot end the benchmark.  The kernel variants that were only ever timed here
+were removed from the library; their numbers are in ``bench/RESULTS.md``.  Every
+operation is timed for both hash versions, "(hash 1)" and "(hash 2)" (groups of four
 coordinates, one 16-byte atomic per group and row; the default at these sizes);
 both rows get the same baseline run, whose speed does not depend on the hash.
 
@@ -141,12 +145,11 @@ def _probe_topk(variant, quick):
         if quick and name != "resnet9":
             continue
         sk = CountSketch(d, rows, cols, backend="cupy").insert(cp.random.standard_normal(d, dtype=cp.float32))
-        cupy_gpu._options["topk"] = "sync"
-        wi, wv = sk.topk(K)
-        want = sk.unsketch(K)
-        cupy_gpu._options["topk"] = variant
-        gi, gv = sk.topk(K)
-        got = sk.unsketch(K)
+        args = (sk.table, sk.d, K, sk.keys, sk.hash_version)
+        wi, wv = cupy_gpu.topk(*args, tail="sync")
+        want = cupy_gpu.unsketch_topk(*args, tail="sync")
+        gi, gv = cupy_gpu.topk(*args, tail=variant)
+        got = cupy_gpu.unsketch_topk(*args, tail=variant)
         est = sk.estimate_all()
         cp.cuda.Device().synchronize()
         # Which of several coordinates tied at the k-th magnitude are taken may differ between
@@ -173,48 +176,12 @@ def _probe_topk(variant, quick):
     return 0
 
 
-def _probe_each(variant):
-    """Child process: batched-each ``variant`` against "v4" at the small bench size."""
-    cp = _cp()
-    from sketchlib import CountSketch
-    from sketchlib._backends import cupy_gpu
-    d, rows, cols = SIZES["resnet9"]
-    stack = cp.random.standard_normal((9, d), dtype=cp.float32)
-    keys = CountSketch(d, rows, cols, backend="cupy").keys
-    want, got = (cp.zeros((9, rows, cols), dtype=cp.float32) for _ in range(2))
-    cupy_gpu._options["stack_each"] = "v4"
-    cupy_gpu.insert_stack_each(want, stack, keys, 1)
-    cupy_gpu._options["stack_each"] = variant
-    cupy_gpu.insert_stack_each(got, stack, keys, 1)
-    ok = bool(cp.allclose(got, want, rtol=1e-4, atol=1e-3))
-    print(f"probe each {variant}: {'ok' if ok else 'WRONG TABLES'}")
-    return 0 if ok else 1
-
-
 def _probe(variant, quick):
-    """Child process: run one experimental variant at the bench sizes and check it."""
-    cp = _cp()
-    from sketchlib import CountSketch
-    from sketchlib._backends import cupy_gpu
-    if variant.startswith("topk-"):
-        return _probe_topk(variant[5:], quick)
-    if variant.startswith("each-"):
-        return _probe_each(variant[5:])
-    for name, (d, rows, cols) in SIZES.items():
-        if quick and name != "resnet9":
-            continue
-        x = cp.random.standard_normal(d, dtype=cp.float32)
-        sk = CountSketch(d, rows, cols, backend="cupy")
-        want = cp.zeros_like(sk.table)
-        cupy_gpu.insert_dense(want, x, sk.keys, 1)
-        cupy_gpu._options["insert"] = variant
-        cupy_gpu.insert_dense(sk.table, x, sk.keys, 1)
-        cp.cuda.Device().synchronize()
-        if not bool(cp.allclose(sk.table, want, rtol=1e-4, atol=1e-3)):
-            print(f"probe {variant}: wrong table at {name}")
-            return 1
-        print(f"probe {variant}: ok at {name}")
-    return 0
+    """Child process: check one shipped alternative (only "topk-dev") at the bench sizes."""
+    if variant != "topk-dev":
+        print(f"probe {variant}: unknown")
+        return 2
+    return _probe_topk("dev", quick)
 
 
 def _probe_ok(variant, quick):
@@ -232,47 +199,38 @@ def _probe_ok(variant, quick):
 
 
 def _pass1(sk, k):
-    """The first kernel of the "dev" top-k alone (estimates + histogram + pick), for the breakdown."""
-    cp = _cp()
-    from sketchlib._backends import _cuda_src, cupy_gpu
-    table = sk.table
-    work = cp.zeros((1 << _cuda_src.HIST_BITS) + _cuda_src.TOPK_WORDS, dtype=cp.uint64)
-    est = cp.empty(sk.d, dtype=table.dtype)
-    t, kk, rows, cols = cupy_gpu._table_args(table, sk.keys)
-    r = int(rows) if int(rows) in _cuda_src.MEDIAN_ROWS else 0
-    cupy_gpu._launch(f"skt_estimates_{cupy_gpu._sfx(table)}_r{r}", sk.d,
-                     (t, kk, rows, cols, np.int64(sk.d), est, work[:1 << _cuda_src.HIST_BITS],
-                      work[1 << _cuda_src.HIST_BITS:], np.uint64(k), np.int32(31), np.int32((sk.d - 1).bit_length())),
-                     version=sk.hash_version)
+    """The "dev" chain of the library with only its first kernel launched (estimates + histogram +
+    pick, with the chain's allocations), for the breakdown."""
+    from sketchlib._backends import cupy_gpu
+    cupy_gpu._topk_dev(sk.table, sk.d, k, sk.keys, sk.hash_version, dense=True, only="skt_estimates")
 
 
-def _bench_inserts(sk, x, variants, reps, add, peak, tag, check_with=None):
-    """Time each dense-insert kernel on ``sk``'s table (checked against ``check_with`` or the
-    default kernel); add a row per variant and one for the fastest correct one, returned."""
+def _bench_insert(sk, x, reps, add, peak, tag):
+    """Time the dense insert (the "vec" kernel) and its scalar fallback (an unaligned input);
+    check that both give the same table."""
     cp = _cp()
     from sketchlib._backends import cupy_gpu
     table, keys, hv = sk.table, sk.keys, sk.hash_version
-    saved = dict(cupy_gpu._options)
-    want = cp.zeros_like(table)
-    cupy_gpu._options["insert"] = check_with or saved["insert"]
-    cupy_gpu.insert_dense(want, x, keys, hv)
-    best = None
-    for variant in variants:
-        cupy_gpu._options["insert"] = variant
-        got = cp.zeros_like(table)
-        cupy_gpu.insert_dense(got, x, keys, hv)
-        same = bool(cp.allclose(got, want, rtol=1e-4, atol=1e-3))
-        del got
-        ms = time_ms(lambda: cupy_gpu.insert_dense(table, x, keys, hv), reps)
-        if same:
-            best = min(best or (ms, variant), (ms, variant))
-        add(f"insert{tag} [{variant}]", ms, mb=peak.measure(lambda: cupy_gpu.insert_dense(table, x, keys, hv)),
-            note="" if same else "WRONG TABLE")
-    cupy_gpu._options.update(saved)
-    return add(f"insert{tag}", best[0], note=f"fastest variant: {best[1]} (default {saved['insert']})")
+    shifted = cp.empty(x.shape[0] + 1, dtype=x.dtype)
+    shifted[1:] = x
+    unaligned = shifted[1:]                    # 4 bytes off the 16-byte grid: the "simple" kernel
+    tables = []
+    for xs in (x, unaligned):
+        t = cp.zeros_like(table)
+        cupy_gpu.insert_dense(t, xs, keys, hv)
+        tables.append(t)
+    same = bool(cp.allclose(tables[0], tables[1], rtol=1e-4, atol=1e-3))
+    del tables
+    ms = time_ms(lambda: cupy_gpu.insert_dense(table, unaligned, keys, hv), reps)
+    add(f"insert{tag} [unaligned input: simple]", ms, mb=peak.measure(
+        lambda: cupy_gpu.insert_dense(table, unaligned, keys, hv)), note="" if same else "WRONG TABLE")
+    del shifted, unaligned
+    ms = time_ms(lambda: cupy_gpu.insert_dense(table, x, keys, hv), reps)
+    return add(f"insert{tag}", ms, mb=peak.measure(lambda: cupy_gpu.insert_dense(table, x, keys, hv)),
+               note="the vec kernel (16-byte loads)")
 
 
-def _bench_batched(name, sk, x, stack, tag, reps, add, peak, results, each_variants):
+def _bench_batched(name, sk, x, stack, tag, reps, add, peak, results):
     """Batched sum and batched each of ``stack`` into ``sk``'s table(s), against single inserts."""
     cp = _cp()
     from sketchlib._backends import cupy_gpu
@@ -284,19 +242,17 @@ def _bench_batched(name, sk, x, stack, tag, reps, add, peak, results, each_varia
         lambda: cupy_gpu.insert_stack_sum(table, stack, keys, hv)),
         note="baseline: stack.sum(axis=0) then one insert")
     tables = cp.zeros((N_STACK,) + table.shape, dtype=cp.float32)
-    for variant in each_variants:
-        cupy_gpu._options["stack_each"] = variant
-        ms = time_ms(lambda: cupy_gpu.insert_stack_each(tables, stack, keys, hv), max(3, reps // 4))
-        mb = peak.measure(lambda: cupy_gpu.insert_stack_each(tables, stack, keys, hv))
-        results.append(dict(size=name, d=sk.d, rows=sk.rows, cols=sk.cols,
-                            op=f"batched each n={N_STACK}{tag} [{variant}]",
-                            ours_ms=ms, base_ms=N_STACK * single, peak_mb=mb, base_peak_mb=None,
-                            csvec_h100_ms=None, goal_ms=N_STACK * single / 2,
-                            note=f"baseline: {N_STACK} x single insert ({single:.3f} ms)"))
+    ms = time_ms(lambda: cupy_gpu.insert_stack_each(tables, stack, keys, hv), max(3, reps // 4))
+    mb = peak.measure(lambda: cupy_gpu.insert_stack_each(tables, stack, keys, hv))
+    results.append(dict(size=name, d=sk.d, rows=sk.rows, cols=sk.cols,
+                        op=f"batched each n={N_STACK}{tag} [v4rows]",
+                        ours_ms=ms, base_ms=N_STACK * single, peak_mb=mb, base_peak_mb=None,
+                        csvec_h100_ms=None, goal_ms=N_STACK * single / 2,
+                        note=f"baseline: {N_STACK} x single insert ({single:.3f} ms)"))
     del tables
 
 
-def bench_size(name, d, rows, cols, args, results, peak, variants, topk_variants, each_variants):
+def bench_size(name, d, rows, cols, args, results, peak, tails):
     """Time every operation at one size, for both hash versions; append result dicts."""
     cp = _cp()
     from sketchlib import CountSketch
@@ -332,42 +288,38 @@ def bench_size(name, d, rows, cols, args, results, peak, variants, topk_variants
     sketches = [CountSketch(d, rows, cols, hash_version=hv, backend="cupy") for hv in (1, 2)]
     for sk in sketches:
         tag = f" (hash {sk.hash_version})"
-        # hash 2's tables are other numbers than hash 1's: its kernels are checked against its own
-        # scalar "simple" kernel
-        ins_variants = variants if sk.hash_version == 1 else \
-            [v for v in ("veccs", "vec2xcs", "simple") if v in variants or not args.focus]
-        row = _bench_inserts(sk, x, ins_variants, reps, add, peak, tag,
-                             check_with=None if sk.hash_version == 1 else "simple")
+        row = _bench_insert(sk, x, reps, add, peak, tag)
         row["base_ms"], row["base_peak_mb"] = base["insert"]
         add(f"insert via API, check_finite{tag}", time_ms(lambda: sk.insert(x), reps),
             mb=peak.measure(lambda: sk.insert(x)))
         sk.zero().insert(x)
         add(f"estimate_all{tag}", time_ms(lambda: sk.estimate_all(), reps), mb=peak.measure(lambda: sk.estimate_all()))
-        if "dev" in topk_variants:
+        if "dev" in tails:
             add(f"top-k pass 1 only{tag} [dev]", time_ms(lambda: _pass1(sk, K), reps),
                 note="estimates + 12-bit histogram + pick: the rest of top-k is the tail")
-        saved = dict(cupy_gpu._options)
+        targs = (sk.table, sk.d, K, sk.keys, sk.hash_version)
         unsk = {}
-        for variant in topk_variants:
-            cupy_gpu._options.update(topk=variant, unsketch=variant)
-            add(f"top-k k={K}{tag} [{variant}]", time_ms(lambda: sk.topk(K), reps), mb=peak.measure(lambda: sk.topk(K)))
-            unsk[variant] = (time_ms(lambda: sk.unsketch(K), reps), peak.measure(lambda: sk.unsketch(K)))
-            add(f"unsketch top-k{tag} [{variant}]", unsk[variant][0], mb=unsk[variant][1])
-        cupy_gpu._options.update(saved)
+        for tail in tails:
+            add(f"top-k k={K}{tag} [{tail}]", time_ms(lambda: cupy_gpu.topk(*targs, tail=tail), reps),
+                mb=peak.measure(lambda: cupy_gpu.topk(*targs, tail=tail)))
+            unsk[tail] = (time_ms(lambda: cupy_gpu.unsketch_topk(*targs, tail=tail), reps),
+                          peak.measure(lambda: cupy_gpu.unsketch_topk(*targs, tail=tail)))
+            add(f"unsketch top-k{tag} [{tail}]", unsk[tail][0], mb=unsk[tail][1])
         fastest = min(unsk, key=lambda v: unsk[v][0])
-        default = saved["unsketch"] or saved["topk"]
+        default = cupy_gpu.UNSKETCH_TAIL
         if default == "auto":
             default = "dev" if d <= cupy_gpu.DEV_UNSKETCH_MAX_D else "sync"
-        ms, mb = unsk[default] if default in unsk else unsk[fastest]
-        add(f"unsketch top-k{tag}", ms, base["unsketch"][0], mb, base["unsketch"][1],
-            f"default unsketch {default!r}, fastest {fastest!r}; {base_note}")
+        if default in tails:   # through the API: the default tail, as a user gets it
+            ms, mb = time_ms(lambda: sk.unsketch(K), reps), peak.measure(lambda: sk.unsketch(K))
+            note = f"default unsketch {default!r}, fastest {fastest!r}; {base_note}"
+        else:                  # the default failed its probe: not run again; the fastest one shown
+            (ms, mb), note = unsk[fastest], f"default {default!r} failed its probe, {fastest!r} shown; {base_note}"
+        add(f"unsketch top-k{tag}", ms, base["unsketch"][0], mb, base["unsketch"][1], note)
 
     if d < 2e7:  # stacks of 100 vectors of 124M floats would take 50 GB
         stack = cp.random.standard_normal((N_STACK, d), dtype=cp.float32)
-        saved = dict(cupy_gpu._options)
         for sk in sketches:
-            _bench_batched(name, sk, x, stack, f" (hash {sk.hash_version})", reps, add, peak, results, each_variants)
-        cupy_gpu._options.update(saved)
+            _bench_batched(name, sk, x, stack, f" (hash {sk.hash_version})", reps, add, peak, results)
         del stack
 
 
@@ -393,11 +345,9 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer repetitions, smaller size only")
     parser.add_argument("--no-baseline", action="store_true", help="skip the csvec-like baseline")
-    parser.add_argument("--focus", action="store_true",
-                        help="top-k and batched variants only: default insert kernel, no baseline, "
-                             "no 'simple' batched-each")
+    parser.add_argument("--focus", action="store_true", help="no csvec baseline (same as --no-baseline)")
     parser.add_argument("--json", help="also write the results to this file")
-    parser.add_argument("--probe", help=argparse.SUPPRESS)  # internal: try one variant in a child
+    parser.add_argument("--probe", help=argparse.SUPPRESS)  # internal: check "dev" in a child
     args = parser.parse_args(argv)
     if args.probe:
         return _probe(args.probe, args.quick)
@@ -409,24 +359,15 @@ def main(argv=None):
     CountSketch(10, 1, 4, backend="cupy").insert(cp.ones(10, dtype=cp.float32))  # compile the kernels
     print(f"kernels compiled/loaded in {time.time() - t0:.1f} s", flush=True)
     from sketchlib._backends import cupy_gpu
-    variants = list(cupy_gpu.INSERT_VARIANTS)
-    if args.focus:  # top-k and batched work only: the default insert kernel, no dsmem probe
-        variants = [cupy_gpu._options["insert"]]
-    if "dsmem" in variants and not _probe_ok("dsmem", args.quick):
-        variants.remove("dsmem")
-    topk_variants = list(cupy_gpu.TOPK_VARIANTS)
-    if "dev" in topk_variants and not _probe_ok("topk-dev", args.quick):
-        topk_variants.remove("dev")
-        cupy_gpu._options["topk"] = "sync"
-        print("top-k 'dev' failed its probe: timing 'sync' only, and using it")
-    each_variants = [v for v in cupy_gpu.EACH_VARIANTS if not (args.focus and v == "simple")]
-    if "v4rows" in each_variants and not _probe_ok("each-v4rows", args.quick):
-        each_variants = [v for v in each_variants if not v.startswith("v4rows")]
+    tails = list(cupy_gpu.TOPK_TAILS)
+    if not _probe_ok("topk-dev", args.quick):
+        tails.remove("dev")
+        print("top-k 'dev' failed its probe: timing 'sync' only")
     peak, results = PeakHook(), []
     for name, (d, rows, cols) in SIZES.items():
         if args.quick and name != "resnet9":
             continue
-        bench_size(name, d, rows, cols, args, results, peak, variants, topk_variants, each_variants)
+        bench_size(name, d, rows, cols, args, results, peak, tails)
         cp.get_default_memory_pool().free_all_blocks()
         print(f"[{name} done at {time.time() - t0:.1f} s]", flush=True)
     print_table(results, card)

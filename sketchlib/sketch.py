@@ -16,7 +16,7 @@ from .validation import finite_scalar, positive_int
 
 __all__ = ["CountSketch", "MAX_ROWS", "SUPPORTED_DTYPES"]
 
-MAX_ROWS = 32
+from ._backends._cuda_src import MAX_ROWS  # noqa: E402  (one source for Python and CUDA)
 MAX_COLS = 2**31 - 1
 SUPPORTED_DTYPES = ("float32", "float64")
 

@@ -1,8 +1,8 @@
-// CPU emulation of the CUDA features that the top-k, batched-each and group kernels of
-// sketchlib/_backends/_cuda_src.py use, for tests/test_cuda_emulated.py: each block's
+// CPU emulation of the CUDA features that the kernels of sketchlib/_backends/_cuda_src.py
+// use (the whole source builds on it), for tests/test_cuda_emulated.py: each block's
 // threads are real threads (__syncthreads is a barrier; warp ballots and shuffles exchange
 // through a per-warp barrier), blocks run one after another, inline PTX is dropped
-// (asm volatile(...) expands to nothing).
+// (asm volatile(...) expands to nothing), __global__ kernels are plain functions.
 #pragma once
 #include <atomic>
 #include <barrier>

@@ -18,13 +18,14 @@ cp = pytest.importorskip("cupy")
 from sketchlib._backends import cupy_gpu  # noqa: E402  (needs cupy importable)
 
 
-@pytest.fixture
-def options():
-    """The backend's private switches, restored after the test."""
-    saved = dict(cupy_gpu._options)
-    yield cupy_gpu._options
-    cupy_gpu._options.clear()
-    cupy_gpu._options.update(saved)
+def _topk(sk, k, **kw):
+    """The backend's top-k of a GPU sketch, with an explicit tail / candidate cap / grid."""
+    return cupy_gpu.topk(sk.table, sk.d, k, sk.keys, sk.hash_version, **kw)
+
+
+def _unsketch(sk, k, **kw):
+    """The backend's top-k unsketch of a GPU sketch, with an explicit tail."""
+    return cupy_gpu.unsketch_topk(sk.table, sk.d, k, sk.keys, sk.hash_version, **kw)
 
 
 HV = pytest.mark.parametrize("hv", [1, 2], ids=["hash1", "hash2"])
@@ -82,12 +83,11 @@ def test_hash_bit_identical(indices, cols, seed, rows, hv):
 
 
 # -------------------------------------------------------------------------- inserts
-@pytest.mark.parametrize("variant", cupy_gpu.INSERT_VARIANTS)
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("offset", [0, 1])
 @HV
-def test_insert_dense_variants(variant, dtype, offset, hv, options):
-    options["insert"] = variant
+def test_insert_dense_both_kernels(dtype, offset, hv):
+    """Offset 0: the group kernel ("vec", 16-byte loads); offset 1: unaligned, the scalar "simple" kernel."""
     d, rows, cols = 10_003, 5, 257
     rng = np.random.default_rng(1)
     x = rng.standard_normal(d + offset).astype(dtype)
@@ -144,15 +144,13 @@ def test_insert_batch_is_sum(d, dtype, hv):
     _assert_table_close(gpu, ref, 7 * np.abs(stack).max(), d / 64)
 
 
-@pytest.mark.parametrize("variant", cupy_gpu.EACH_VARIANTS)
 @pytest.mark.parametrize("n", [1, 4, 9])
-@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])   # "v4rows" / "simple"
 @HV
-def test_sketch_each(variant, n, dtype, hv, options, monkeypatch):
-    options["stack_each"] = variant
+def test_sketch_each(n, dtype, hv, monkeypatch):
     d, rows, cols = 3001, 5, _cols(97, hv)
-    if variant == "v4rows":   # a small "L2" so that the rows go in groups of 2 (and a last of 1)
-        monkeypatch.setattr(cupy_gpu, "_l2_bytes", lambda: 3 * 16 * cols * 2)
+    # float32: a small "L2" so that the rows go in groups of 2 (and a last of 1)
+    monkeypatch.setattr(cupy_gpu, "_l2_bytes", lambda: 3 * 16 * cols * 2)
     rng = np.random.default_rng(4)
     stack = rng.standard_normal((n, d)).astype(dtype)
     gpu, ref = _pair(d, rows, cols, dtype, hv=hv)
@@ -208,50 +206,53 @@ def _check_topk(gpu_idx, gpu_val, est, k):
         assert set(gi.tolist()) == set(exact.tolist())
 
 
-@pytest.mark.parametrize("variant", cupy_gpu.TOPK_VARIANTS)
+@pytest.mark.parametrize("variant", cupy_gpu.TOPK_TAILS)
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("rows,zeros,cap", [(5, 0.0, None), (1, 0.0, None), (3, 0.6, None),
                                             (5, 0.0, 8), (1, 0.0, 8), (2, 0.9, 8)])
 @HV
-def test_topk_equals_exact(variant, dtype, rows, zeros, cap, hv, options):
-    options["topk"] = variant
-    options["cand_cap"] = cap   # 8: forces the extra radix passes / candidate overflow and the all-tied path
+def test_topk_equals_exact(variant, dtype, rows, zeros, cap, hv):
+    # cap 8: forces the extra radix passes / candidate overflow and the all-tied path
     d, cols = 50_000, 2000
     table = _random_table(rows, cols, dtype, np.random.default_rng(rows + 10), zeros)
     ref = CountSketch.from_table(table, d, seed=3, hash_version=hv, backend="numpy")
     gpu = CountSketch.from_table(cp.asarray(table), d, seed=3, hash_version=hv)
     est = ref.estimate_all()
     for k in (1, 7, 500, 4096, d - 1, d):
-        _check_topk(*gpu.topk(k), est, k)
+        _check_topk(*_topk(gpu, k, tail=variant, cand_cap=cap), est, k)
+    if variant == cupy_gpu.TOPK_TAIL and cap is None:   # the API takes the default tail
+        _check_topk(*gpu.topk(500), est, 500)
 
 
-@pytest.mark.parametrize("variant", cupy_gpu.TOPK_VARIANTS)
+@pytest.mark.parametrize("variant", cupy_gpu.TOPK_TAILS)
 @given(st.integers(1, 8), st.integers(1, 3000), st.integers(0, 2**32), st.sampled_from([None, 4, 64]))
 def test_topk_property(variant, rows, k, seed, cap):
-    saved = dict(cupy_gpu._options)
-    cupy_gpu._options.update(cand_cap=cap, topk=variant)
-    try:
-        d = 3000
-        rng = np.random.default_rng(seed)
-        table = np.round(_random_table(rows, 50, "float32", rng), 1)   # rounding makes ties
-        est = CountSketch.from_table(table, d, seed=seed, backend="numpy").estimate_all()
-        gpu = CountSketch.from_table(cp.asarray(table), d, seed=seed)
-        _check_topk(*gpu.topk(k), est, k)
-    finally:
-        cupy_gpu._options.update(saved)
+    d = 3000
+    rng = np.random.default_rng(seed)
+    table = np.round(_random_table(rows, 50, "float32", rng), 1)   # rounding makes ties
+    est = CountSketch.from_table(table, d, seed=seed, backend="numpy").estimate_all()
+    gpu = CountSketch.from_table(cp.asarray(table), d, seed=seed)
+    _check_topk(*_topk(gpu, k, tail=variant, cand_cap=cap), est, k)
+
+
+def test_unknown_tail_is_rejected():
+    gpu = CountSketch(1000, 3, 64, backend="cupy")
+    with pytest.raises(SketchError, match="tail"):
+        _topk(gpu, 5, tail="fast")
+    with pytest.raises(SketchError, match="tail"):
+        _unsketch(gpu, 5, tail="fast")
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("cap", [None, 4])
-def test_topk_dev_orders_ties_by_index(dtype, cap, options):
-    options.update(topk="dev", cand_cap=cap)
+def test_topk_dev_orders_ties_by_index(dtype, cap):
     d, rows, cols = 20_000, 3, 300
     table = np.round(_random_table(rows, cols, dtype, np.random.default_rng(21), zeros=0.3), 1)
     est = CountSketch.from_table(table, d, seed=5, backend="numpy").estimate_all()
     gpu = CountSketch.from_table(cp.asarray(table), d, seed=5)
     own = cp.asnumpy(gpu.estimate_all())      # same kernels: the same bits, signed zeros included
     for k in (1, 333, 5000, d):
-        gi, gv = (cp.asnumpy(a) for a in gpu.topk(k))
+        gi, gv = (cp.asnumpy(a) for a in _topk(gpu, k, tail="dev", cand_cap=cap))
         _check_topk(gi, gv, est, k)
         np.testing.assert_array_equal(np.lexsort((gi, -np.abs(gv))), np.arange(k))   # ties: index ascending
         np.testing.assert_array_equal(gv.view(np.uint8), own[gi].view(np.uint8))       # bit for bit
@@ -259,36 +260,41 @@ def test_topk_dev_orders_ties_by_index(dtype, cap, options):
             np.testing.assert_array_equal(gi, np.lexsort((np.arange(d), -np.abs(own)))[:k])
 
 
-@pytest.mark.parametrize("variant", cupy_gpu.TOPK_VARIANTS)
+@pytest.mark.parametrize("variant", cupy_gpu.TOPK_TAILS)
 @pytest.mark.parametrize("cap", [None, 1000])
-def test_topk_many_chunks_per_warp(variant, cap, options):
+def test_topk_many_chunks_per_warp(variant, cap):
     """One block per SM, so that each warp of the compaction loops over several chunks (as at d=124M)."""
-    options.update(topk=variant, cand_cap=cap, blocks_per_sm=1)
     d, k = 3_000_000, 20_000
     x = cp.asarray(np.random.default_rng(13).standard_normal(d).astype(np.float32))
     gpu = CountSketch(d, 5, 200_000, backend="cupy").insert(x)
     est = cp.asnumpy(gpu.estimate_all())
-    _check_topk(*gpu.topk(k), est, k)
+    _check_topk(*_topk(gpu, k, tail=variant, cand_cap=cap, blocks_per_sm=1), est, k)
 
 
-def test_topk_dev_never_waits_for_the_device(options):
-    """The "dev" top-k is captured whole into a CUDA graph: a read-back inside would fail the capture."""
-    options["topk"] = "dev"
+@pytest.mark.parametrize("dense", [False, True])
+def test_topk_dev_never_waits_for_the_device(dense):
+    """The "dev" top-k and unsketch are captured whole into a CUDA graph: a read-back inside would
+    fail the capture."""
     d, k = 200_000, 700
     gpu = CountSketch(d, 5, 3000, backend="cupy").insert(cp.asarray(
         np.random.default_rng(3).standard_normal(d).astype(np.float32)))
-    want = gpu.topk(k)                          # also warms the kernels and the memory pool
+    run = (lambda: _unsketch(gpu, k, tail="dev")) if dense else (lambda: _topk(gpu, k, tail="dev"))
+    want = run()                                # also warms the kernels and the memory pool
     stream = cp.cuda.Stream(non_blocking=True)
     with stream:
         stream.begin_capture()
-        got = gpu.topk(k)
+        got = run()
         graph = stream.end_capture()
-        got[0].fill(-1)                         # capture records, does not run; the replay writes
+        (got if dense else got[0]).fill(-1)     # capture records, does not run; the replay writes
         graph.launch()
     stream.synchronize()
     est = cp.asnumpy(gpu.estimate_all())
-    _check_topk(*got, est, k)
-    _check_topk(*want, est, k)
+    if dense:
+        cp.testing.assert_array_equal(got, want)   # float32: exactly the first k by (|v|, index)
+        assert int(cp.count_nonzero(got)) <= k
+    else:
+        _check_topk(*got, est, k)
+        _check_topk(*want, est, k)
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
@@ -310,13 +316,12 @@ def test_heavy_and_unsketch_match_reference(dtype, hv):
     np.testing.assert_array_equal(np.sort(np.abs(got)), np.sort(np.abs(want)))
 
 
-@pytest.mark.parametrize("variant", cupy_gpu.TOPK_VARIANTS)
+@pytest.mark.parametrize("variant", cupy_gpu.TOPK_TAILS + ("auto",))
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @HV
-def test_unsketch_topk_variants(variant, dtype, hv, options):
+def test_unsketch_topk_variants(variant, dtype, hv):
     """Both unsketch paths give the top-k of the estimates in a dense vector ("dev" writes them in
     place, unsorted; float32 takes exactly the first k by |v| then index)."""
-    options["unsketch"] = variant
     d, rows, cols = 30_001, 5, 400
     table = np.round(_random_table(rows, cols, dtype, np.random.default_rng(31), zeros=0.2), 1)   # ties
     ref = CountSketch.from_table(table, d, seed=2, hash_version=hv, backend="numpy")
@@ -324,7 +329,7 @@ def test_unsketch_topk_variants(variant, dtype, hv, options):
     est = ref.estimate_all()
     order = np.lexsort((np.arange(d), -np.abs(est)))
     for k in (1, 1000, d):
-        got = cp.asnumpy(gpu.unsketch(k))
+        got = cp.asnumpy(_unsketch(gpu, k, tail=variant))
         want = np.zeros(d, dtype)
         want[order[:k]] = est[order[:k]]
         np.testing.assert_array_equal(np.sort(np.abs(got)), np.sort(np.abs(want)))
@@ -332,7 +337,7 @@ def test_unsketch_topk_variants(variant, dtype, hv, options):
         np.testing.assert_array_equal(got[nz], est[nz])
         strict = np.abs(est) > np.abs(est[order[k - 1]])
         np.testing.assert_array_equal(got[strict], est[strict])
-        if variant == "dev" and dtype == "float32":
+        if variant in ("dev", "auto") and dtype == "float32":   # "auto" is "dev" at this d
             np.testing.assert_array_equal(got, want)
 
 
@@ -376,13 +381,12 @@ def test_serialization_roundtrip():
 
 
 # ------------------------------------------------------------- streams and memory
-@pytest.mark.parametrize("variant", cupy_gpu.INSERT_VARIANTS)
+@pytest.mark.parametrize("offset", [0, 1])   # the "vec" and the "simple" kernel
 @HV
-def test_insert_runs_on_current_stream(variant, hv, options):
+def test_insert_runs_on_current_stream(offset, hv):
     """A captured CUDA graph replays the insert: every launch went to the current stream."""
-    options["insert"] = variant
     d = 20_000
-    x = cp.asarray(np.random.default_rng(1).standard_normal(d).astype(np.float32))
+    x = cp.asarray(np.random.default_rng(1).standard_normal(d + offset).astype(np.float32))[offset:]
     gpu = CountSketch(d, 4, 128, hash_version=hv, backend="cupy")
     once = gpu.copy().insert(x).table.copy()
     stream = cp.cuda.Stream(non_blocking=True)
@@ -397,20 +401,15 @@ def test_insert_runs_on_current_stream(variant, hv, options):
     cp.testing.assert_allclose(gpu.table, 2 * once, rtol=1e-5, atol=1e-4)
 
 
-@pytest.mark.parametrize("variant", cupy_gpu.TOPK_VARIANTS)
-def test_queries_on_a_side_stream(variant, options):
-    options["topk"] = variant
-    _queries_on_a_side_stream()
-
-
-def _queries_on_a_side_stream():
+@pytest.mark.parametrize("variant", cupy_gpu.TOPK_TAILS)
+def test_queries_on_a_side_stream(variant):
     d = 100_000
     x = cp.asarray(np.random.default_rng(2).standard_normal(d).astype(np.float32))
     gpu = CountSketch(d, 5, 5000, backend="cupy").insert(x)
-    want = gpu.topk(100)
+    want = _topk(gpu, 100, tail=variant)
     stream = cp.cuda.Stream(non_blocking=True)
     with stream:
-        got = gpu.topk(100)
+        got = _topk(gpu, 100, tail=variant)
         est = gpu.estimate_all()
     stream.synchronize()
     host_est = cp.asnumpy(gpu.estimate_all())
@@ -437,13 +436,12 @@ class _PeakHook(cp.cuda.MemoryHook):
         self.now -= self.live.pop(kw["mem_ptr"], 0)
 
 
-@pytest.mark.parametrize("variant", cupy_gpu.TOPK_VARIANTS)
-def test_memory_not_proportional_to_d(variant, options):
-    options.update(topk=variant, unsketch=variant)
+@pytest.mark.parametrize("variant", cupy_gpu.TOPK_TAILS)
+def test_memory_not_proportional_to_d(variant):
     d, k = 1 << 22, 2000
     x = cp.asarray(np.random.default_rng(3).standard_normal(d).astype(np.float32))
     gpu = CountSketch(d, 5, 10_000, backend="cupy").insert(x)     # warm-up: compile, cache keys
-    gpu.topk(k)
+    _topk(gpu, k, tail=variant)
     big = d * 4 // 8
     with _PeakHook() as hook:
         gpu.insert(x, check_finite=False)
@@ -452,9 +450,9 @@ def test_memory_not_proportional_to_d(variant, options):
         gpu.insert(x)                                              # the finiteness check too
     assert all(s < big for s in hook.sizes), hook.sizes
     with _PeakHook() as hook:
-        gpu.topk(k)
+        _topk(gpu, k, tail=variant)
     assert sum(s >= big for s in hook.sizes) == 1                  # the estimate buffer only
     assert hook.peak < d * 4 + 64 * k + (4 << 20)
     with _PeakHook() as hook:
-        gpu.unsketch(k)
+        _unsketch(gpu, k, tail=variant)
     assert hook.peak < d * 4 + 64 * k + (4 << 20)                  # the result reuses the estimates' memory

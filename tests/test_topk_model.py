@@ -12,7 +12,8 @@ import numpy as np
 from hypothesis import given
 from hypothesis import strategies as st
 
-HIST_BITS = 12
+from sketchlib._backends._cuda_src import HIST_BITS
+from sketchlib._backends._cuda_topk import KEY_BITS, refine_passes
 
 
 def _keys(v):
@@ -40,7 +41,7 @@ def _pick(hist, width, s, prefix, pshift, above, need, first):
 def model_topk(v, k, cap, rng):
     """The kernel chain on the host: (indices, values) of the k largest |v|, ordered."""
     d = v.shape[0]
-    kbits = 31 if v.dtype == np.float32 else 63
+    kbits = KEY_BITS[v.dtype.name]
     ib = (d - 1).bit_length() if v.dtype == np.float32 else 0   # skt_ckey: |v| key, then reversed index
     key = [(int(m) << ib) | ((1 << ib) - 1 - i) if ib else int(m) for i, m in enumerate(_keys(v))]
     s = dict(nsure=0, ncand=0, ntie=0)
@@ -60,7 +61,7 @@ def model_topk(v, k, cap, rng):
                 cand.append(t)
             s["ncand"] += 1
     # refinement passes (launched a fixed number of times; no-ops once resolved)
-    for _ in range(-(-(kbits + ib - HIST_BITS) // HIST_BITS)):
+    for _ in range(refine_passes(kbits, ib)):   # as the library's launch sequence
         if s["pshift"] == 0 or s["eq"] == s["need"]:
             continue
         width = min(HIST_BITS, s["pshift"])

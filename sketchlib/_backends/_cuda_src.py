@@ -1,9 +1,17 @@
-"""CUDA source of the GPU backend, compiled at run time by CuPy (NVRTC).
+"""CUDA source of the GPU backend, compiled at run time by CuPy (NVRTC), and its interface.
 
-One translation unit, no headers, ``extern "C"`` entry points.  Kernel bodies
-are C++ templates over the element type ``T`` (float / double) and, for the
-median, the row count ``R``; the macros at the end instantiate them with names
-``<kernel>_f32`` / ``<kernel>_f64`` (and ``_r<R>``) that ``cupy_gpu`` looks up.
+One translation unit, no headers.  Kernels are ``__global__`` C++ templates over the
+element type ``T`` (float / double) and, for the estimates, the row count ``R`` (0: any)
+and the per-group form; ``KERNELS`` lists every instantiation by its C++ name expression
+(``"sk_insert_vec<float>"``).  That one table is what the backend hands CuPy
+(``RawModule(name_expressions=KERNELS)``, then ``get_function(expr)``), what the nvcc test
+instantiates and checks in the PTX, and what the CPU emulation builds.  ``kernel`` writes
+the expression of one instantiation (and refuses one not in the table), so no kernel
+name is composed anywhere else.
+
+The constants shared with Python (``BLOCK``, ``PICK_BLOCK``, ``HIST_BITS``, ``MAX_ROWS``,
+``TOPK_WORDS``) are defined here only and reach the source as ``-D`` defines
+(``compile_options``); the source stops with an error if one is missing.
 
 Conventions shared by every kernel:
 
@@ -11,8 +19,8 @@ Conventions shared by every kernel:
 * the row keys ``(a_j, b_j)`` arrive as a device array of ``2*rows`` uint32 and
   are copied into shared memory once per block;
 * the hash is the version of ``sketchlib/_hash.py`` named by the macro
-  ``SK_HASH_VERSION`` (1 when undefined), bit for bit: the backend compiles the
-  source once per version (``-DSK_HASH_VERSION=2``), so kernels never branch on it;
+  ``SK_HASH_VERSION``, bit for bit: the backend compiles the source once per
+  version, so kernels never branch on it;
 * "group" kernels handle aligned groups of four coordinates: under version 2 a
   group lands in one aligned group of four buckets per row, added with a single
   16-byte ``red.global.add.v4.f32`` and read with one 16-byte load (the host
@@ -25,20 +33,83 @@ Conventions shared by every kernel:
 
 __all__ = []
 
-BLOCK = 256
-MAX_ROWS = 32
-HIST_BITS = 12
-CLUSTER = 8          # blocks per cluster of the "dsmem" insert
-DSMEM_BLOCK = 1024
-MEDIAN_ROWS = (1, 2, 3, 4, 5, 6, 7, 8)   # rows with a register-only median; others use a generic one
+BLOCK = 256          # threads per block of every grid-stride kernel
+PICK_BLOCK = 1024    # threads of the one-block sk_radix_pick
+MAX_ROWS = 32        # most hash rows of a sketch (shared-memory key arrays); sketch.py uses it
+HIST_BITS = 12       # radix digit of the top-k select: 4096-bin histograms
 TOPK_WORDS = 16      # u64 state words of the "dev" top-k (SKT_* in the source)
+MEDIAN_ROWS = (1, 2, 3, 4, 5, 6, 7, 8)   # rows with a register-only median; others use R = 0
+
+CTYPES = {"float32": "float", "float64": "double"}
+
+
+def compile_options(version):
+    """Compiler options for hash ``version``: C++17 and every shared constant as a define."""
+    return ("-std=c++17", f"-DSK_HASH_VERSION={int(version)}", f"-DSK_BLOCK={BLOCK}", f"-DSK_PICK_BLOCK={PICK_BLOCK}",
+            f"-DSK_MAX_ROWS={MAX_ROWS}", f"-DSK_HIST_BITS={HIST_BITS}", f"-DSK_TOPK_WORDS={TOPK_WORDS}")
+
+
+def _expr(name, dtype=None, *params):
+    """The C++ name expression of one instantiation (the spelling c++filt prints)."""
+    targs = ([CTYPES[dtype]] if dtype is not None else []) + [
+        ("true" if p else "false") if isinstance(p, bool) else str(int(p)) for p in params]
+    return f"{name}<{', '.join(targs)}>" if targs else name
+
+
+def _instantiations():
+    """Every kernel the backend launches, as name expressions."""
+    out = [_expr(n) for n in ("sk_radix_pick", "sk_hash_rows", "sk_stack_each_v4r", "sk_deinterleave_at",
+                              "skt_unpack")]
+    for dt in CTYPES:
+        out += [_expr(n, dt) for n in (
+            "sk_insert_simple", "sk_insert_vec", "sk_insert_sparse", "sk_stack_sum_simple", "sk_stack_sum_vec",
+            "sk_stack_each_simple", "sk_radix_hist", "sk_radix_compact", "sk_threshold_compact", "sk_zero_buckets",
+            "sk_all_finite", "skt_compact", "skt_refine", "skt_select", "skt_mask")]
+        out += [_expr(n, dt, r, g) for n in ("sk_estimates", "skt_estimates")
+                for r in (0,) + MEDIAN_ROWS for g in (False, True)]
+    return tuple(out)
+
+
+KERNELS = _instantiations()
+_KERNEL_SET = frozenset(KERNELS)
+
+
+def kernel(name, dtype=None, *params):
+    """The name expression of kernel ``name`` for ``dtype`` (a NumPy dtype name) and template
+    ``params`` (ints and bools), e.g. ``kernel("sk_estimates", "float32", 5, True)`` is
+    ``"sk_estimates<float, 5, true>"``; a KeyError if that instantiation is not in ``KERNELS``."""
+    expr = _expr(name, dtype, *params)
+    if expr not in _KERNEL_SET:
+        raise KeyError(f"no compiled kernel {expr!r}: add it to _cuda_src._instantiations")
+    return expr
+
+
+def median_rows(rows):
+    """The ``R`` template argument of the estimate kernels for ``rows`` rows (0: the generic median)."""
+    return int(rows) if int(rows) in MEDIAN_ROWS else 0
+
 
 SOURCE = r"""
+// Every constant shared with Python comes from the compiler command line (-D, built by
+// sketchlib/_backends/_cuda_src.py: compile_options): none is written here.
 #ifndef SK_HASH_VERSION
-#define SK_HASH_VERSION 1
+#error "SK_HASH_VERSION is not defined (compile with _cuda_src.compile_options)"
 #endif
-#define SK_MAX_ROWS 32
-#define SK_HIST_BITS 12
+#ifndef SK_BLOCK
+#error "SK_BLOCK is not defined (compile with _cuda_src.compile_options)"
+#endif
+#ifndef SK_PICK_BLOCK
+#error "SK_PICK_BLOCK is not defined (compile with _cuda_src.compile_options)"
+#endif
+#ifndef SK_MAX_ROWS
+#error "SK_MAX_ROWS is not defined (compile with _cuda_src.compile_options)"
+#endif
+#ifndef SK_HIST_BITS
+#error "SK_HIST_BITS is not defined (compile with _cuda_src.compile_options)"
+#endif
+#ifndef SK_TOPK_WORDS
+#error "SK_TOPK_WORDS is not defined (compile with _cuda_src.compile_options)"
+#endif
 #define SK_HIST_SIZE (1 << SK_HIST_BITS)
 
 typedef unsigned int u32;
@@ -194,103 +265,35 @@ __device__ __forceinline__ void sk_scatter_group(T* __restrict__ table, const u3
 // ---------------------------------------------------------------- dense insert variants
 // "simple": one coordinate per thread, every row.
 template <typename T>
-__device__ void sk_insert_simple(const T* __restrict__ x, i64 d, T* __restrict__ table,
+__global__ void sk_insert_simple(const T* __restrict__ x, i64 d, T* __restrict__ table,
                                  const u32* __restrict__ keys, int rows, u32 cols) {
     __shared__ u32 sk[2 * SK_MAX_ROWS];
     sk_load_keys(sk, keys, rows);
     for (i64 i = sk_tid(); i < d; i += sk_nthreads()) sk_scatter(table, sk, rows, cols, i, x[i]);
 }
 
-// "rowy": blockIdx.y picks the row; x is read once per row (from L2 when it fits).
+// "vec" (the default; "veccs" in bench/RESULTS.md): one group of four coordinates per thread per step, loaded as a
+// 16-byte vector with a streaming load (x is read once: it should not push the table out of
+// L2, where the atomics land); x must be 16-byte aligned and, under version 2, the table too
+// (the host checks, else "simple").  The tail past the last whole group is scalar.
 template <typename T>
-__device__ void sk_insert_rowy(const T* __restrict__ x, i64 d, T* __restrict__ table,
-                               const u32* __restrict__ keys, int rows, u32 cols) {
-    const int j = blockIdx.y;
-    const u32 a = keys[2 * j], b = keys[2 * j + 1];
-    T* __restrict__ row = table + (i64)j * cols;
-    for (i64 i = sk_tid(); i < d; i += sk_nthreads()) {
-        T v = x[i];
-        if (v == T(0)) continue;
-        const SkLoc l = sk_locate(i, a, b, cols);
-        sk_red(row + l.bucket, l.neg ? -v : v);
-    }
-}
-
-// "vec"/"vec2x": U groups of four coordinates per thread per step, loaded as 16-byte
-// vectors; x must be 16-byte aligned and, under version 2, the table too (the host
-// checks).  The tail past the last whole step is scalar.
-// "veccs"/"vec2xcs": the same with streaming loads.
-template <typename T, int U, bool CS>
-__device__ void sk_insert_vec(const T* __restrict__ x, i64 d, T* __restrict__ table,
+__global__ void sk_insert_vec(const T* __restrict__ x, i64 d, T* __restrict__ table,
                               const u32* __restrict__ keys, int rows, u32 cols) {
     __shared__ u32 sk[2 * SK_MAX_ROWS];
     sk_load_keys(sk, keys, rows);
-    const i64 nsteps = d / (4 * U);
-    for (i64 g = sk_tid(); g < nsteps; g += sk_nthreads()) {
-        T v[U * 4];
-#pragma unroll
-        for (int u = 0; u < U; ++u) sk_load4<CS>(x, g * U + u, v + u * 4);
-#pragma unroll
-        for (int u = 0; u < U; ++u) sk_scatter_group(table, sk, rows, cols, g * U + u, v + u * 4);
+    const i64 ngroups = d / 4;
+    for (i64 g = sk_tid(); g < ngroups; g += sk_nthreads()) {
+        T v[4];
+        sk_load4<true>(x, g, v);
+        sk_scatter_group(table, sk, rows, cols, g, v);
     }
-    for (i64 i = nsteps * U * 4 + sk_tid(); i < d; i += sk_nthreads())
+    for (i64 i = ngroups * 4 + sk_tid(); i < d; i += sk_nthreads())
         sk_scatter(table, sk, rows, cols, i, x[i]);
 }
 
-// "dsmem" (sm_90, float32): the table lives in distributed shared memory while it is
-// built.  A cluster of 8 blocks owns one (row, column segment) of the table, spread over
-// its blocks' shared memory; it reads every coordinate, keeps those hashing into its
-// segment and adds them there with remote shared-memory reductions, then flushes its
-// segment to the global table once.  Trades re-reading x (from L2) and re-hashing for
-// taking the random atomics off L2.  Launch: grid = 8 * rows * nseg blocks of 1024
-// threads, dynamic shared memory = per_block floats.
-#if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 900
-#define SK_CLUSTER 8
-__device__ __forceinline__ void sk_cluster_sync() {
-    asm volatile("barrier.cluster.arrive.release.aligned;\n\tbarrier.cluster.wait.acquire.aligned;" ::: "memory");
-}
-
-__device__ void sk_insert_dsmem(const float* __restrict__ x, i64 d, float* __restrict__ table,
-                                const u32* __restrict__ keys, int rows, u32 cols, int nseg,
-                                u32 seg_cols, u32 per_block) {
-    extern __shared__ float sk_part[];
-    u32 rank, cid;
-    asm volatile("mov.u32 %0, %%cluster_ctarank;" : "=r"(rank));
-    asm volatile("mov.u32 %0, %%clusterid.x;" : "=r"(cid));
-    const int j = (int)cid / nseg, seg = (int)cid % nseg;
-    if (j >= rows) return;  // whole cluster leaves together: cid is uniform in the cluster
-    const u32 lo = (u32)seg * seg_cols;
-    const u32 hi = min(cols, lo + seg_cols);
-    for (u32 t = threadIdx.x; t < per_block; t += blockDim.x) sk_part[t] = 0.0f;
-    sk_cluster_sync();
-    const u32 a = keys[2 * j], b = keys[2 * j + 1];
-    const u32 base = (u32)__cvta_generic_to_shared(sk_part);
-    const i64 stride = (i64)SK_CLUSTER * blockDim.x;
-    for (i64 i = (i64)rank * blockDim.x + threadIdx.x; i < d; i += stride) {
-        const float v = __ldg(x + i);
-        if (v == 0.0f) continue;
-        const SkLoc l = sk_locate(i, a, b, cols);
-        const u32 c = l.bucket;
-        if (c < lo || c >= hi) continue;
-        const u32 off = c - lo, owner = off / per_block, k = off - owner * per_block;
-        u32 remote;
-        asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(remote) : "r"(base + 4u * k), "r"(owner));
-        asm volatile("red.shared::cluster.add.f32 [%0], %1;" :: "r"(remote), "f"(l.neg ? -v : v) : "memory");
-    }
-    sk_cluster_sync();
-    const u32 first = lo + rank * per_block;
-    const u32 mine = first < hi ? min(per_block, hi - first) : 0u;
-    float* __restrict__ out = table + (i64)j * cols + first;
-    for (u32 t = threadIdx.x; t < mine; t += blockDim.x) {
-        const float s = sk_part[t];
-        if (s != 0.0f) sk_red(out + t, s);
-    }
-}
-#endif
-
 // ---------------------------------------------------------------- sparse insert
 template <typename T>
-__device__ void sk_insert_sparse(const i64* __restrict__ idx, const T* __restrict__ vals, i64 n,
+__global__ void sk_insert_sparse(const i64* __restrict__ idx, const T* __restrict__ vals, i64 n,
                                  T* __restrict__ table, const u32* __restrict__ keys, int rows,
                                  u32 cols) {
     __shared__ u32 sk[2 * SK_MAX_ROWS];
@@ -302,7 +305,7 @@ __device__ void sk_insert_sparse(const i64* __restrict__ idx, const T* __restric
 // Sum of the n rows of a (n, d) stack: sum each coordinate in registers, then one
 // atomic per row (linearity).  Scalar version: any d, any alignment.
 template <typename T>
-__device__ void sk_stack_sum_simple(const T* __restrict__ stack, i64 n, i64 d, T* __restrict__ table,
+__global__ void sk_stack_sum_simple(const T* __restrict__ stack, i64 n, i64 d, T* __restrict__ table,
                                     const u32* __restrict__ keys, int rows, u32 cols) {
     __shared__ u32 sk[2 * SK_MAX_ROWS];
     sk_load_keys(sk, keys, rows);
@@ -317,7 +320,7 @@ __device__ void sk_stack_sum_simple(const T* __restrict__ stack, i64 n, i64 d, T
 // Group version: needs every row 16-byte aligned (aligned base, d * sizeof(T) % 16 == 0)
 // and, under version 2, an aligned table; the tail past the last whole group is scalar.
 template <typename T>
-__device__ void sk_stack_sum_vec(const T* __restrict__ stack, i64 n, i64 d, T* __restrict__ table,
+__global__ void sk_stack_sum_vec(const T* __restrict__ stack, i64 n, i64 d, T* __restrict__ table,
                                  const u32* __restrict__ keys, int rows, u32 cols) {
     __shared__ u32 sk[2 * SK_MAX_ROWS];
     sk_load_keys(sk, keys, rows);
@@ -344,7 +347,7 @@ __device__ void sk_stack_sum_vec(const T* __restrict__ stack, i64 n, i64 d, T* _
 // Each row of the stack into its own table: tables is (n, rows, cols).  The hash of
 // (i, j) is recomputed per vector: cheaper than the local memory to keep it.
 template <typename T>
-__device__ void sk_stack_each_simple(const T* __restrict__ stack, i64 n, i64 d, T* __restrict__ tables,
+__global__ void sk_stack_each_simple(const T* __restrict__ stack, i64 n, i64 d, T* __restrict__ tables,
                                      const u32* __restrict__ keys, int rows, u32 cols) {
     __shared__ u32 sk[2 * SK_MAX_ROWS];
     sk_load_keys(sk, keys, rows);
@@ -354,44 +357,13 @@ __device__ void sk_stack_each_simple(const T* __restrict__ stack, i64 n, i64 d, 
     }
 }
 
-// Four rows of the stack at once into an interleaved (rows, cols, 4) scratch table with
-// one 16-byte vector atomic per (coordinate, row) (sm_90: red.global.add.v4.f32).  The
-// scratch is then spread into the four tables by sk_deinterleave.  ng < 4 pads with zeros.
-__device__ void sk_stack_each_v4(const float* __restrict__ stack, i64 n0, int ng, i64 d,
-                                 float* __restrict__ scratch, const u32* __restrict__ keys,
-                                 int rows, u32 cols) {
-    __shared__ u32 sk[2 * SK_MAX_ROWS];
-    sk_load_keys(sk, keys, rows);
-    for (i64 i = sk_tid(); i < d; i += sk_nthreads()) {
-        float v[4];
-#pragma unroll
-        for (int g = 0; g < 4; ++g) v[g] = g < ng ? __ldcs(stack + (n0 + g) * d + i) : 0.0f;
-        if (v[0] == 0.0f && v[1] == 0.0f && v[2] == 0.0f && v[3] == 0.0f) continue;
-        for (int j = 0; j < rows; ++j) {
-            const SkLoc l = sk_locate(i, sk[2 * j], sk[2 * j + 1], cols);
-            const float s = l.neg ? -1.0f : 1.0f;
-            float* p = scratch + ((i64)j * cols + l.bucket) * 4;
-            sk_red4(p, s * v[0], s * v[1], s * v[2], s * v[3]);
-        }
-    }
-}
-
-// tables[n0 + g] += scratch[..., g] for g < ng, and zero the scratch for the next group.
-__device__ void sk_deinterleave(float* __restrict__ scratch, i64 rc, float* __restrict__ tables,
-                                i64 n0, int ng) {
-    float4* s4 = reinterpret_cast<float4*>(scratch);
-    for (i64 e = sk_tid(); e < rc; e += sk_nthreads()) {
-        float4 t = s4[e];
-        s4[e] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-        float v[4] = {t.x, t.y, t.z, t.w};
-        for (int g = 0; g < ng; ++g) tables[(n0 + g) * rc + e] += v[g];
-    }
-}
-
-// "v4rows": sk_stack_each_v4 for the rows [j0, j1) only, into a scratch of (j1 - j0) rows,
-// so that the scratch stays in L2 (the host sizes the row groups from the L2 size):
-// with all rows, a 500k-column scratch (40 MB) spilled the vector atomics to DRAM.
-__device__ void sk_stack_each_v4r(const float* __restrict__ stack, i64 n0, int ng, i64 d,
+// float32 batched-each ("v4rows"): four rows of the stack at once, for the table rows
+// [j0, j1) only, into an interleaved (j1 - j0, cols, 4) scratch table with one 16-byte vector
+// atomic per (coordinate, row) (sm_90: red.global.add.v4.f32); sk_deinterleave_at then
+// spreads the scratch into the four tables.  ng < 4 pads with zeros.  The host sizes the row
+// groups so that the scratch stays in L2: with all rows at once, a 500k-column scratch
+// (40 MB) spilled the vector atomics to DRAM (1.6x slower on an H100).
+__global__ void sk_stack_each_v4r(const float* __restrict__ stack, i64 n0, int ng, i64 d,
                                   float* __restrict__ scratch, const u32* __restrict__ keys,
                                   int j0, int j1, u32 cols) {
     __shared__ u32 sk[2 * SK_MAX_ROWS];
@@ -412,7 +384,7 @@ __device__ void sk_stack_each_v4r(const float* __restrict__ stack, i64 n0, int n
 
 // tables[n0 + g][off + e] += scratch[e, g] for e < m, g < ng (tables are rc apart), and
 // zero the scratch for the next group.
-__device__ void sk_deinterleave_at(float* __restrict__ scratch, i64 m, float* __restrict__ tables, i64 rc,
+__global__ void sk_deinterleave_at(float* __restrict__ scratch, i64 m, float* __restrict__ tables, i64 rc,
                                    i64 off, i64 n0, int ng) {
     float4* s4 = reinterpret_cast<float4*>(scratch);
     for (i64 e = sk_tid(); e < m; e += sk_nthreads()) {
@@ -527,7 +499,7 @@ __device__ __forceinline__ i64 sk_warp_append(u64* counter, bool pred) {
 // that version 2's 16-byte gathers need.  Loops are warp-uniform (the warp shares one
 // 32-aligned window) for the ballots.
 template <typename T, int R, bool GROUPS>
-__device__ void sk_estimates(const T* __restrict__ table, const u32* __restrict__ keys, int rows, u32 cols,
+__global__ void sk_estimates(const T* __restrict__ table, const u32* __restrict__ keys, int rows, u32 cols,
                              const i64* __restrict__ idx, i64 n, T* __restrict__ out,
                              u64* __restrict__ hist, u64 prefix, int shift, int width,
                              u64* __restrict__ count, T thr) {
@@ -577,7 +549,7 @@ __device__ void sk_estimates(const T* __restrict__ table, const u32* __restrict_
 
 // Radix-select histogram pass over a stored estimate buffer (no new estimates).
 template <typename T>
-__device__ void sk_radix_hist(const T* __restrict__ est, i64 n, u64* __restrict__ hist, u64 prefix,
+__global__ void sk_radix_hist(const T* __restrict__ est, i64 n, u64* __restrict__ hist, u64 prefix,
                               int shift, int width) {
     __shared__ u32 sh[SK_HIST_SIZE];
     for (int t = threadIdx.x; t < SK_HIST_SIZE; t += blockDim.x) sh[t] = 0;
@@ -598,7 +570,7 @@ __device__ void sk_radix_hist(const T* __restrict__ est, i64 n, u64* __restrict_
 //   key >> pshift == prefix -> candidate: slots [n_sure, n_sure + cand_cap), extras dropped.
 // counters[0] / counters[1] count the two kinds.
 template <typename T>
-__device__ void sk_radix_compact(const T* __restrict__ est, i64 n, u64 prefix, int pshift,
+__global__ void sk_radix_compact(const T* __restrict__ est, i64 n, u64 prefix, int pshift,
                                  i64* __restrict__ out_idx, T* __restrict__ out_val, T* __restrict__ out_key,
                                  u64* counters, i64 n_sure, i64 cand_cap) {
     const int lane = threadIdx.x & 31;
@@ -631,14 +603,15 @@ __device__ void sk_radix_compact(const T* __restrict__ est, i64 n, u64 prefix, i
 #define SKT_NCAND 8     // candidates counted by the compaction; more than cap: rescan est
 #define SKT_NSURE 9     // output slots taken by entries above the final range
 #define SKT_NTIE 10     // entries of the final range seen by the selection
+static_assert(SKT_NTIE < SK_TOPK_WORDS, "the top-k state needs more words than SK_TOPK_WORDS");
 
 // Every block calls this with its finished shared histogram sh (2**width bins of the digit
 // below the current range): it adds sh to the global hist, and the last block to finish
 // finds the bin where the count from the top reaches need, narrows the range to it in
-// the state, and clears hist for the next pass.  Blocks are BLOCK (256) threads.
+// the state, and clears hist for the next pass.  Blocks are SK_BLOCK threads.
 __device__ void skt_flush_and_pick(const u32* sh, int width, u64* __restrict__ hist, u64* st, u64 prefix,
                                    u64 pshift, u64 above, u64 need, bool first) {
-    __shared__ u64 part[256];
+    __shared__ u64 part[SK_BLOCK];
     __shared__ int last;
     const int nbins = 1 << width, t = threadIdx.x;
     for (int b = t; b < nbins; b += blockDim.x)
@@ -713,7 +686,7 @@ __device__ __forceinline__ void skt_emit(i64 slot, i64 i, T v, i64* out_idx, T* 
 // 12 key bits, then the pick (range = the bin holding the k-th largest).  GROUPS: a group
 // of four coordinates per thread (version 2's 16-byte gathers; table and out aligned).
 template <typename T, int R, bool GROUPS>
-__device__ void skt_estimates(const T* __restrict__ table, const u32* __restrict__ keys, int rows, u32 cols,
+__global__ void skt_estimates(const T* __restrict__ table, const u32* __restrict__ keys, int rows, u32 cols,
                               i64 n, T* __restrict__ out, u64* __restrict__ hist, u64* st, u64 k, int kbits,
                               int ib) {
     __shared__ u32 sk[2 * SK_MAX_ROWS];
@@ -750,7 +723,7 @@ __device__ void skt_estimates(const T* __restrict__ table, const u32* __restrict
 // sk_warp_append does) made the two same-address counters a bottleneck.
 #define SKT_ITEMS 32
 template <typename T>
-__device__ void skt_compact(const T* __restrict__ est, i64 n, u64* st, i64* __restrict__ cand_idx,
+__global__ void skt_compact(const T* __restrict__ est, i64 n, u64* st, i64* __restrict__ cand_idx,
                             T* __restrict__ cand_val, i64 cap, i64* out_idx, T* out_val, u64* out_key, int ib) {
     const u64 prefix = st[SKT_PREFIX], pshift = st[SKT_PSHIFT];
     const int lane = threadIdx.x & 31;
@@ -801,7 +774,7 @@ __device__ void skt_compact(const T* __restrict__ est, i64 n, u64* st, i64* __re
 // the pick.  Nothing to do once the range is one key or the whole range is taken;
 // the condition is read from the state, so it is the same in every block.
 template <typename T>
-__device__ void skt_refine(const T* __restrict__ est, i64 n, const i64* __restrict__ cand_idx,
+__global__ void skt_refine(const T* __restrict__ est, i64 n, const i64* __restrict__ cand_idx,
                            const T* __restrict__ cand_val, i64 cap, u64* __restrict__ hist, u64* st, int ib) {
     __shared__ u32 sh[SK_HIST_SIZE];
     const u64 pshift = st[SKT_PSHIFT], need = st[SKT_NEED], eq = st[SKT_EQ];
@@ -826,7 +799,7 @@ __device__ void skt_refine(const T* __restrict__ est, i64 n, const i64* __restri
 // final range take the next NSURE slots, and the first `need` in it take the slots
 // [above, k): exactly k outputs.
 template <typename T>
-__device__ void skt_select(const T* __restrict__ est, i64 n, const i64* __restrict__ cand_idx,
+__global__ void skt_select(const T* __restrict__ est, i64 n, const i64* __restrict__ cand_idx,
                            const T* __restrict__ cand_val, i64 cap, u64* st, i64* out_idx, T* out_val,
                            u64* out_key, int ib) {
     const u64 prefix = st[SKT_PREFIX], pshift = st[SKT_PSHIFT], above = st[SKT_ABOVE], need = st[SKT_NEED];
@@ -856,14 +829,14 @@ __device__ void skt_select(const T* __restrict__ est, i64 n, const i64* __restri
 // entries with key >> pshift >= prefix.  Every other estimate is zeroed, and est becomes
 // the dense result: no output buffer, no sort.
 template <typename T>
-__device__ void skt_mask(T* __restrict__ est, i64 n, const u64* st, int ib) {
+__global__ void skt_mask(T* __restrict__ est, i64 n, const u64* st, int ib) {
     const u64 prefix = st[SKT_PREFIX], pshift = st[SKT_PSHIFT];
     for (i64 t = sk_tid(); t < n; t += sk_nthreads())
         if ((skt_ckey(est[t], t, ib) >> pshift) < prefix) est[t] = T(0);
 }
 
 // Packed keys (sorted) back to index and value: the value's bits are exact.
-__device__ void skt_unpack(const u64* __restrict__ keys, i64 k, i64* __restrict__ out_idx,
+__global__ void skt_unpack(const u64* __restrict__ keys, i64 k, i64* __restrict__ out_idx,
                            float* __restrict__ out_val) {
     for (i64 t = sk_tid(); t < k; t += sk_nthreads()) {
         const u64 c = keys[t];
@@ -874,7 +847,7 @@ __device__ void skt_unpack(const u64* __restrict__ keys, i64 k, i64* __restrict_
 
 // Entries of a stored estimate buffer with |v| >= thr (in no particular order).
 template <typename T>
-__device__ void sk_threshold_compact(const T* __restrict__ est, i64 n, T thr, i64* __restrict__ out_idx,
+__global__ void sk_threshold_compact(const T* __restrict__ est, i64 n, T thr, i64* __restrict__ out_idx,
                                      T* __restrict__ out_val, u64* out_n, i64 cap) {
     const int lane = threadIdx.x & 31;
     for (i64 base = sk_tid() - lane; base < n; base += sk_nthreads()) {
@@ -889,7 +862,7 @@ __device__ void sk_threshold_compact(const T* __restrict__ est, i64 n, T thr, i6
 
 // ---------------------------------------------------------------- misc
 template <typename T>
-__device__ void sk_zero_buckets(const i64* __restrict__ idx, i64 n, T* __restrict__ table,
+__global__ void sk_zero_buckets(const i64* __restrict__ idx, i64 n, T* __restrict__ table,
                                 const u32* __restrict__ keys, int rows, u32 cols) {
     __shared__ u32 sk[2 * SK_MAX_ROWS];
     sk_load_keys(sk, keys, rows);
@@ -901,17 +874,15 @@ __device__ void sk_zero_buckets(const i64* __restrict__ idx, i64 n, T* __restric
 }
 
 template <typename T>
-__device__ void sk_all_finite(const T* __restrict__ x, i64 n, int* __restrict__ bad) {
+__global__ void sk_all_finite(const T* __restrict__ x, i64 n, int* __restrict__ bad) {
     for (i64 t = sk_tid(); t < n; t += sk_nthreads())
         if (!isfinite(x[t])) { *bad = 1; return; }
 }
 
-extern "C" {
-
 // One block: in a histogram of nbins counts, find the bin b where the running count
 // from the top bin down reaches `need`.  state <- {b, count above b, count in b}.
 __global__ void sk_radix_pick(const u64* __restrict__ hist, int nbins, u64 need, u64* __restrict__ state) {
-    __shared__ u64 part[1024];
+    __shared__ u64 part[SK_PICK_BLOCK];
     const int t = threadIdx.x, per = (nbins + blockDim.x - 1) / blockDim.x;
     // Thread t owns bins [t*per, (t+1)*per); suffix sums over threads, Hillis-Steele.
     u64 s = 0;
@@ -944,96 +915,4 @@ __global__ void sk_hash_rows(const i64* __restrict__ idx, i64 n, const u32* __re
             signs[(i64)j * n + t] = l.neg ? -1 : 1;
         }
 }
-
-__global__ void sk_stack_each_v4_f32(const float* stack, i64 n0, int ng, i64 d, float* scratch,
-                                     const u32* keys, int rows, u32 cols) {
-    sk_stack_each_v4(stack, n0, ng, d, scratch, keys, rows, cols);
-}
-__global__ void sk_deinterleave_f32(float* scratch, i64 rc, float* tables, i64 n0, int ng) {
-    sk_deinterleave(scratch, rc, tables, n0, ng);
-}
-
-__global__ void sk_stack_each_v4r_f32(const float* stack, i64 n0, int ng, i64 d, float* scratch,
-                                      const u32* keys, int j0, int j1, u32 cols) {
-    sk_stack_each_v4r(stack, n0, ng, d, scratch, keys, j0, j1, cols);
-}
-__global__ void sk_deinterleave_at_f32(float* scratch, i64 m, float* tables, i64 rc, i64 off, i64 n0, int ng) {
-    sk_deinterleave_at(scratch, m, tables, rc, off, n0, ng);
-}
-__global__ void skt_unpack_f32(const u64* keys, i64 k, i64* out_idx, float* out_val) {
-    skt_unpack(keys, k, out_idx, out_val);
-}
-
-#if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 900
-__global__ void __cluster_dims__(SK_CLUSTER, 1, 1) __launch_bounds__(1024)
-sk_insert_dsmem_f32(const float* x, i64 d, float* table, const u32* keys, int rows, u32 cols, int nseg,
-                    u32 seg_cols, u32 per_block) {
-    sk_insert_dsmem(x, d, table, keys, rows, cols, nseg, seg_cols, per_block);
-}
-#endif
-
-#define SK_INSERT_ARGS(T) const T* x, i64 d, T* table, const u32* keys, int rows, u32 cols
-#define SK_STACK_ARGS(T) const T* stack, i64 n, i64 d, T* table, const u32* keys, int rows, u32 cols
-#define SK_EST_ARGS(T) const T* table, const u32* keys, int rows, u32 cols, const i64* idx, i64 n, \
-    T* out, u64* hist, u64 prefix, int shift, int width, u64* count, T thr
-#define SK_EST_CALL table, keys, rows, cols, idx, n, out, hist, prefix, shift, width, count, thr
-
-#define SK_EST_R(T, S, R) \
-__global__ void sk_estimates_##S##_r##R(SK_EST_ARGS(T)) { sk_estimates<T, R, false>(SK_EST_CALL); } \
-__global__ void sk_estimates4_##S##_r##R(const T* table, const u32* keys, int rows, u32 cols, i64 n, T* out, \
-                                         u64* hist, u64 prefix, int shift, int width, u64* count, T thr) { \
-    sk_estimates<T, R, true>(table, keys, rows, cols, nullptr, n, out, hist, prefix, shift, width, count, thr); }
-
-#define SKT_EST_R(T, S, R) \
-__global__ void skt_estimates_##S##_r##R(const T* table, const u32* keys, int rows, u32 cols, i64 n, T* out, \
-                                         u64* hist, u64* st, u64 k, int kbits, int ib) { \
-    skt_estimates<T, R, false>(table, keys, rows, cols, n, out, hist, st, k, kbits, ib); } \
-__global__ void skt_estimates4_##S##_r##R(const T* table, const u32* keys, int rows, u32 cols, i64 n, T* out, \
-                                          u64* hist, u64* st, u64 k, int kbits, int ib) { \
-    skt_estimates<T, R, true>(table, keys, rows, cols, n, out, hist, st, k, kbits, ib); }
-
-#define SK_INSTANTIATE(T, S) \
-__global__ void sk_insert_simple_##S(SK_INSERT_ARGS(T)) { sk_insert_simple<T>(x, d, table, keys, rows, cols); } \
-__global__ void sk_insert_rowy_##S(SK_INSERT_ARGS(T)) { sk_insert_rowy<T>(x, d, table, keys, rows, cols); } \
-__global__ void sk_insert_vec_##S(SK_INSERT_ARGS(T)) { sk_insert_vec<T, 1, false>(x, d, table, keys, rows, cols); } \
-__global__ void sk_insert_vec2x_##S(SK_INSERT_ARGS(T)) { sk_insert_vec<T, 2, false>(x, d, table, keys, rows, cols); } \
-__global__ void sk_insert_veccs_##S(SK_INSERT_ARGS(T)) { sk_insert_vec<T, 1, true>(x, d, table, keys, rows, cols); } \
-__global__ void sk_insert_vec2xcs_##S(SK_INSERT_ARGS(T)) { sk_insert_vec<T, 2, true>(x, d, table, keys, rows, cols); } \
-__global__ void sk_insert_sparse_##S(const i64* idx, const T* vals, i64 n, T* table, const u32* keys, \
-                                     int rows, u32 cols) { \
-    sk_insert_sparse<T>(idx, vals, n, table, keys, rows, cols); } \
-__global__ void sk_stack_sum_simple_##S(SK_STACK_ARGS(T)) { sk_stack_sum_simple<T>(stack, n, d, table, keys, rows, cols); } \
-__global__ void sk_stack_sum_vec_##S(SK_STACK_ARGS(T)) { sk_stack_sum_vec<T>(stack, n, d, table, keys, rows, cols); } \
-__global__ void sk_stack_each_simple_##S(SK_STACK_ARGS(T)) { \
-    sk_stack_each_simple<T>(stack, n, d, table, keys, rows, cols); } \
-SK_EST_R(T, S, 0) SK_EST_R(T, S, 1) SK_EST_R(T, S, 2) SK_EST_R(T, S, 3) SK_EST_R(T, S, 4) \
-SK_EST_R(T, S, 5) SK_EST_R(T, S, 6) SK_EST_R(T, S, 7) SK_EST_R(T, S, 8) \
-__global__ void sk_radix_hist_##S(const T* est, i64 n, u64* hist, u64 prefix, int shift, int width) { \
-    sk_radix_hist<T>(est, n, hist, prefix, shift, width); } \
-__global__ void sk_radix_compact_##S(const T* est, i64 n, u64 prefix, int pshift, i64* out_idx, T* out_val, \
-                                     T* out_key, u64* counters, i64 n_sure, i64 cand_cap) { \
-    sk_radix_compact<T>(est, n, prefix, pshift, out_idx, out_val, out_key, counters, n_sure, cand_cap); } \
-__global__ void sk_threshold_compact_##S(const T* est, i64 n, T thr, i64* out_idx, T* out_val, u64* out_n, \
-                                         i64 cap) { \
-    sk_threshold_compact<T>(est, n, thr, out_idx, out_val, out_n, cap); } \
-__global__ void sk_zero_buckets_##S(const i64* idx, i64 n, T* table, const u32* keys, int rows, u32 cols) { \
-    sk_zero_buckets<T>(idx, n, table, keys, rows, cols); } \
-__global__ void sk_all_finite_##S(const T* x, i64 n, int* bad) { sk_all_finite<T>(x, n, bad); } \
-SKT_EST_R(T, S, 0) SKT_EST_R(T, S, 1) SKT_EST_R(T, S, 2) SKT_EST_R(T, S, 3) SKT_EST_R(T, S, 4) \
-SKT_EST_R(T, S, 5) SKT_EST_R(T, S, 6) SKT_EST_R(T, S, 7) SKT_EST_R(T, S, 8) \
-__global__ void skt_compact_##S(const T* est, i64 n, u64* st, i64* cand_idx, T* cand_val, i64 cap, \
-                                i64* out_idx, T* out_val, u64* out_key, int ib) { \
-    skt_compact<T>(est, n, st, cand_idx, cand_val, cap, out_idx, out_val, out_key, ib); } \
-__global__ void skt_refine_##S(const T* est, i64 n, const i64* cand_idx, const T* cand_val, i64 cap, u64* hist, \
-                               u64* st, int ib) { \
-    skt_refine<T>(est, n, cand_idx, cand_val, cap, hist, st, ib); } \
-__global__ void skt_select_##S(const T* est, i64 n, const i64* cand_idx, const T* cand_val, i64 cap, u64* st, \
-                               i64* out_idx, T* out_val, u64* out_key, int ib) { \
-    skt_select<T>(est, n, cand_idx, cand_val, cap, st, out_idx, out_val, out_key, ib); } \
-__global__ void skt_mask_##S(T* est, i64 n, const u64* st, int ib) { skt_mask<T>(est, n, st, ib); }
-
-SK_INSTANTIATE(float, f32)
-SK_INSTANTIATE(double, f64)
-
-}  // extern "C"
 """

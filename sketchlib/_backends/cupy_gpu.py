@@ -5,7 +5,18 @@ coordinate is stored: an insert touches only the input and the table, and
 estimate-all / top-k / heavy hitters use one d-length buffer for the estimates.
 Every kernel and every CuPy operation runs on the current CuPy stream
 (``cupy.cuda.get_current_stream()``), so a caller that wraps a torch stream in
-``cupy.cuda.ExternalStream`` gets the work ordered on its own stream.
+``cupy.cuda.ExternalStream`` gets the work ordered on its own stream.  Kernels are
+looked up by their C++ name expressions (``_cuda_src.KERNELS``, compiled through
+``RawModule(name_expressions=...)``), once per hash version, with the shared
+constants passed as defines (``_cuda_src.compile_options``).
+
+What ships is what runs: each operation has one kernel (dense insert: "veccs",
+``sk_insert_vec``, a group of four coordinates per thread with streaming 16-byte loads,
+or "simple" when the input or, under hash version 2, the table is not 16-byte aligned;
+batched-each: "v4rows" for float32, "simple" for float64).  The other kernel shapes that
+were timed (insert "rowy", "vec", "vec2x", "vec2xcs", "dsmem"; batched-each "v4",
+"v4rows1") were removed after their benchmarks: their numbers are in ``bench/RESULTS.md``
+(and their code in the git history).
 
 Top-k never sorts d values: the estimate kernel also builds a 4096-bin histogram
 of the top 12 bits of ``|estimate|`` (the float bits of a non-negative float
@@ -13,25 +24,24 @@ order like unsigned integers), one block finds the bin holding the k-th
 largest, a compaction pass keeps the coordinates above that bin (all in the
 top-k) and those inside it (candidates); further 12-bit passes narrow the bin
 down while it holds too many candidates, and one radix sort of the survivors
-(k plus the candidates) orders them and drops the extra candidates.  Two tails
-(``_options["topk"]``): "sync" reads the counts back once per pass to size its
-buffers (one pass in practice); "dev" never waits for the device: the last block
-of each histogram pass picks the bin and keeps the state in device memory, the
-candidates of the first bin are narrowed by further passes down to a single key,
-and exactly k entries are written, then sorted as packed 64-bit keys.  float32:
-the result is exactly the first k by (``|v|`` descending, index ascending), the
-index being the last digits of the select key; float64 gets that order from two
-stable sorts, but which of several coordinates tied at the k-th magnitude it takes
-is up to the order of the atomics (as for "sync", whose ties come in any order).
+(k plus the candidates) orders them and drops the extra candidates.  Two tails,
+both shipped because each is the default somewhere (``TOPK_TAIL``,
+``UNSKETCH_TAIL``): "sync" reads the counts back once per pass to size its
+buffers (one pass in practice); "dev" (``_cuda_topk.topk_dev``) never waits for the
+device: the last block of each histogram pass picks the bin and keeps the state in
+device memory, the candidates of the first bin are narrowed by further passes down to
+a single key, and exactly k entries are written, then sorted as packed 64-bit keys, so
+it can be captured in a CUDA graph.  float32: the result is exactly the first k by
+(``|v|`` descending, index ascending), the index being the last digits of the select
+key; float64 gets that order from two stable sorts, but which of several coordinates
+tied at the k-th magnitude it takes is up to the order of the atomics (as for "sync",
+whose ties come in any order).
 
 Dense inserts are bound by random float atomics into the table (~100 G/s on an
-H200, whatever the kernel: every variant in ``INSERT_VARIANTS`` timed within 4%
-of the others, except "dsmem", which keeps the table in distributed shared
-memory and was 2.6x slower); ``bench/bench_gpu.py`` times them all.  Hash
-version 2 cuts the atomics four-fold: its groups of four coordinates land in
-aligned groups of four buckets, added with one 16-byte vector atomic, and
-estimates read a group with one 16-byte load.  The source is compiled once per
-hash version (``-DSK_HASH_VERSION``), so the kernels carry no version branch.
+H200).  Hash version 2 cuts the atomics four-fold: its groups of four coordinates
+land in aligned groups of four buckets, added with one 16-byte vector atomic, and
+estimates read a group with one 16-byte load.  The source is compiled once per hash
+version (``-DSK_HASH_VERSION``), so the kernels carry no version branch.
 
 Floating-point atomics land in a device-chosen order, so a table built here
 equals the NumPy reference's only up to float rounding: each bucket is a sum of
@@ -43,7 +53,8 @@ exact: they match the reference bit for bit.
 """
 import numpy as np
 
-from . import _cuda_src
+from ..errors import SketchError
+from . import _cuda_src, _cuda_topk
 
 __all__ = []
 
@@ -51,48 +62,30 @@ NAME = "cupy"
 ARRAY_LIBRARY = "cupy"
 DEVICE_KIND = "cuda"
 
-INSERT_VARIANTS = ("simple", "rowy", "vec", "vec2x", "veccs", "vec2xcs", "dsmem")
-EACH_VARIANTS = ("simple", "v4", "v4rows", "v4rows1")
-TOPK_VARIANTS = ("sync", "dev")
-# Private tuning switches (the GPU benchmark times every variant):
-#   insert      - dense insert kernel, one of INSERT_VARIANTS ("dsmem": float32 on sm_90+,
-#                 else "veccs")
-#   stack_each  - sketch_each kernel for float32, one of EACH_VARIANTS ("v4rows": "v4"
-#                 over groups of rows whose scratch fits in a third of the L2 cache;
-#                 "v4rows1": one row at a time)
-#   topk        - top-k tail, one of TOPK_VARIANTS: "sync" reads the radix counts back
-#                 once per pass to size its buffers; "dev" keeps them on the device
-#   unsketch    - top-k unsketch: "sync" (top-k, then a scatter into zeros), "dev" (the
-#                 "dev" chain, then the estimate buffer masked in place to the top k: no
-#                 sort, no output buffer), "auto" ("dev" up to d = DEV_UNSKETCH_MAX_D, else
-#                 "sync"), or None (follow "topk")
-#   cand_cap    - top-k candidate buffer size (None: max(2k, 65536)); tests shrink it
-#                 to exercise the extra radix passes and the overflow paths
-#   blocks_per_sm - grid size of the grid-stride kernels
-# Defaults from one H100 run (bench/RESULTS.md): "v4rows" batched-each 14.4 ms vs 23.0 ms for
-# "v4"; the "dev" top-k is not the default until a GPU run has timed it (its probe there
-# compared two calls' picks among tied magnitudes, which may differ: fixed since).
-_options = {"insert": "veccs", "stack_each": "v4rows", "topk": "sync", "unsketch": "auto", "cand_cap": None,
-            "blocks_per_sm": 8}
-# H100, hash 2, k = 50,000: "dev" unsketch 0.36 ms vs "sync" 0.51 ms at d = 6.57M (whose
-# host round trips cost more than its kernels), but 3.3 vs 1.96 ms at d = 124M; the
-# crossover between the two sizes was not measured.
+TOPK_TAILS = ("sync", "dev")
+# Default tail of ``topk``: "sync" (H100, k = 50,000: 0.50 vs 0.57 ms at d = 6.57M, 5.17 vs
+# 6.72 ms at d = 124M); "dev" never waits for the host (CUDA-graph capture, no sync).
+TOPK_TAIL = "sync"
+# Default of ``unsketch_topk``: "auto" is "dev" (the estimate buffer masked in place: no sort,
+# no output buffer) up to DEV_UNSKETCH_MAX_D coordinates, "sync" above.  H100, hash 2,
+# k = 50,000: "dev" 0.34 ms vs "sync" 0.51 ms at d = 6.57M (whose host round trips cost more
+# than its kernels), but 3.66 vs 2.0 ms at d = 124M; the crossover was not measured.
+UNSKETCH_TAIL = "auto"
 DEV_UNSKETCH_MAX_D = 1 << 25
+# Grid of the grid-stride kernels: this many blocks per SM at most (tests pass 1 to make each
+# warp loop over several chunks).
+BLOCKS_PER_SM = 8
 
 _BLOCK = _cuda_src.BLOCK
 _HIST_BITS = _cuda_src.HIST_BITS
-_NULL = np.uint64(0)          # a null pointer argument
-_SUFFIX = {"float32": "f32", "float64": "f64"}
-_KEY_BITS = {"float32": 31, "float64": 63}
-_VEC_WIDTH = {"float32": 4, "float64": 2}
+_NULL = _cuda_topk._NULL      # a null pointer argument
+_KEY_BITS = _cuda_topk.KEY_BITS
 
 _modules = {}
 _functions = {}
 _keys_cache = {}
 _sm_counts = {}
 _l2_sizes = {}
-_dsmem_smem = {}
-_dsmem_plans = {}
 
 
 def _cp():
@@ -136,38 +129,37 @@ def from_numpy(array):
 
 
 # ------------------------------------------------------------------ kernel plumbing
-def _fn(name, version=None):
-    """Kernel ``name`` compiled for the current device and hash ``version`` (cached).
-
-    ``version=None`` is for kernels that do not hash: any module already built serves.
-    """
+def _fn(expr, version=None):
+    """Kernel ``expr`` (a name expression of ``_cuda_src.KERNELS``) for the current device
+    and hash ``version`` (cached).  ``version=None`` is for kernels that do not hash: any
+    module already built serves."""
     cp = _cp()
     dev = cp.cuda.Device().id
     if version is None:
         version = next((v for (d, v) in _modules if d == dev), 1)
-    key = (dev, version, name)
+    key = (dev, version, expr)
     fn = _functions.get(key)
     if fn is None:
         if (dev, version) not in _modules:
-            _modules[(dev, version)] = cp.RawModule(
-                code=_cuda_src.SOURCE, options=("-std=c++17", f"-DSK_HASH_VERSION={int(version)}"))
-        fn = _functions[key] = _modules[(dev, version)].get_function(name)
+            _modules[(dev, version)] = cp.RawModule(code=_cuda_src.SOURCE, options=_cuda_src.compile_options(version),
+                                                    name_expressions=list(_cuda_src.KERNELS))
+        fn = _functions[key] = _modules[(dev, version)].get_function(expr)
     return fn
 
 
-def _grid(work):
+def _grid(work, blocks_per_sm=BLOCKS_PER_SM):
     """Blocks for a grid-stride loop over ``work`` items: enough to fill the device."""
     cp = _cp()
     dev = cp.cuda.Device().id
     if dev not in _sm_counts:
         _sm_counts[dev] = cp.cuda.Device(dev).attributes["MultiProcessorCount"]
-    cap = _sm_counts[dev] * _options["blocks_per_sm"]
+    cap = _sm_counts[dev] * int(blocks_per_sm)
     return int(max(1, min(cap, -(-int(work) // _BLOCK))))
 
 
-def _launch(name, work, args, grid_y=1, version=None):
-    """Launch kernel ``name`` (of hash ``version``) over ``work`` items on the current stream."""
-    _fn(name, version)((_grid(work), grid_y), (_BLOCK,), args)
+def _launch(expr, work, args, version=None, blocks_per_sm=BLOCKS_PER_SM):
+    """Launch kernel ``expr`` (of hash ``version``) over ``work`` items on the current stream."""
+    _fn(expr, version)((_grid(work, blocks_per_sm),), (_BLOCK,), args)
 
 
 def _dev_keys(keys):
@@ -183,9 +175,9 @@ def _dev_keys(keys):
     return dk
 
 
-def _sfx(array):
-    """Kernel name suffix for an array's dtype."""
-    return _SUFFIX[array.dtype.name]
+def _k(name, array, *params):
+    """The name expression of kernel ``name`` for ``array``'s dtype."""
+    return _cuda_src.kernel(name, array.dtype.name, *params)
 
 
 def _aligned(array):
@@ -209,70 +201,27 @@ def all_finite(x):
     """True when no element is NaN or infinite (one flag, no d-sized temporary)."""
     cp = _cp()
     with x.device:
-        if x.dtype.name not in _SUFFIX or not x.flags.c_contiguous:
+        if x.dtype.name not in _cuda_src.CTYPES or not x.flags.c_contiguous:
             return bool(cp.isfinite(x).all())
         bad = cp.zeros(1, dtype=np.int32)
         if x.size:
-            _launch("sk_all_finite_" + _sfx(x), x.size, (x, np.int64(x.size), bad))
+            _launch(_k("sk_all_finite", x), x.size, (x, np.int64(x.size), bad))
         return not bool(bad.get()[0])
 
 
 # -------------------------------------------------------------------------- inserts
 def insert_dense(table, x, keys, version):
-    """``table += S(x)`` for a dense vector (kernel chosen by ``_options['insert']``)."""
+    """``table += S(x)``: groups of four through 16-byte loads ("vec"), or one coordinate per
+    thread ("simple") when ``x`` or, under version 2, the table is not 16-byte aligned."""
     with table.device:
-        variant = _options["insert"]
-        if variant not in INSERT_VARIANTS:
-            raise ValueError(f"unknown insert variant {variant!r}; choose one of {INSERT_VARIANTS}")
-        if variant == "dsmem":
-            if table.dtype == np.float32 and int(_cp().cuda.Device().compute_capability) >= 90:
-                return _insert_dsmem(table, x, keys, version)
-            variant = "veccs"
-        if variant.startswith("vec") and not (_aligned(x) and _groups_ok(table, version)):
-            variant = "simple"
         t, k, rows, cols = _table_args(table, keys)
         d = x.shape[0]
         args = (x, np.int64(d), t, k, rows, cols)
-        work = d // 4 if variant.startswith("vec") else d
-        _launch(f"sk_insert_{variant}_{_sfx(table)}", work, args, grid_y=int(rows) if variant == "rowy" else 1,
-                version=version)
+        if _aligned(x) and _groups_ok(table, version):
+            _launch(_k("sk_insert_vec", table), d // 4, args, version=version)
+        else:
+            _launch(_k("sk_insert_simple", table), d, args, version=version)
     return None
-
-
-def _dsmem_plan(rows, cols):
-    """Column segments for the cluster insert: ``(nseg, seg_cols, per_block)``.
-
-    Enough segments that one cluster's shared memory holds one, and, when
-    rows are few, that the rows x segments clusters fill the device.
-    """
-    dev = _cp().cuda.Device()
-    plan = _dsmem_plans.get((dev.id, rows, cols))
-    if plan is not None:
-        return plan
-    attrs = dev.attributes
-    cap = min(attrs["MaxSharedMemoryPerBlockOptin"] // 4 - 64, 56 * 1024)
-    max_clusters = max(1, attrs["MultiProcessorCount"] // _cuda_src.CLUSTER)
-    nseg = max(-(-cols // (_cuda_src.CLUSTER * cap)), max_clusters // rows, 1)
-    nseg = min(nseg, cols)
-    seg_cols = -(-cols // nseg)
-    plan = _dsmem_plans[(dev.id, rows, cols)] = (nseg, seg_cols, -(-seg_cols // _cuda_src.CLUSTER))
-    return plan
-
-
-def _insert_dsmem(table, x, keys, version):
-    """Launch the distributed-shared-memory insert (float32, sm_90)."""
-    t, k, rows, cols = _table_args(table, keys)
-    nseg, seg_cols, per_block = _dsmem_plan(int(rows), int(cols))
-    fn = _fn("sk_insert_dsmem_f32", version)
-    smem = per_block * 4
-    dev = _cp().cuda.Device().id
-    if smem > _dsmem_smem.get(dev, 48 * 1024):  # a driver call: only when the maximum grows
-        fn.max_dynamic_shared_size_bytes = smem
-        _dsmem_smem[dev] = smem
-    grid = _cuda_src.CLUSTER * int(rows) * nseg
-    fn((grid,), (_cuda_src.DSMEM_BLOCK,),
-       (x, np.int64(x.shape[0]), t, k, rows, cols, np.int32(nseg), np.uint32(seg_cols), np.uint32(per_block)),
-       shared_mem=smem)
 
 
 def insert_sparse(table, indices, values, keys, version):
@@ -280,8 +229,7 @@ def insert_sparse(table, indices, values, keys, version):
     with table.device:
         t, k, rows, cols = _table_args(table, keys)
         n = indices.shape[0]
-        _launch("sk_insert_sparse_" + _sfx(table), n, (indices, values, np.int64(n), t, k, rows, cols),
-                version=version)
+        _launch(_k("sk_insert_sparse", table), n, (indices, values, np.int64(n), t, k, rows, cols), version=version)
 
 
 def insert_stack_sum(table, stack, keys, version):
@@ -292,32 +240,22 @@ def insert_stack_sum(table, stack, keys, version):
             return
         t, k, rows, cols = _table_args(table, keys)
         vec = (d * stack.dtype.itemsize) % 16 == 0 and _aligned(stack) and _groups_ok(table, version)
-        name = f"sk_stack_sum_{'vec' if vec else 'simple'}_{_sfx(table)}"
-        _launch(name, d // 4 if vec else d, (stack, np.int64(n), np.int64(d), t, k, rows, cols), version=version)
+        _launch(_k("sk_stack_sum_vec" if vec else "sk_stack_sum_simple", table), d // 4 if vec else d,
+                (stack, np.int64(n), np.int64(d), t, k, rows, cols), version=version)
 
 
 def insert_stack_each(tables, stack, keys, version):
-    """``tables[i] += S(stack[i])``; float32 goes four vectors at a time through 16-byte atomics."""
-    cp = _cp()
+    """``tables[i] += S(stack[i])``: float32 four vectors at a time through 16-byte atomics
+    ("v4rows"), float64 one coordinate of every vector per thread ("simple")."""
     with tables.device:
         n, d = stack.shape
         if n == 0 or d == 0:
             return
         _, rows, cols = tables.shape
         k = _dev_keys(keys)
-        if tables.dtype.name == "float32" and _options["stack_each"] in ("v4rows", "v4rows1"):
-            return _stack_each_v4rows(tables, stack, k, version, one_row=_options["stack_each"] == "v4rows1")
-        if tables.dtype.name == "float32" and _options["stack_each"] == "v4":
-            rc = rows * cols
-            scratch = cp.zeros(rc * 4, dtype=np.float32)
-            for n0 in range(0, n, 4):
-                ng = np.int32(min(4, n - n0))
-                _launch("sk_stack_each_v4_f32", d,
-                        (stack, np.int64(n0), ng, np.int64(d), scratch, k, np.int32(rows), np.uint32(cols)),
-                        version=version)
-                _launch("sk_deinterleave_f32", rc, (scratch, np.int64(rc), tables, np.int64(n0), ng), version=version)
-            return
-        _launch("sk_stack_each_simple_" + _sfx(tables), d,
+        if tables.dtype.name == "float32":
+            return _stack_each_v4rows(tables, stack, k, version)
+        _launch(_k("sk_stack_each_simple", tables), d,
                 (stack, np.int64(n), np.int64(d), tables, k, np.int32(rows), np.uint32(cols)), version=version)
 
 
@@ -330,8 +268,8 @@ def _l2_bytes():
     return _l2_sizes[dev]
 
 
-def _stack_each_v4rows(tables, stack, k, version, one_row=False):
-    """``sk_stack_each_v4`` by groups of rows whose interleaved scratch fits in L2.
+def _stack_each_v4rows(tables, stack, k, version):
+    """``sk_stack_each_v4r`` by groups of rows whose interleaved scratch fits in a third of L2.
 
     With all rows at once a 500k-column scratch (40 MB) left the 16-byte atomics to
     DRAM: the H100/H200 times scaled with memory bandwidth.  Each group of rows reads
@@ -340,36 +278,34 @@ def _stack_each_v4rows(tables, stack, k, version, one_row=False):
     cp = _cp()
     n, d = stack.shape
     _, rows, cols = tables.shape
-    per = 1 if one_row else max(1, min(rows, (_l2_bytes() // 3) // (16 * cols)))
+    per = max(1, min(rows, (_l2_bytes() // 3) // (16 * cols)))
     scratch = cp.zeros(per * cols * 4, dtype=np.float32)
     rc = rows * cols
+    each, spread = _cuda_src.kernel("sk_stack_each_v4r"), _cuda_src.kernel("sk_deinterleave_at")
     for n0 in range(0, n, 4):
         ng = np.int32(min(4, n - n0))
         for j0 in range(0, rows, per):
             j1 = min(rows, j0 + per)
-            _launch("sk_stack_each_v4r_f32", d, (stack, np.int64(n0), ng, np.int64(d), scratch, k,
-                                                 np.int32(j0), np.int32(j1), np.uint32(cols)), version=version)
+            _launch(each, d, (stack, np.int64(n0), ng, np.int64(d), scratch, k, np.int32(j0), np.int32(j1),
+                              np.uint32(cols)), version=version)
             m = (j1 - j0) * cols
-            _launch("sk_deinterleave_at_f32", m, (scratch, np.int64(m), tables, np.int64(rc),
-                                                  np.int64(j0 * cols), np.int64(n0), ng), version=version)
+            _launch(spread, m, (scratch, np.int64(m), tables, np.int64(rc), np.int64(j0 * cols), np.int64(n0), ng),
+                    version=version)
 
 
 # -------------------------------------------------------------------------- queries
 def _estimates(table, keys, version, idx, n, out, hist=_NULL, prefix=0, shift=0, width=_HIST_BITS,
-               count=_NULL, thr=0.0):
+               count=_NULL, thr=0.0, blocks_per_sm=BLOCKS_PER_SM):
     """Launch the estimate kernel (optionally with a radix histogram or a threshold count).
 
     Version 2 estimates of all coordinates go a group of four per thread (16-byte gathers).
     """
     t, k, rows, cols = _table_args(table, keys)
-    r = int(rows) if int(rows) in _cuda_src.MEDIAN_ROWS else 0
-    tail = (np.uint64(prefix), np.int32(shift), np.int32(width), count, table.dtype.type(thr))
-    if idx is None and version == 2 and _aligned(table) and _aligned(out):
-        _launch(f"sk_estimates4_{_sfx(table)}_r{r}", -(-n // 4), (t, k, rows, cols, np.int64(n), out, hist) + tail,
-                version=version)
-        return
-    _launch(f"sk_estimates_{_sfx(table)}_r{r}", n,
-            (t, k, rows, cols, _NULL if idx is None else idx, np.int64(n), out, hist) + tail, version=version)
+    groups = idx is None and version == 2 and _aligned(table) and _aligned(out)
+    args = (t, k, rows, cols, _NULL if idx is None else idx, np.int64(n), out, hist, np.uint64(prefix),
+            np.int32(shift), np.int32(width), count, table.dtype.type(thr))
+    _launch(_k("sk_estimates", table, _cuda_src.median_rows(rows), groups), -(-n // 4) if groups else n, args,
+            version=version, blocks_per_sm=blocks_per_sm)
 
 
 def query(table, indices, keys, version):
@@ -394,116 +330,93 @@ def estimate_all(table, d, keys, version):
 
 def _pick(hist, width, need, state, version):
     """Find, on the device, the bin where the count from the top reaches ``need``; read it back."""
-    _fn("sk_radix_pick", version)((1,), (1024,), (hist, np.int32(1 << width), np.uint64(need), state))
+    _fn(_cuda_src.kernel("sk_radix_pick"), version)((1,), (_cuda_src.PICK_BLOCK,),
+                                                    (hist, np.int32(1 << width), np.uint64(need), state))
     b, above, eq = (int(v) for v in state.get())
     return b, above, eq
 
 
-def topk(table, d, k, keys, version):
-    """The k coordinates of largest |estimate|, by |estimate| descending (radix select)."""
-    variant = _options["topk"]
-    if variant == "dev":
-        return _topk_dev(table, d, k, keys, version)
-    if variant != "sync":
-        raise ValueError(f"unknown top-k variant {variant!r}; choose one of {TOPK_VARIANTS}")
-    return _topk_sync(table, d, k, keys, version)
+def _tail_error(tail, choices):
+    """The error for an unknown top-k tail."""
+    return SketchError(f"unknown top-k tail {tail!r}; choose one of {choices}")
 
 
-def unsketch_topk(table, d, k, keys, version):
-    """Dense d-vector holding the top-k estimates, zeros elsewhere (``_options['unsketch']``)."""
-    variant = _options["unsketch"] or _options["topk"]
-    if variant == "auto":
-        variant = "dev" if d <= DEV_UNSKETCH_MAX_D else "sync"
-    if variant == "dev":
-        return _topk_dev(table, d, k, keys, version, dense=True)
-    if variant != "sync":
-        raise ValueError(f"unknown unsketch variant {variant!r}; choose one of {TOPK_VARIANTS}")
+def topk(table, d, k, keys, version, *, tail=TOPK_TAIL, cand_cap=None, blocks_per_sm=BLOCKS_PER_SM):
+    """The k coordinates of largest |estimate|, by |estimate| descending (radix select).
+
+    ``tail``: "sync" or "dev" (see the module docstring); ``cand_cap``: candidate buffer size
+    (None: ``max(2k, 65536)``; tests shrink it to force the extra radix passes and the
+    overflow paths); ``blocks_per_sm``: grid of the grid-stride kernels.
+    """
+    if tail == "dev":
+        return _topk_dev(table, d, k, keys, version, cand_cap=cand_cap, blocks_per_sm=blocks_per_sm)
+    if tail != "sync":
+        raise _tail_error(tail, TOPK_TAILS)
+    return _topk_sync(table, d, k, keys, version, cand_cap, blocks_per_sm)
+
+
+def unsketch_topk(table, d, k, keys, version, *, tail=UNSKETCH_TAIL, cand_cap=None, blocks_per_sm=BLOCKS_PER_SM):
+    """Dense d-vector holding the top-k estimates, zeros elsewhere.
+
+    ``tail``: "sync" (top-k, then a scatter into zeros), "dev" (the "dev" chain, then the
+    estimate buffer masked in place to the top k), or "auto" ("dev" up to
+    ``DEV_UNSKETCH_MAX_D`` coordinates, else "sync"); ``cand_cap`` and ``blocks_per_sm`` as
+    for ``topk``.
+    """
+    if tail == "auto":
+        tail = "dev" if d <= DEV_UNSKETCH_MAX_D else "sync"
+    if tail == "dev":
+        return _topk_dev(table, d, k, keys, version, dense=True, cand_cap=cand_cap, blocks_per_sm=blocks_per_sm)
+    if tail != "sync":
+        raise _tail_error(tail, TOPK_TAILS + ("auto",))
     cp = _cp()
     with table.device:
-        idx, val = _topk_sync(table, d, k, keys, version)
+        idx, val = _topk_sync(table, d, k, keys, version, cand_cap, blocks_per_sm)
         out = cp.zeros(d, dtype=table.dtype)
         out[idx] = val
         return out
 
 
-def _topk_dev(table, d, k, keys, version, dense=False):
-    """Top-k with every count kept on the device: the host enqueues the chain and never waits.
+def _chain_launcher(version, d, blocks_per_sm, only=None):
+    """``launch(expr, args)`` for ``_cuda_topk.topk_dev``: one grid for d items, kernels looked up
+    once per call (the host must stay ahead of the device).  ``only``: a prefix of the
+    expressions to launch, the others skipped (the benchmark's pass-1 breakdown)."""
+    grid, block, fns = (_grid(d, blocks_per_sm),), (_BLOCK,), {}
 
-    Estimates + 12-bit histogram + pick (last block), compaction of the entries above
-    the picked bin (output) and in it (candidates), refinement passes over the
-    candidates down to one key, selection of exactly k, then one sort.  float32 with
-    ``d <= 2**32`` selects on |v| then the reversed index, so the result is exactly the
-    first k by (|v| descending, index ascending), and sorts packed u64 keys; otherwise
-    two stable argsorts give that order to the k taken (ties at the k-th magnitude
-    taken in atomic order).  ``dense`` (the unsketch): with packed keys, the estimate
-    buffer itself becomes the result, every entry outside the top k zeroed in one pass
-    (no output buffer, no sort); otherwise the top k are scattered into zeros.
-    """
+    def launch(expr, args):
+        if only is not None and not expr.startswith(only):
+            return
+        fn = fns.get(expr)
+        if fn is None:
+            fn = fns[expr] = _fn(expr, version)
+        fn(grid, block, args)
+    return launch
+
+
+def _topk_dev(table, d, k, keys, version, dense=False, cand_cap=None, blocks_per_sm=BLOCKS_PER_SM, only=None):
+    """The "dev" top-k chain (``_cuda_topk.topk_dev``) on the device: the host never waits."""
     cp = _cp()
     with table.device:
-        dt = table.dtype
-        sfx = _sfx(table)
-        kbits = _KEY_BITS[dt.name]
-        cap = max(1, _options["cand_cap"] or max(2 * k, 1 << 16))
-        packed = dt == np.float32 and d <= 2**32
-        if dense and not packed:
-            idx, val = _topk_dev(table, d, k, keys, version)
-            out = cp.zeros(d, dtype=dt)
-            out[idx] = val
-            return out
-        ib = (d - 1).bit_length() if packed else 0   # index bits of the select key: see skt_ckey
-        work = cp.zeros((1 << _HIST_BITS) + _cuda_src.TOPK_WORDS, dtype=np.uint64)  # one memset
-        hist, state = work[:1 << _HIST_BITS], work[1 << _HIST_BITS:]
-        est = cp.empty(d, dtype=dt)
-        cand_idx, cand_val = cp.empty(cap, np.int64), cp.empty(cap, dt)
-        if dense:
-            out_key, out_idx, out_val = _NULL, _NULL, _NULL
-        elif packed:
-            out_key, out_idx, out_val = cp.empty(k, np.uint64), _NULL, _NULL
-        else:
-            out_key, out_idx, out_val = _NULL, cp.empty(k, np.int64), cp.empty(k, dt)
-        t, kk, rows, cols = _table_args(table, keys)
-        r = int(rows) if int(rows) in _cuda_src.MEDIAN_ROWS else 0
-        grid, block, n, ncap = (_grid(d),), (_BLOCK,), np.int64(d), np.int64(cap)
-        # The host must stay ahead of the device here: grid and kernels looked up once.
-        groups = "4" if version == 2 and _aligned(table) else ""   # version 2: 16-byte gathers
-        estimates, compact, refine, select, mask = (_fn(name, version) for name in (
-            f"skt_estimates{groups}_{sfx}_r{r}", "skt_compact_" + sfx, "skt_refine_" + sfx, "skt_select_" + sfx,
-            "skt_mask_" + sfx))
-        nib = np.int32(ib)
-        estimates(grid, block, (t, kk, rows, cols, n, est, hist, state, np.uint64(k), np.int32(kbits), nib))
-        compact(grid, block, (est, n, state, cand_idx, cand_val, ncap, out_idx, out_val, out_key, nib))
-        for _ in range(-(-(kbits + ib - _HIST_BITS) // _HIST_BITS)):  # no-ops once resolved
-            refine(grid, block, (est, n, cand_idx, cand_val, ncap, hist, state, nib))
-        if dense:
-            mask(grid, block, (est, n, state, nib))
-            return est
-        select(grid, block, (est, n, cand_idx, cand_val, ncap, state, out_idx, out_val, out_key, nib))
-        del est, cand_idx, cand_val
-        if packed:
-            out_key.sort()
-            idx, val = cp.empty(k, np.int64), cp.empty(k, dt)
-            _launch("skt_unpack_f32", k, (out_key, np.int64(k), idx, val), version=version)
-            return idx, val
-        first = cp.argsort(out_idx)                       # stable sorts: index, then -|v|
-        order = first[cp.argsort(-cp.abs(out_val[first]))]
-        return out_idx[order], out_val[order]
+        cap = max(1, cand_cap or _cuda_topk.default_cap(k))
+        groups = version == 2 and _aligned(table)    # version 2: 16-byte gathers
+        return _cuda_topk.topk_dev(cp, _chain_launcher(version, d, blocks_per_sm, only), cp.argsort, table,
+                                   _dev_keys(keys), d, k, groups, cap, dense=dense)
 
 
-def _topk_sync(table, d, k, keys, version):
+def _topk_sync(table, d, k, keys, version, cand_cap=None, blocks_per_sm=BLOCKS_PER_SM):
     """Top-k reading the radix counts back once per pass (the first design)."""
     cp = _cp()
     with table.device:
         dt = table.dtype
-        sfx = _sfx(table)
-        cap = _options["cand_cap"] or max(2 * k, 1 << 16)
+        cap = cand_cap or _cuda_topk.default_cap(k)
         cap = max(cap, k)  # room for the whole answer even when every candidate ties
         est = cp.empty(d, dtype=dt)
         hist = cp.zeros(1 << _HIST_BITS, dtype=np.uint64)
         state = cp.empty(3, dtype=np.uint64)  # sk_radix_pick always writes it
         pshift = _KEY_BITS[dt.name]
         width = min(_HIST_BITS, pshift)
-        _estimates(table, keys, version, None, d, est, hist=hist, prefix=0, shift=pshift - width, width=width)
+        _estimates(table, keys, version, None, d, est, hist=hist, prefix=0, shift=pshift - width, width=width,
+                   blocks_per_sm=blocks_per_sm)
         prefix, above_total, need = 0, 0, k
         while True:
             b, above, eq = _pick(hist, width, need, state, version)
@@ -513,16 +426,16 @@ def _topk_sync(table, d, k, keys, version):
                 break
             width = min(_HIST_BITS, pshift)
             hist.fill(0)
-            _launch("sk_radix_hist_" + sfx, d,
+            _launch(_k("sk_radix_hist", table), d,
                     (est, np.int64(d), hist, np.uint64(prefix), np.int32(pshift - width), np.int32(width)),
-                    version=version)
+                    version=version, blocks_per_sm=blocks_per_sm)
         n_cand = min(eq, cap)
         n_out = above_total + n_cand
         out_idx, out_val, out_key = cp.empty(n_out, np.int64), cp.empty(n_out, dt), cp.empty(n_out, dt)
         counters = cp.zeros(2, dtype=np.uint64)
-        _launch("sk_radix_compact_" + sfx, d,
+        _launch(_k("sk_radix_compact", table), d,
                 (est, np.int64(d), np.uint64(prefix), np.int32(pshift), out_idx, out_val, out_key, counters,
-                 np.int64(above_total), np.int64(n_cand)), version=version)
+                 np.int64(above_total), np.int64(n_cand)), version=version, blocks_per_sm=blocks_per_sm)
         del est
         # Every "sure" entry outranks every candidate, so one radix sort of -|v| over the
         # k + a few candidates both selects and orders.  (cupy.argpartition, tried first,
@@ -545,7 +458,7 @@ def heavy(table, d, threshold, keys, version):
         if m == 0:
             return out_idx, out_val
         n_out = cp.zeros(1, dtype=np.uint64)
-        _launch("sk_threshold_compact_" + _sfx(table), d,
+        _launch(_k("sk_threshold_compact", table), d,
                 (est, np.int64(d), thr, out_idx, out_val, n_out, np.int64(m)), version=version)
         del est
         order = cp.argsort(out_idx)
@@ -557,7 +470,7 @@ def zero_buckets(table, indices, keys, version):
     with table.device:
         t, k, rows, cols = _table_args(table, keys)
         n = indices.shape[0]
-        _launch("sk_zero_buckets_" + _sfx(table), n, (indices, np.int64(n), t, k, rows, cols), version=version)
+        _launch(_k("sk_zero_buckets", table), n, (indices, np.int64(n), t, k, rows, cols), version=version)
 
 
 def l2_estimate(table):
