@@ -60,7 +60,6 @@ __all__ = []
 
 NAME = "cupy"
 ARRAY_LIBRARY = "cupy"
-DEVICE_KIND = "cuda"
 
 TOPK_TAILS = ("sync", "dev")
 # Default tail of ``topk``: "sync" (H100, k = 50,000: 0.50 vs 0.57 ms at d = 6.57M, 5.17 vs
@@ -202,11 +201,11 @@ def all_finite(x):
     cp = _cp()
     with x.device:
         if x.dtype.name not in _cuda_src.CTYPES or not x.flags.c_contiguous:
-            return bool(cp.isfinite(x).all())
+            return bool(to_host_scalars(cp.isfinite(x).all())[0])
         bad = cp.zeros(1, dtype=np.int32)
         if x.size:
             _launch(_k("sk_all_finite", x), x.size, (x, np.int64(x.size), bad))
-        return not bool(bad.get()[0])
+        return not bool(to_host_scalars(bad)[0])
 
 
 # -------------------------------------------------------------------------- inserts
@@ -332,7 +331,7 @@ def _pick(hist, width, need, state, version):
     """Find, on the device, the bin where the count from the top reaches ``need``; read it back."""
     _fn(_cuda_src.kernel("sk_radix_pick"), version)((1,), (_cuda_src.PICK_BLOCK,),
                                                     (hist, np.int32(1 << width), np.uint64(need), state))
-    b, above, eq = (int(v) for v in state.get())
+    b, above, eq = (int(v) for v in to_host_scalars(state))
     return b, above, eq
 
 
@@ -453,7 +452,7 @@ def heavy(table, d, threshold, keys, version):
         est = cp.empty(d, dtype=dt)
         count = cp.zeros(1, dtype=np.uint64)
         _estimates(table, keys, version, None, d, est, count=count, thr=thr)
-        m = int(count.get()[0])
+        m = int(to_host_scalars(count)[0])
         out_idx, out_val = cp.empty(m, np.int64), cp.empty(m, dt)
         if m == 0:
             return out_idx, out_val
@@ -478,7 +477,7 @@ def l2_estimate(table):
     cp = _cp()
     with table.device:
         t = table.astype(cp.float64)
-        row_sq = cp.asnumpy((t * t).sum(axis=1))
+        row_sq = np.array(to_host_scalars((t * t).sum(axis=1)))
         return float(np.sqrt(np.median(row_sq)))
 
 
