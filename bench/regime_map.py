@@ -333,6 +333,12 @@ def summarize(setup, rows):
     return out
 
 
+def _approx_d(point):
+    """The model dimension for ordering work (exact for the linear model, a guess otherwise)."""
+    o = point["task"]["options"]
+    return o["features"] * o.get("classes", 10) if "features" in o else 30_000
+
+
 def _num_classes(point):
     """Class count of a point's task (for the chance level of a diverged run)."""
     return int(point["task"]["options"].get("classes", 10))
@@ -371,6 +377,7 @@ def plot(summary, out_dir, title):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     diffs = point_diffs(summary)
     if not diffs:
@@ -386,13 +393,16 @@ def plot(summary, out_dir, title):
             if m not in e:
                 continue
             v = e[m]
-            sc = ax.scatter([e["x"]], [e["y"]], c=[v], cmap="RdBu", vmin=-vmax, vmax=vmax, s=900,
+            sc = ax.scatter([e["x"]], [e["y"]], c=[v], cmap="RdBu", vmin=-vmax, vmax=vmax, s=700,
                             marker=markers.get(e["task"], "P"),
                             edgecolors="red" if (m in e["unmatched"] or (m == "best" and e["unmatched"])) else "k",
                             linewidths=2.5 if e["unmatched"] else 0.8)
             ax.annotate(f"{v:+.3f}", (e["x"], e["y"]), ha="center", va="center", fontsize=7)
         ax.set_xscale("log")
         ax.set_yscale("log")
+        ax.margins(0.25)
+        for axis in (ax.xaxis, ax.yaxis):
+            axis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.set_xlabel("W·k/d (FetchSGD's k)")
         ax.set_title(name)
         ax.grid(True, which="both", alpha=0.3)
@@ -410,22 +420,22 @@ def plot(summary, out_dir, title):
     points = list(dict.fromkeys(r["point"] for r in summary))
     methods = list(dict.fromkeys(r["method"] for r in summary))
     fig, ax = plt.subplots(figsize=(max(8, 1.3 * len(points)), 5))
-    width = 0.8 / len(methods)
+    width = 0.8 / (2 * len(methods))
     colours = {"fetchsgd": "tab:blue", "local_topk": "tab:orange", "fedavg": "tab:green"}
     for j, m in enumerate(methods):
         for i, p in enumerate(points):
             r = next((r for r in summary if r["point"] == p and r["method"] == m), None)
             if r is None:
                 continue
-            x = i + (j - (len(methods) - 1) / 2) * width
+            x = i - 0.4 + (2 * j + 0.5) * width
             ax.bar(x, r["up_MB"], width, color=colours.get(m, "gray"), hatch="//", edgecolor="k",
                    label=f"{m} up" if i == 0 else None)
-            ax.bar(x, r["down_MB"], width, bottom=r["up_MB"], color=colours.get(m, "gray"), alpha=0.5,
+            ax.bar(x + width, r["down_MB"], width, color=colours.get(m, "gray"), alpha=0.45,
                    edgecolor="k", label=f"{m} down" if i == 0 else None)
     ax.set_xticks(range(len(points)))
     ax.set_xticklabels(points, rotation=30, ha="right", fontsize=8)
     ax.set_yscale("log")
-    ax.set_ylabel("MB per run (up: hatched, down: light)")
+    ax.set_ylabel("MB per run, all clients (up: hatched, down: light)")
     ax.set_title("Upload / download per method at matched overall compression")
     ax.legend(fontsize=7, ncol=3)
     fig.tight_layout()
@@ -503,7 +513,8 @@ def run_study(setup, out_dir, log=print):
             rows += prow
             log(f"pilot {name}: lrs {best}")
         futs = []
-        for p in points:
+        # Longest first (cost ~ W d), so the workers finish together.
+        for p in sorted(points, key=lambda q: -q["W"] * _approx_d(q)):
             t = p["task"]
             src = t.get("lr_from", t["name"])
             chosen = lrs.get(src) or {m: _base_lr(setup, p) for m in study["methods"]}
@@ -538,6 +549,18 @@ def _map(pool, futs):
         yield f.result()
 
 
+def read_points(path):
+    """Summary rows back from a points.csv (numbers parsed), for --replot."""
+    with open(path) as fh:
+        rows = list(csv.DictReader(fh))
+    for r in rows:
+        for k, v in r.items():
+            if k in ("point", "task", "method", "accs"):
+                continue
+            r[k] = v == "True" if k == "matched" else float(v)
+    return rows
+
+
 def main(argv=None):
     """CLI entry point."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -548,7 +571,11 @@ def main(argv=None):
     ap.add_argument("--jobs", type=int)
     ap.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     ap.add_argument("--out")
+    ap.add_argument("--replot", metavar="DIR", help="redraw the figures of a finished study from its points.csv")
     args = ap.parse_args(argv)
+    if args.replot:
+        plot(read_points(Path(args.replot) / "points.csv"), args.replot, f"Regime map ({Path(args.replot).name})")
+        return 0
     try:
         setup = load_study(args.config, grid=args.grid, smoke=args.smoke, seeds=args.seeds, jobs=args.jobs,
                            device=args.device)
