@@ -14,6 +14,7 @@ Usage::
 
     python bench/regime_map.py [--config fedsim/configs/regime_map.toml] [--grid full]
                                [--smoke] [--seeds N] [--jobs J] [--device cpu|cuda] [--out DIR]
+                               [--resume] [--replot DIR]
 
 Writes to ``--out`` (default ``runs/regime_map`` or ``runs/regime_map_smoke``): ``runs.csv``
 (every run, calibration and pilot included), ``points.csv`` (one row per point and method),
@@ -486,8 +487,36 @@ def _available(point):
     return None
 
 
-def run_study(setup, out_dir, log=print):
-    """Run the grid; write runs.csv, points.csv, summary.md and the plots; returns the summary rows."""
+def _cache_key(setup, obj):
+    """What a cached pilot or point depends on (study settings, shared overrides, the point)."""
+    blob = {"study": setup["study"], "base": setup["base"], "obj": obj}
+    return json.dumps(blob, sort_keys=True, default=str)
+
+
+def _cached(out_dir, name, key):
+    """A cached result of a finished pilot or point (None if absent or for other settings)."""
+    path = Path(out_dir) / "cache" / f"{name}.json"
+    if not path.exists():
+        return None
+    saved = json.loads(path.read_text())
+    return saved["value"] if saved.get("key") == key else None
+
+
+def _store(out_dir, name, key, value):
+    """Atomically cache a finished pilot or point."""
+    path = Path(out_dir) / "cache" / f"{name}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"key": key, "value": value}))
+    os.replace(tmp, path)
+
+
+def run_study(setup, out_dir, log=print, resume=False):
+    """Run the grid; write runs.csv, points.csv, summary.md and the plots; returns the summary rows.
+
+    With `resume`, pilots and points finished by an earlier call with the same settings (cached
+    under ``out_dir/cache``) are not run again.
+    """
     start = time.perf_counter()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -500,27 +529,43 @@ def run_study(setup, out_dir, log=print):
     pilots = {}
     for p in points:
         t = p["task"]
-        if p.get("pilot") and t["name"] not in pilots and "lr_from" not in t:
+        if p.get("pilot") and t["name"] not in pilots:
             pilots[t["name"]] = p
-    rows = []
-    lrs = {}
+    rows, lrs, keys = [], {}, {}
     jobs = int(study["jobs"])
     pool = ProcessPoolExecutor(jobs) if jobs > 1 else None
     try:
-        futs = [(_pilot_job, (setup, p)) for p in pilots.values()]
+        futs = []
+        for name, p in pilots.items():
+            hit = _cached(out_dir, f"pilot_{name}", _cache_key(setup, p)) if resume else None
+            if hit is not None:
+                lrs[name], prow = hit
+                rows += prow
+                log(f"pilot {name}: cached, lrs {lrs[name]}")
+            else:
+                futs.append((_pilot_job, (setup, p)))
         for name, (best, prow) in _map(pool, futs):
             lrs[name] = best
             rows += prow
+            _store(out_dir, f"pilot_{name}", _cache_key(setup, pilots[name]), [best, prow])
             log(f"pilot {name}: lrs {best}")
         futs = []
         # Longest first (cost ~ W d), so the workers finish together.
         for p in sorted(points, key=lambda q: -q["W"] * _approx_d(q)):
             t = p["task"]
-            src = t.get("lr_from", t["name"])
+            src = t["name"] if t["name"] in lrs else t.get("lr_from", t["name"])
             chosen = lrs.get(src) or {m: _base_lr(setup, p) for m in study["methods"]}
-            futs.append((_point_job, (setup, p, chosen)))
+            key = _cache_key(setup, [p, chosen])
+            hit = _cached(out_dir, f"point_{p['id']}", key) if resume else None
+            if hit is not None:
+                rows += hit
+                log(f"point {p['id']}: cached")
+            else:
+                futs.append((_point_job, (setup, p, chosen)))
+                keys[p["id"]] = key
         for pid, prow in _map(pool, futs):
             rows += prow
+            _store(out_dir, f"point_{pid}", keys[pid], prow)
             _write_csv(out_dir / "runs.csv", rows, RUN_FIELDS + ["target"])
             secs = sum(r["seconds"] for r in prow)
             log(f"point {pid}: {len(prow)} runs, {secs:.0f} s")
@@ -571,6 +616,7 @@ def main(argv=None):
     ap.add_argument("--jobs", type=int)
     ap.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     ap.add_argument("--out")
+    ap.add_argument("--resume", action="store_true", help="reuse the pilots and points already finished in --out")
     ap.add_argument("--replot", metavar="DIR", help="redraw the figures of a finished study from its points.csv")
     args = ap.parse_args(argv)
     if args.replot:
@@ -584,7 +630,7 @@ def main(argv=None):
         return 2
     out = args.out or str(ROOT / "runs" / ("regime_map_smoke" if args.smoke else f"regime_map_{setup['grid']}"))
     _malloc_keep()
-    run_study(setup, out, log=lambda m: print(m, flush=True))
+    run_study(setup, out, log=lambda m: print(m, flush=True), resume=args.resume)
     return 0
 
 
