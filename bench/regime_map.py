@@ -29,10 +29,11 @@ import csv
 import ctypes
 import json
 import math
+import multiprocessing
 import os
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from pathlib import Path
 
 # Numba kernels next to torch: passive OpenMP waits, one thread (the study runs one process a core).
@@ -531,47 +532,56 @@ def run_study(setup, out_dir, log=print, resume=False):
         t = p["task"]
         if p.get("pilot") and t["name"] not in pilots:
             pilots[t["name"]] = p
-    rows, lrs, keys = [], {}, {}
+    rows, lrs = [], {}
     jobs = int(study["jobs"])
-    pool = ProcessPoolExecutor(jobs) if jobs > 1 else None
+    # spawn: a worker must not inherit a parent's CUDA context (--device cuda).
+    pool = (ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) if jobs > 1
+            else _Inline())
+    running = {}  # future -> ("pilot", task name, cache key) or ("point", point id, cache key)
     try:
-        futs = []
         for name, p in pilots.items():
-            hit = _cached(out_dir, f"pilot_{name}", _cache_key(setup, p)) if resume else None
+            key = _cache_key(setup, p)
+            hit = _cached(out_dir, f"pilot_{name}", key) if resume else None
             if hit is not None:
                 lrs[name], prow = hit
                 rows += prow
                 log(f"pilot {name}: cached, lrs {lrs[name]}")
             else:
-                futs.append((_pilot_job, (setup, p)))
-        for name, (best, prow) in _map(pool, futs):
-            lrs[name] = best
-            rows += prow
-            _store(out_dir, f"pilot_{name}", _cache_key(setup, pilots[name]), [best, prow])
-            log(f"pilot {name}: lrs {best}")
-        futs = []
-        # Longest first (cost ~ W d), so the workers finish together.
-        for p in sorted(points, key=lambda q: -q["W"] * _approx_d(q)):
-            t = p["task"]
-            src = t["name"] if t["name"] in lrs else t.get("lr_from", t["name"])
-            chosen = lrs.get(src) or {m: _base_lr(setup, p) for m in study["methods"]}
-            key = _cache_key(setup, [p, chosen])
-            hit = _cached(out_dir, f"point_{p['id']}", key) if resume else None
-            if hit is not None:
-                rows += hit
-                log(f"point {p['id']}: cached")
-            else:
-                futs.append((_point_job, (setup, p, chosen)))
-                keys[p["id"]] = key
-        for pid, prow in _map(pool, futs):
-            rows += prow
-            _store(out_dir, f"point_{pid}", keys[pid], prow)
-            _write_csv(out_dir / "runs.csv", rows, RUN_FIELDS + ["target"])
-            secs = sum(r["seconds"] for r in prow)
-            log(f"point {pid}: {len(prow)} runs, {secs:.0f} s")
+                running[pool.submit(_pilot_job, setup, p)] = ("pilot", name, key)
+        # Longest first (cost ~ W d), so the workers finish together; a point waits for its pilot.
+        waiting = sorted(points, key=lambda q: -q["W"] * _approx_d(q))
+        while True:
+            for p in list(waiting):
+                chosen = _lrs_for(setup, p, pilots, lrs)
+                if chosen is None:
+                    continue
+                waiting.remove(p)
+                key = _cache_key(setup, [p, chosen])
+                hit = _cached(out_dir, f"point_{p['id']}", key) if resume else None
+                if hit is not None:
+                    rows += hit
+                    log(f"point {p['id']}: cached")
+                else:
+                    running[pool.submit(_point_job, setup, p, chosen)] = ("point", p["id"], key)
+            if not running:
+                break
+            done, _ = wait(list(running), return_when=FIRST_COMPLETED)
+            for fut in done:
+                kind, name, key = running.pop(fut)
+                if kind == "pilot":
+                    best, prow = fut.result()[1]
+                    lrs[name] = best
+                    rows += prow
+                    _store(out_dir, f"pilot_{name}", key, [best, prow])
+                    log(f"pilot {name}: lrs {best}")
+                else:
+                    prow = fut.result()[1]
+                    rows += prow
+                    _store(out_dir, f"point_{name}", key, prow)
+                    _write_csv(out_dir / "runs.csv", rows, RUN_FIELDS + ["target"])
+                    log(f"point {name}: {len(prow)} runs, {sum(r['seconds'] for r in prow):.0f} s")
     finally:
-        if pool is not None:
-            pool.shutdown()
+        pool.shutdown()
     _write_csv(out_dir / "runs.csv", rows, RUN_FIELDS + ["target"])
     summary = summarize(setup, rows)
     _write_csv(out_dir / "points.csv", summary, POINT_FIELDS)
@@ -583,15 +593,25 @@ def run_study(setup, out_dir, log=print, resume=False):
     return summary
 
 
-def _map(pool, futs):
-    """Run (fn, args) jobs in the pool (or inline), yielding results as they finish."""
-    if pool is None:
-        for fn, args in futs:
-            yield fn(*args)
-        return
-    pending = [pool.submit(fn, *args) for fn, args in futs]
-    for f in as_completed(pending):
-        yield f.result()
+class _Inline:
+    """A one-process stand-in for the pool: runs each job when it is submitted."""
+
+    def submit(self, fn, *args):
+        fut = Future()
+        fut.set_result(fn(*args))
+        return fut
+
+    def shutdown(self):
+        pass
+
+
+def _lrs_for(setup, point, pilots, lrs):
+    """The lrs a point uses: its task's pilot, else `lr_from`'s, else the base lr; None while pending."""
+    t = point["task"]
+    src = t["name"] if t["name"] in pilots else t.get("lr_from", t["name"])
+    if src in pilots:
+        return lrs.get(src)
+    return lrs.get(src) or {m: _base_lr(setup, point) for m in setup["study"]["methods"]}
 
 
 def read_points(path):
