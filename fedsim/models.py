@@ -14,7 +14,7 @@ from .errors import ModelError
 
 __all__ = ["MODELS", "RESNET9_CIFAR10_PARAMETERS", "build_model", "num_parameters"]
 
-MODELS = ("mlp", "cnn", "resnet9")
+MODELS = ("mlp", "cnn", "resnet9", "linear")
 RESNET9_CIFAR10_PARAMETERS = 6_568_640
 
 
@@ -93,6 +93,11 @@ def _mlp(input_shape, num_classes):
     )
 
 
+def _linear(input_shape, num_classes):
+    """Softmax regression: one linear layer on the flattened input (d = features * C + C)."""
+    return nn.Sequential(nn.Flatten(), nn.Linear(math.prod(input_shape), num_classes))
+
+
 def _cnn(input_shape, num_classes):
     """Two conv+pool stages (32, 64 channels) and a 128-unit hidden layer."""
     channels, height, width = input_shape
@@ -123,7 +128,8 @@ def build_model(name: str, input_shape: tuple, num_classes: int) -> nn.Module:
         ``"mlp"`` (any input shape; flattens it), ``"cnn"`` (images ``(C, H, W)`` with
         H, W >= 4; for digits, MNIST, FEMNIST) or ``"resnet9"`` (images ``(C, H, W)`` with
         H, W >= 8; the FetchSGD paper's ResNet9 without batch norm and biases, output
-        scaled by 0.125; 6,568,640 parameters for CIFAR-10).
+        scaled by 0.125; 6,568,640 parameters for CIFAR-10) or ``"linear"`` (any input
+        shape; softmax regression on the flattened input, for ``synthetic_highdim``).
     input_shape : tuple of int
         Shape of one sample, e.g. ``Dataset.input_shape``.
     num_classes : int
@@ -154,6 +160,8 @@ def build_model(name: str, input_shape: tuple, num_classes: int) -> nn.Module:
     if isinstance(num_classes, bool) or classes is None or classes < 2:
         raise ModelError(f"num_classes must be an integer >= 2, got {num_classes!r}")
     num_classes = classes
+    if name == "linear":
+        return _linear(input_shape, num_classes)
     if name != "mlp" and len(input_shape) != 3:
         raise ModelError(f"the {name!r} model needs images (C, H, W), got input_shape "
                          f"{input_shape}")

@@ -5,8 +5,10 @@ from ._dataset import Dataset
 from ..errors import DataError
 
 DATASETS = ("digits", "mnist", "femnist", "cifar10", "cifar100",
-            "synthetic_cifar10", "synthetic_cifar100")
+            "synthetic_cifar10", "synthetic_cifar100", "synthetic_highdim")
 _SYNTHETIC_OPTIONS = ("num_train", "num_test")
+_HIGHDIM_OPTIONS = ("features", "classes", "writers", "samples_per_writer", "num_test", "active",
+                    "home", "skew", "zipf", "importance", "signal")
 
 
 def load_dataset(name: str, root: str | None = None, *, seed: int = 0, **options) -> Dataset:
@@ -33,6 +35,11 @@ def load_dataset(name: str, root: str | None = None, *, seed: int = 0, **options
         - ``"synthetic_cifar10"`` / ``"synthetic_cifar100"``: see
           :func:`fedsim.data.synthetic_cifar`; options ``num_train`` (default 50,000) and
           ``num_test`` (default 10,000); deterministic from `seed`.
+        - ``"synthetic_highdim"``: sparse high-dimensional features with a client-skewed,
+          heavy-tailed support, for a softmax-linear model (``model.name = "linear"``;
+          d = features * classes + classes, about 1M by default); one writer per client
+          (``data.partition = "natural"``). See :func:`fedsim.data.synthetic_highdim` for its
+          options; deterministic from `seed`.
 
         CIFAR and MNIST pixels are scaled to [0, 1] and then standardized per channel with
         the training set's mean and standard deviation (applied to both splits).
@@ -42,7 +49,8 @@ def load_dataset(name: str, root: str | None = None, *, seed: int = 0, **options
         Seed of the digits split and of the synthetic data; file datasets keep their
         official splits.
     **options
-        Only for the synthetic datasets: ``num_train``, ``num_test``.
+        Only for the synthetic datasets: ``num_train``, ``num_test`` (CIFAR-shaped), or the
+        options of :func:`fedsim.data.synthetic_highdim`.
 
     Returns
     -------
@@ -58,7 +66,7 @@ def load_dataset(name: str, root: str | None = None, *, seed: int = 0, **options
     if name not in DATASETS:
         raise DataError(f"unknown dataset {name!r}; valid names: {', '.join(DATASETS)}")
     synthetic = name.startswith("synthetic_")
-    allowed = _SYNTHETIC_OPTIONS if synthetic else ()
+    allowed = (_HIGHDIM_OPTIONS if name == "synthetic_highdim" else _SYNTHETIC_OPTIONS) if synthetic else ()
     unknown = sorted(set(options) - set(allowed))
     if unknown:
         raise DataError(f"dataset {name!r} takes no option(s) {', '.join(unknown)}; "
@@ -75,5 +83,8 @@ def load_dataset(name: str, root: str | None = None, *, seed: int = 0, **options
     if name in ("cifar10", "cifar100"):
         from ._cifar import load_cifar
         return load_cifar(name, root)
+    if name == "synthetic_highdim":
+        from ._highdim import synthetic_highdim
+        return synthetic_highdim(seed=seed, **options)
     from ._synthetic import synthetic_cifar
     return synthetic_cifar(num_classes=int(name[len("synthetic_cifar"):]), seed=seed, **options)
