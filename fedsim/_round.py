@@ -83,9 +83,11 @@ class RoundContext:
         orders = [[torch.from_numpy(np.random.default_rng([sim.seed, 3, self.round, int(c), e])
                                     .permutation(x.shape[0])).to(x.device) for e in range(epochs)]
                   for c, (x, _) in zip(self.my_ids, data)]
+        augments = [sim.local_augment(self.round, c) for c in self.my_ids]
+        extra = {} if augments[0] is None else {"augments": augments}
         deltas = sim.engine.local_train(sim.model, self.params, data, lr=float(self.lr), epochs=int(epochs),
                                         batch_size=batch_size, orders=orders,
-                                        weight_decay=float(self.weight_decay))
+                                        weight_decay=float(self.weight_decay), **extra)
         finite = torch.isfinite(deltas).all(dim=1).tolist()
         self._check([c for c, ok in zip(self.my_ids, finite) if not ok], "the local model change")
         return deltas

@@ -13,9 +13,10 @@ An engine implements:
 ``gradients(model, flat_params, batches) -> Tensor (W, d)``
     One gradient per client.
 ``local_train(model, flat_params, batches, *, lr, epochs=1, batch_size=None, orders=None,
-weight_decay=0.0) -> Tensor (W, d)``
+weight_decay=0.0, augments=None) -> Tensor (W, d)``
     FedAvg's local SGD; returns ``final_params - flat_params`` per client.
-    ``orders[i][e]`` is the sample permutation of client i in epoch e.
+    ``orders[i][e]`` is the sample permutation of client i in epoch e;
+    ``augments[i](x, e)`` (optional) augments client i's ordered samples of epoch e.
 """
 import importlib
 
@@ -45,7 +46,7 @@ class ClientEngine:
         raise NotImplementedError
 
     def local_train(self, model, flat_params, batches, *, lr, epochs=1, batch_size=None, orders=None,
-                    weight_decay=0.0):
+                    weight_decay=0.0, augments=None):
         """Per-client weight change after local SGD, shape (W, d)."""
         raise NotImplementedError
 
@@ -98,7 +99,7 @@ class LoopEngine(ClientEngine):
         return out
 
     def local_train(self, model, flat_params, batches, *, lr, epochs=1, batch_size=None, orders=None,
-                    weight_decay=0.0):
+                    weight_decay=0.0, augments=None):
         """Plain local SGD per client (minibatches in the given orders); returns deltas."""
         out = torch.empty((len(batches), flat_params.shape[0]), dtype=flat_params.dtype,
                           device=flat_params.device)
@@ -111,6 +112,8 @@ class LoopEngine(ClientEngine):
                     xe, ye = x[perm], y[perm]
                 else:
                     xe, ye = x, y
+                if augments is not None:
+                    xe = augments[i](xe, e)
                 for lo in range(0, x.shape[0], bs):
                     g = _loss_grad(model, p, xe[lo:lo + bs], ye[lo:lo + bs])
                     if weight_decay:

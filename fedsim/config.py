@@ -53,6 +53,7 @@ class DataConfig:
     classes_per_client: int = 1
     samples_per_client: typing.Optional[int] = None
     batch_size: typing.Optional[int] = None  # a client's batch per round; None: all its samples
+    augment: str = "none"  # "crop_flip": random crop (4-pixel zero padding) + horizontal flip, on the device
 
 
 @dataclass
@@ -266,6 +267,8 @@ def _validate_section(name, obj):
         _check(obj.batch_size is None or obj.batch_size > 0, f"data.batch_size must be positive, got {obj.batch_size}")
         _check(obj.samples_per_client is None or obj.samples_per_client > 0,
                f"data.samples_per_client must be positive, got {obj.samples_per_client}")
+        from ._augment import AUGMENTATIONS
+        _check(obj.augment in AUGMENTATIONS, f"data.augment must be one of {AUGMENTATIONS}, got {obj.augment!r}")
     elif name == "train":
         _check(obj.rounds > 0, f"train.rounds must be positive, got {obj.rounds}")
         _check(obj.clients_per_round > 0, f"train.clients_per_round must be positive, got {obj.clients_per_round}")

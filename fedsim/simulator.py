@@ -23,6 +23,7 @@ import torch
 from torch.func import functional_call
 from torch.nn import functional as F
 
+from ._augment import augment, augment_key
 from ._flat import fixed_tensors, flatten_params, param_views
 from ._schedule import learning_rate
 from .accounting import Accountant, reference_bytes
@@ -37,6 +38,7 @@ __all__ = ["Simulation", "RunResult", "ExperimentResult", "run_experiment", "Com
            "LocalCommunicator", "RoundContext"]
 
 CHECKPOINT_NAME = "checkpoint.ckpt"
+_AUGMENT_TAG = 4  # randomness tags: 1 client sampling, 2 batches, 3 FedAvg orders, 4 augmentation
 _EVAL_BATCH = 2048
 
 
@@ -133,6 +135,9 @@ class Simulation:
         if tr.clients_per_round > self.num_clients:
             raise ConfigError(f"train.clients_per_round = {tr.clients_per_round} exceeds the "
                               f"{self.num_clients} clients")
+        if dc.augment != "none" and dataset.x_train.ndim != 4:
+            raise ConfigError(f"data.augment = {dc.augment!r} needs images (N, C, H, W); dataset "
+                              f"{dataset.name!r} has samples of shape {tuple(dataset.x_train.shape[1:])}")
         self.x_train = torch.as_tensor(dataset.x_train, device=self.device)
         self.y_train = torch.as_tensor(dataset.y_train, device=self.device)
         self.x_test = torch.as_tensor(dataset.x_test, device=self.device)
@@ -173,7 +178,21 @@ class Simulation:
         if bs is not None and bs < idx.shape[0]:
             sel = np.sort(np.random.default_rng([self.seed, 2, t, int(c)]).choice(idx.shape[0], bs, replace=False))
             idx = idx[torch.from_numpy(sel).to(self.device)]
-        return self.x_train[idx], self.y_train[idx]
+        x = self.x_train[idx]
+        if self.spec.data.augment != "none":
+            x = augment(self.spec.data.augment, x, augment_key(self.seed, _AUGMENT_TAG, t, int(c)))
+        return x, self.y_train[idx]
+
+    def local_augment(self, t, c):
+        """FedAvg: ``fn(x, epoch)`` augmenting client ``c``'s epoch data in round ``t`` (None: no augmentation).
+
+        The key is ``(seed, round, client, epoch)``; a sample's draw also depends on
+        its position in the epoch's order, so every local step draws afresh.
+        """
+        name = self.spec.data.augment
+        if name == "none":
+            return None
+        return lambda x, epoch: augment(name, x, augment_key(self.seed, _AUGMENT_TAG, t, int(c), epoch))
 
     def _weights(self, batches_all):
         """Client weights of the round (sum to 1): by samples or uniform."""

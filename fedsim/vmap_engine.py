@@ -316,7 +316,7 @@ class VmapEngine:
         return out
 
     def local_train(self, model, flat_params, batches, *, lr, epochs=1, batch_size=None,
-                    orders=None, weight_decay=0.0):
+                    orders=None, weight_decay=0.0, augments=None):
         """FedAvg's local training of every client together; returns the ``(W, d)`` deltas.
 
         Each client starts from ``flat_params`` and runs ``epochs`` passes of
@@ -337,6 +337,8 @@ class VmapEngine:
             ``orders[i][e]``: the permutation client i uses in epoch e.
         weight_decay : float, default 0.0
             Added to each local gradient as ``weight_decay * w``.
+        augments : sequence of callables, optional
+            ``augments[i](x, e)`` augments client i's samples of epoch e (after ordering).
 
         Returns
         -------
@@ -353,6 +355,8 @@ class VmapEngine:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
         if orders is not None and len(orders) != len(batches):
             raise ValueError(f"orders has {len(orders)} entries for {len(batches)} clients")
+        if augments is not None and len(augments) != len(batches):
+            raise ValueError(f"augments has {len(augments)} entries for {len(batches)} clients")
         fixed = fixed_tensors(model)
         device, dtype = flat_params.device, flat_params.dtype
         step_grad = vmap(grad(self._client_loss(model, fixed)), in_dims=(0, 0, 0, 0))
@@ -361,15 +365,17 @@ class VmapEngine:
         for start in range(0, len(batches), chunk):
             part = batches[start:start + chunk]
             part_orders = None if orders is None else orders[start:start + chunk]
+            part_aug = None if augments is None else augments[start:start + chunk]
             final = self._local_chunk(step_grad, param_views(model, flat_params.detach()), part, part_orders,
-                                      lr, epochs, batch_size, weight_decay, device, dtype)
+                                      lr, epochs, batch_size, weight_decay, device, dtype, part_aug)
             rows = out[start:start + len(part)]
             _flatten_into(final, rows)
             rows -= flat_params.detach()
         return out
 
     @staticmethod
-    def _local_chunk(step_grad, start, part, orders, lr, epochs, batch_size, weight_decay, device, dtype):
+    def _local_chunk(step_grad, start, part, orders, lr, epochs, batch_size, weight_decay, device, dtype,
+                     augments=None):
         """Local SGD of one chunk of clients; returns their final parameters (dict of stacks)."""
         sizes = [int(x.shape[0]) for x, _ in part]
         n_max = max(sizes)
@@ -380,7 +386,8 @@ class VmapEngine:
             ordered = []
             for i, (x, y) in enumerate(part):
                 perm = None if orders is None else torch.as_tensor(orders[i][epoch]).to(x.device)
-                ordered.append((x, y) if perm is None else (x[perm], y[perm]))
+                xo, yo = (x, y) if perm is None else (x[perm], y[perm])
+                ordered.append((xo if augments is None else augments[i](xo, epoch), yo))
             xs, ys, mask = VmapEngine._pad(ordered, device, dtype)
             for lo in range(0, n_max, bs):
                 m = mask[:, lo:lo + bs]
