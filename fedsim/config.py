@@ -45,7 +45,9 @@ class DataConfig:
 
     dataset: str = "digits"
     root: typing.Optional[str] = None
-    # Used, with a warning, when the dataset's files are missing (e.g. "synthetic_cifar10").
+    # Used, with a warning, when the dataset's files are missing: "synthetic" (the dataset's
+    # synthetic stand-in, e.g. synthetic_cifar10) or a dataset name. None: missing files stop
+    # the run. Every output of a run on synthetic data says "synthetic".
     fallback: typing.Optional[str] = None
     partition: str = "pathological"
     num_clients: int = 100
@@ -267,6 +269,9 @@ def _validate_section(name, obj):
         _check(obj.batch_size is None or obj.batch_size > 0, f"data.batch_size must be positive, got {obj.batch_size}")
         _check(obj.samples_per_client is None or obj.samples_per_client > 0,
                f"data.samples_per_client must be positive, got {obj.samples_per_client}")
+        from .data import DATASETS
+        _check(obj.fallback is None or obj.fallback == "synthetic" or obj.fallback in DATASETS,
+               f"data.fallback must be 'synthetic' or a dataset name ({', '.join(DATASETS)}), got {obj.fallback!r}")
         from ._augment import AUGMENTATIONS
         _check(obj.augment in AUGMENTATIONS, f"data.augment must be one of {AUGMENTATIONS}, got {obj.augment!r}")
     elif name == "train":

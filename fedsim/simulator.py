@@ -61,6 +61,8 @@ class RunResult:
     seconds: float
     d: int
     config_hash: str
+    dataset: str = ""  # the dataset actually used (a fallback's name when one was used)
+    synthetic: bool = False  # trained and evaluated on generated data, not the real files
     history: list = field(default_factory=list, repr=False)
 
     @property
@@ -376,9 +378,10 @@ class Simulation:
         acc = evals[-1]["test_acc"] if evals and status == "ok" else float("nan")
         loss = evals[-1]["test_loss"] if evals and status == "ok" else float("nan")
         st = self.accountant.state
+        name = self.dataset.name
         return RunResult(self.spec.label, self.spec.group, self.spec.rule.name, status, message, self.t, acc, loss,
                          st.up, st.down, ref_up, ref_down, self.elapsed, self.d, self.config_hash,
-                         list(self.history))
+                         dataset=name, synthetic=is_synthetic(name), history=list(self.history))
 
 
 def _progress(label, total, initial, enabled):
@@ -394,18 +397,46 @@ def _safe_name(label):
     return "".join(ch if ch.isalnum() or ch in "-_.=," else "_" for ch in label.replace("]", ""))
 
 
+def is_synthetic(dataset_name):
+    """Whether a dataset name is generated data (``synthetic_*``), not real files."""
+    return str(dataset_name).startswith("synthetic")
+
+
+def _fallback_name(data_cfg):
+    """The dataset that ``data.fallback`` names (``"synthetic"``: the dataset's synthetic stand-in)."""
+    from .data import DATASETS
+
+    if data_cfg.fallback != "synthetic":
+        return data_cfg.fallback
+    name = f"synthetic_{data_cfg.dataset}"
+    if name not in DATASETS:
+        stand_ins = [d for d in DATASETS if is_synthetic(d)]
+        raise ConfigError(f"data.fallback = 'synthetic': dataset {data_cfg.dataset!r} has no synthetic stand-in "
+                          f"(there are {', '.join(stand_ins)}); provide its files or name a fallback dataset")
+    return name
+
+
 def load_run_dataset(data_cfg, seed, log=None):
-    """Load ``data_cfg.dataset``; if its files are missing and a fallback is set, load that instead."""
+    """Load ``data_cfg.dataset``; if its files are missing and a fallback is set, load that instead.
+
+    Without ``data.fallback`` missing files stop the run (FileNotFoundError, saying how to
+    opt in to synthetic data); a fallback is announced as a warning, and a synthetic
+    dataset marks every output of the run (see :func:`is_synthetic`).
+    """
     from .data import load_dataset
 
     try:
         return load_dataset(data_cfg.dataset, data_cfg.root, seed=seed)
     except FileNotFoundError as exc:
         if not data_cfg.fallback:
-            raise
+            raise FileNotFoundError(f"{exc} (no data.fallback is set, so the run stops rather than train on "
+                                    f"other data; set data.fallback = \"synthetic\" to run on generated "
+                                    f"stand-in data, labelled synthetic in every output)") from exc
+        name = _fallback_name(data_cfg)
         warn = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
-        warn(f"warning: {exc}; using data.fallback = {data_cfg.fallback!r} instead")
-        return load_dataset(data_cfg.fallback, data_cfg.root, seed=seed)
+        warn(f"warning: {exc}; using data.fallback = {data_cfg.fallback!r} ({name}) instead"
+             + (": SYNTHETIC data, every output is labelled so" if is_synthetic(name) else ""))
+        return load_dataset(name, data_cfg.root, seed=seed)
 
 
 def run_experiment(cfg, *, only=None, out_dir=None, resume=False, stop_after_round=None, progress=None,
