@@ -83,6 +83,7 @@ class TrainConfig:
     memory_budget_mb: typing.Optional[float] = None
     eval_every: int = 10
     threads: typing.Optional[int] = None  # torch CPU threads; None leaves torch's default
+    accounting: str = "fedsim"  # "reference": 4 B per changed weight / top-k value, indices free
 
 
 @dataclass
@@ -289,6 +290,8 @@ def _validate_section(name, obj):
         _check(obj.engine in ENGINES, f"train.engine must be one of {sorted(ENGINES)}, got {obj.engine!r}")
         _check(obj.eval_every > 0, f"train.eval_every must be positive, got {obj.eval_every}")
         _check(obj.threads is None or obj.threads > 0, f"train.threads must be positive, got {obj.threads}")
+        from .accounting import ACCOUNTINGS
+        _check(obj.accounting in ACCOUNTINGS, f"train.accounting must be one of {ACCOUNTINGS}, got {obj.accounting!r}")
     elif name == "rule":
         from .rules import RULES
         _check(obj.name in RULES, f"unknown rule {obj.name!r}; choose one of {sorted(RULES)}")

@@ -149,7 +149,8 @@ class Simulation:
         self.model = build_model(spec.model.name, dataset.input_shape, dataset.num_classes).to(self.device)
         self.params = flatten_params(self.model, self.device)
         self.d = int(self.params.shape[0])
-        self.accountant = Accountant(self.d, self.num_clients, tr.rounds, device=self.device)
+        self.accountant = Accountant(self.d, self.num_clients, tr.rounds, device=self.device,
+                                     accounting=tr.accounting)
         self.rule = make_rule(spec.rule, self.d, device=self.device, index_bytes=self.accountant.index_bytes,
                               world_size=self.comm.world_size)
         self.engine = make_engine(tr.engine, max_clients_per_chunk=tr.max_clients_per_chunk,
