@@ -104,6 +104,7 @@ class RuleConfig:
     second_round: int = 0  # FetchSGD: p > 0 fetches exact values of p*k candidates
     momentum_stopping: bool = True  # true top-k: zero momentum where updated
     local_error_feedback: bool = False  # local top-k
+    local_momentum: float = 0.0  # local top-k: per-client momentum (the reference code's default 0.9)
     global_momentum: bool = True  # local top-k
     local_epochs: int = 1  # FedAvg
     local_batch_size: typing.Optional[int] = None  # FedAvg; None: full local batch
@@ -310,6 +311,7 @@ def _validate_section(name, obj):
         _check(obj.lr_placement in LR_PLACEMENTS,
                f"rule.lr_placement must be one of {LR_PLACEMENTS}, got {obj.lr_placement!r}")
         _check(obj.second_round >= 0, f"rule.second_round must be >= 0, got {obj.second_round}")
+        _check(0 <= obj.local_momentum < 1, f"rule.local_momentum must be in [0, 1), got {obj.local_momentum}")
         _check(obj.local_epochs > 0, f"rule.local_epochs must be positive, got {obj.local_epochs}")
         _check(obj.local_batch_size is None or obj.local_batch_size > 0,
                f"rule.local_batch_size must be positive, got {obj.local_batch_size}")
