@@ -2,6 +2,7 @@
 import numpy as np
 import torch
 
+from ._clip import clip_rows
 from .errors import ClientUpdateError
 
 __all__ = ["RoundContext"]
@@ -21,6 +22,7 @@ class RoundContext:
         self.my_batches, self.my_weights = my_batches, my_weights
         self.params = sim.params
         self.weight_decay = sim.spec.train.weight_decay
+        self.clip_norm = sim.spec.train.clip_norm
         self.world_size = sim.comm.world_size
 
     def allreduce_(self, tensor):
@@ -49,20 +51,30 @@ class RoundContext:
         return [c for c, g in zip(self.my_ids, grads) if not bool(torch.isfinite(g).all())]
 
     def gradient_sum(self):
-        """This rank's weighted gradient sum (weight decay added once, on rank 0)."""
+        """This rank's weighted gradient sum (weight decay added once, on rank 0).
+
+        With ``train.clip_norm`` each client's gradient is clipped before the sum,
+        so the engine's one forward/backward over the round's union batch (exact
+        only for the plain sum) gives way to per-client gradients: a ``(n, d)``
+        stack and per-client backward passes (``vmap`` in the vmap engine).
+        """
         sim = self.sim
-        if len(self.my_ids):
-            g = sim.engine.gradient_sum(sim.model, self.params, self.my_batches, self.my_weights)
+        if self.clip_norm is not None:
+            grads = self._clipped_gradients()
+            g = self.my_weights.to(grads.dtype) @ grads if grads.shape[0] else torch.zeros_like(self.params)
         else:
-            g = torch.zeros_like(self.params)
-        bad = [] if bool(torch.isfinite(g).all()) else (self._bad_in_shard() or list(self.my_ids))
-        self._check(bad, "the gradient")
+            if len(self.my_ids):
+                g = sim.engine.gradient_sum(sim.model, self.params, self.my_batches, self.my_weights)
+            else:
+                g = torch.zeros_like(self.params)
+            bad = [] if bool(torch.isfinite(g).all()) else (self._bad_in_shard() or list(self.my_ids))
+            self._check(bad, "the gradient")
         if self.weight_decay and sim.comm.rank == 0:
             g = g + self.weight_decay * self.params
         return g
 
-    def gradients(self):
-        """Per-client gradients of this rank's clients, weight decay included, shape (n, d)."""
+    def _clipped_gradients(self):
+        """Per-client loss gradients of this rank's clients, checked finite, clipped if asked; (n, d)."""
         sim = self.sim
         if len(self.my_ids):
             grads = sim.engine.gradients(sim.model, self.params, self.my_batches)
@@ -70,6 +82,14 @@ class RoundContext:
             grads = torch.zeros((0, self.params.shape[0]), device=self.params.device)
         finite = torch.isfinite(grads).all(dim=1).tolist()
         self._check([c for c, ok in zip(self.my_ids, finite) if not ok], "the gradient")
+        if self.clip_norm is not None:
+            grads = clip_rows(grads, self.clip_norm)
+        return grads
+
+    def gradients(self):
+        """Per-client gradients of this rank's clients (clipped first with train.clip_norm), weight
+        decay included, shape (n, d)."""
+        grads = self._clipped_gradients()
         if self.weight_decay:
             grads = grads + self.weight_decay * self.params
         return grads
@@ -85,6 +105,8 @@ class RoundContext:
                   for c, (x, _) in zip(self.my_ids, data)]
         augments = [sim.local_augment(self.round, c) for c in self.my_ids]
         extra = {} if augments[0] is None else {"augments": augments}
+        if self.clip_norm is not None:
+            extra["clip_norm"] = float(self.clip_norm)
         deltas = sim.engine.local_train(sim.model, self.params, data, lr=float(self.lr), epochs=int(epochs),
                                         batch_size=batch_size, orders=orders,
                                         weight_decay=float(self.weight_decay), **extra)

@@ -13,10 +13,12 @@ An engine implements:
 ``gradients(model, flat_params, batches) -> Tensor (W, d)``
     One gradient per client.
 ``local_train(model, flat_params, batches, *, lr, epochs=1, batch_size=None, orders=None,
-weight_decay=0.0, augments=None) -> Tensor (W, d)``
+weight_decay=0.0, augments=None, clip_norm=None) -> Tensor (W, d)``
     FedAvg's local SGD; returns ``final_params - flat_params`` per client.
     ``orders[i][e]`` is the sample permutation of client i in epoch e;
-    ``augments[i](x, e)`` (optional) augments client i's ordered samples of epoch e.
+    ``augments[i](x, e)`` (optional) augments client i's ordered samples of epoch e;
+    ``clip_norm`` (optional) clips each local step's loss gradient to that L2 norm
+    (before weight decay is added).
 """
 import importlib
 
@@ -24,6 +26,7 @@ import torch
 from torch.func import functional_call
 from torch.nn import functional as F
 
+from ._clip import clip_factor
 from ._flat import fixed_tensors, param_views
 from .errors import ConfigError
 
@@ -46,7 +49,7 @@ class ClientEngine:
         raise NotImplementedError
 
     def local_train(self, model, flat_params, batches, *, lr, epochs=1, batch_size=None, orders=None,
-                    weight_decay=0.0, augments=None):
+                    weight_decay=0.0, augments=None, clip_norm=None):
         """Per-client weight change after local SGD, shape (W, d)."""
         raise NotImplementedError
 
@@ -99,7 +102,7 @@ class LoopEngine(ClientEngine):
         return out
 
     def local_train(self, model, flat_params, batches, *, lr, epochs=1, batch_size=None, orders=None,
-                    weight_decay=0.0, augments=None):
+                    weight_decay=0.0, augments=None, clip_norm=None):
         """Plain local SGD per client (minibatches in the given orders); returns deltas."""
         out = torch.empty((len(batches), flat_params.shape[0]), dtype=flat_params.dtype,
                           device=flat_params.device)
@@ -116,6 +119,8 @@ class LoopEngine(ClientEngine):
                     xe = augments[i](xe, e)
                 for lo in range(0, x.shape[0], bs):
                     g = _loss_grad(model, p, xe[lo:lo + bs], ye[lo:lo + bs])
+                    if clip_norm is not None:
+                        g = g * clip_factor(torch.linalg.vector_norm(g), clip_norm)
                     if weight_decay:
                         g = g + weight_decay * p
                     p = p - lr * g

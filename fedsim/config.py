@@ -84,6 +84,7 @@ class TrainConfig:
     eval_every: int = 10
     threads: typing.Optional[int] = None  # torch CPU threads; None leaves torch's default
     accounting: str = "fedsim"  # "reference": 4 B per changed weight / top-k value, indices free
+    clip_norm: typing.Optional[float] = None  # clip each client's gradient (FedAvg: each local step) to this L2 norm
 
 
 @dataclass
@@ -291,6 +292,8 @@ def _validate_section(name, obj):
         _check(obj.engine in ENGINES, f"train.engine must be one of {sorted(ENGINES)}, got {obj.engine!r}")
         _check(obj.eval_every > 0, f"train.eval_every must be positive, got {obj.eval_every}")
         _check(obj.threads is None or obj.threads > 0, f"train.threads must be positive, got {obj.threads}")
+        _check(obj.clip_norm is None or (0 < obj.clip_norm < float("inf")),
+               f"train.clip_norm must be a positive finite number (or none), got {obj.clip_norm}")
         from .accounting import ACCOUNTINGS
         _check(obj.accounting in ACCOUNTINGS, f"train.accounting must be one of {ACCOUNTINGS}, got {obj.accounting!r}")
     elif name == "rule":

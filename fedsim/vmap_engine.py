@@ -29,6 +29,7 @@ import torch
 from torch.func import functional_call, grad, vmap
 from torch.nn import functional as F
 
+from ._clip import clip_factor
 from ._flat import fixed_tensors, num_trainable, param_views
 
 __all__ = ["VmapEngine", "chunk_size_for_budget"]
@@ -316,7 +317,7 @@ class VmapEngine:
         return out
 
     def local_train(self, model, flat_params, batches, *, lr, epochs=1, batch_size=None,
-                    orders=None, weight_decay=0.0, augments=None):
+                    orders=None, weight_decay=0.0, augments=None, clip_norm=None):
         """FedAvg's local training of every client together; returns the ``(W, d)`` deltas.
 
         Each client starts from ``flat_params`` and runs ``epochs`` passes of
@@ -339,6 +340,9 @@ class VmapEngine:
             Added to each local gradient as ``weight_decay * w``.
         augments : sequence of callables, optional
             ``augments[i](x, e)`` augments client i's samples of epoch e (after ordering).
+        clip_norm : float, optional
+            Clip each client's loss gradient of every local step to this L2 norm (before
+            weight decay), torch's ``clip_grad_norm_`` rule.
 
         Returns
         -------
@@ -367,7 +371,7 @@ class VmapEngine:
             part_orders = None if orders is None else orders[start:start + chunk]
             part_aug = None if augments is None else augments[start:start + chunk]
             final = self._local_chunk(step_grad, param_views(model, flat_params.detach()), part, part_orders,
-                                      lr, epochs, batch_size, weight_decay, device, dtype, part_aug)
+                                      lr, epochs, batch_size, weight_decay, device, dtype, part_aug, clip_norm)
             rows = out[start:start + len(part)]
             _flatten_into(final, rows)
             rows -= flat_params.detach()
@@ -375,7 +379,7 @@ class VmapEngine:
 
     @staticmethod
     def _local_chunk(step_grad, start, part, orders, lr, epochs, batch_size, weight_decay, device, dtype,
-                     augments=None):
+                     augments=None, clip_norm=None):
         """Local SGD of one chunk of clients; returns their final parameters (dict of stacks)."""
         sizes = [int(x.shape[0]) for x, _ in part]
         n_max = max(sizes)
@@ -396,6 +400,10 @@ class VmapEngine:
                 active = m.sum(dim=1) > 0
                 m = torch.where(active.unsqueeze(1), m, torch.ones_like(m))
                 grads = step_grad(params, xs[:, lo:lo + bs], ys[:, lo:lo + bs], m)
+                if clip_norm is not None:
+                    norms = torch.sqrt(sum(g.reshape(g.shape[0], -1).pow(2).sum(1) for g in grads.values()))
+                    factor = clip_factor(norms, clip_norm)
+                    grads = {n: g * factor.view(-1, *([1] * (g.ndim - 1))) for n, g in grads.items()}
                 scale = (lr * active.to(dtype))
                 for name, p in params.items():
                     g = grads[name] + weight_decay * p if weight_decay else grads[name]
