@@ -21,7 +21,12 @@ class RoundContext:
         self.client_ids, self.my_ids = client_ids, my_ids
         self.my_batches, self.my_weights = my_batches, my_weights
         self.params = sim.params
-        self.weight_decay = sim.spec.train.weight_decay
+        tr = sim.spec.train
+        # "aggregate": wd w enters the round's update once (added to the sum, or to each client's
+        # vector of a per-client rule, whose weights sum to 1). "client" (the reference code):
+        # wd/W w on each client's gradient, after clipping; summed, that is (wd/W) w once.
+        self.weight_decay = tr.weight_decay / len(client_ids) if tr.weight_decay_placement == "client" \
+            else tr.weight_decay
         self.clip_norm = sim.spec.train.clip_norm
         self.world_size = sim.comm.world_size
 

@@ -183,3 +183,34 @@ def test_clip_norm_is_validated():
     for bad in (0.0, -1.0, float("inf")):
         with pytest.raises(ConfigError, match="train.clip_norm must be a positive finite number"):
             _spec(train={"clip_norm": bad})
+
+
+# ------------------------------------------------------------------- weight-decay placement
+def test_client_weight_decay_is_wd_over_w_on_each_client():
+    """uncompressed, no momentum: update = lr (sum_i w_i g_i + wd/W w); the aggregate placement has wd w."""
+    from fedsim.clients import LoopEngine
+
+    for placement, scale in (("aggregate", 1.0), ("client", 1.0 / 3)):
+        sim = Simulation(_spec("uncompressed", train={"weight_decay": 0.5, "weight_decay_placement": placement},
+                               momentum=0.0))
+        w0 = sim.params.clone()
+        batches = [sim.client_batch(0, c) for c in sim.sample_clients(0)]
+        g = sim._weights(batches) @ LoopEngine().gradients(sim.model, w0, batches)
+        row = sim.step()
+        torch.testing.assert_close(w0 - sim.params, row["lr"] * (g + 0.5 * scale * w0), rtol=1e-4, atol=1e-7)
+
+
+@pytest.mark.parametrize("rule, kw", [("local_topk", {}), ("fetchsgd", {}), ("fedavg", {"local_epochs": 2}),
+                                      ("true_topk", {})])
+def test_client_placement_equals_aggregate_placement_with_wd_times_w(rule, kw):
+    """wd/W on each client (W = 3, after clipping) runs exactly as the aggregate placement with
+    wd/W, for per-client and summed paths alike: the placement divides the decay by W."""
+    client = Simulation(_spec(rule, train={"weight_decay": 0.3, "weight_decay_placement": "client",
+                                           "clip_norm": 0.05}, **kw))
+    agg = Simulation(_spec(rule, train={"weight_decay": 0.1, "clip_norm": 0.05}, **kw), dataset=client.dataset)
+    for _ in range(3):
+        client.step()
+        agg.step()
+    torch.testing.assert_close(client.params, agg.params, rtol=1e-5, atol=1e-7)
+    with pytest.raises(ConfigError, match="train.weight_decay_placement must be one of"):
+        _spec(train={"weight_decay_placement": "server"})
