@@ -34,6 +34,7 @@ __all__ = [
 SCHEDULES = ("triangular", "constant", "cosine")
 WEIGHTINGS = ("samples", "uniform")
 WD_PLACEMENTS = ("aggregate", "client")
+SAMPLINGS = ("random", "epoch")
 ZEROINGS = ("buckets", "subtract")
 LR_PLACEMENTS = ("inside", "after")
 SKETCH_KINDS = ("count", "identity")
@@ -85,6 +86,7 @@ class TrainConfig:
     eval_every: int = 10
     threads: typing.Optional[int] = None  # torch CPU threads; None leaves torch's default
     accounting: str = "fedsim"  # "reference": 4 B per changed weight / top-k value, indices free
+    sampling: str = "random"  # "epoch": every client once per epoch (seeded permutation per epoch)
     weight_decay_placement: str = "aggregate"  # "client": wd/W on each client's gradient (reference code)
     clip_norm: typing.Optional[float] = None  # clip each client's gradient (FedAvg: each local step) to this L2 norm
 
@@ -294,6 +296,7 @@ def _validate_section(name, obj):
         _check(obj.engine in ENGINES, f"train.engine must be one of {sorted(ENGINES)}, got {obj.engine!r}")
         _check(obj.eval_every > 0, f"train.eval_every must be positive, got {obj.eval_every}")
         _check(obj.threads is None or obj.threads > 0, f"train.threads must be positive, got {obj.threads}")
+        _check(obj.sampling in SAMPLINGS, f"train.sampling must be one of {SAMPLINGS}, got {obj.sampling!r}")
         _check(obj.weight_decay_placement in WD_PLACEMENTS,
                f"train.weight_decay_placement must be one of {WD_PLACEMENTS}, got {obj.weight_decay_placement!r}")
         _check(obj.clip_norm is None or (0 < obj.clip_norm < float("inf")),

@@ -38,7 +38,8 @@ __all__ = ["Simulation", "RunResult", "ExperimentResult", "run_experiment", "Com
            "LocalCommunicator", "RoundContext"]
 
 CHECKPOINT_NAME = "checkpoint.ckpt"
-_AUGMENT_TAG = 4  # randomness tags: 1 client sampling, 2 batches, 3 FedAvg orders, 4 augmentation
+_AUGMENT_TAG = 4  # randomness tags: 1 client sampling, 2 batches, 3 FedAvg orders, 4 augmentation,
+_EPOCH_TAG = 5  # 5 the client order of an epoch (train.sampling = "epoch")
 _EVAL_BATCH = 2048
 
 
@@ -156,6 +157,7 @@ class Simulation:
         self.engine = make_engine(tr.engine, max_clients_per_chunk=tr.max_clients_per_chunk,
                                   memory_budget_mb=tr.memory_budget_mb)
         self.history = []
+        self._epoch_order = None  # (epoch, permutation) cache of epoch sampling
         self.t = 0
         self.config_hash = spec.config_hash()
         self.out_dir = Path(out_dir) if out_dir is not None else None
@@ -165,7 +167,21 @@ class Simulation:
 
     # ------------------------------------------------------------------ data
     def sample_clients(self, t):
-        """The sorted client ids of round ``t`` (same on every rank)."""
+        """The sorted client ids of round ``t`` (same on every rank).
+
+        ``train.sampling = "random"``: W clients drawn from ``(seed, round)``.
+        ``"epoch"`` (the reference code): epoch ``e`` is a permutation of the clients
+        drawn from ``(seed, e)``, cut into ``num_clients // W`` rounds of W; the
+        ``num_clients % W`` clients at its end sit that epoch out.  Both depend on
+        the round alone, so resumed runs and distributed ranks agree.
+        """
+        w = self.spec.train.clients_per_round
+        if self.spec.train.sampling == "epoch":
+            epoch, slot = divmod(t, self.num_clients // w)
+            if self._epoch_order is None or self._epoch_order[0] != epoch:
+                self._epoch_order = (epoch, np.random.default_rng([self.seed, _EPOCH_TAG, epoch])
+                                     .permutation(self.num_clients))
+            return np.sort(self._epoch_order[1][slot * w:(slot + 1) * w])
         rng = np.random.default_rng([self.seed, 1, t])
         return np.sort(rng.choice(self.num_clients, self.spec.train.clients_per_round, replace=False))
 

@@ -214,3 +214,31 @@ def test_client_placement_equals_aggregate_placement_with_wd_times_w(rule, kw):
     torch.testing.assert_close(client.params, agg.params, rtol=1e-5, atol=1e-7)
     with pytest.raises(ConfigError, match="train.weight_decay_placement must be one of"):
         _spec(train={"weight_decay_placement": "server"})
+
+
+# ------------------------------------------------------------------------------ epoch sampling
+@pytest.mark.parametrize("num_clients, w", [(12, 3), (14, 4)])
+def test_epoch_sampling_visits_every_client_once_per_epoch(num_clients, w):
+    sim = Simulation(_spec(train={"sampling": "epoch", "clients_per_round": w}, data={"num_clients": num_clients}))
+    per_epoch = num_clients // w
+    for epoch in range(3):
+        ids = np.concatenate([sim.sample_clients(epoch * per_epoch + s) for s in range(per_epoch)])
+        assert len(ids) == len(set(ids.tolist())) == per_epoch * w  # nobody twice; W * (N // W) visits
+        if num_clients % w == 0:
+            assert set(ids.tolist()) == set(range(num_clients))
+    # a pure function of (seed, round): a fresh simulation (a resumed run, another rank) agrees,
+    # in any query order
+    fresh = Simulation(_spec(train={"sampling": "epoch", "clients_per_round": w}, data={"num_clients": num_clients}),
+                       dataset=sim.dataset)
+    for t in (7, 0, 7, 3, 11):
+        assert np.array_equal(fresh.sample_clients(t), sim.sample_clients(t))
+    assert not np.array_equal(sim.sample_clients(0), sim.sample_clients(per_epoch))  # epochs reshuffle
+
+
+def test_random_sampling_is_unchanged_by_default():
+    sim = Simulation(_spec())
+    for t in range(3):
+        expected = np.sort(np.random.default_rng([0, 1, t]).choice(12, 3, replace=False))
+        assert np.array_equal(sim.sample_clients(t), expected)
+    with pytest.raises(ConfigError, match="train.sampling must be one of"):
+        _spec(train={"sampling": "cyclic"})
