@@ -35,7 +35,7 @@ from ._round import RoundContext
 from .rules import make_rule
 
 __all__ = ["Simulation", "RunResult", "ExperimentResult", "run_experiment", "Communicator",
-           "LocalCommunicator", "RoundContext"]
+           "LocalCommunicator", "RoundContext", "is_synthetic"]
 
 CHECKPOINT_NAME = "checkpoint.ckpt"
 _AUGMENT_TAG = 4  # randomness tags: 1 client sampling, 2 batches, 3 FedAvg orders, 4 augmentation,
