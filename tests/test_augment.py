@@ -117,7 +117,7 @@ def test_client_batches_are_augmented_and_seeded_by_seed_round_client():
 @pytest.mark.parametrize("rule, kw", [
     ("fetchsgd", {}),                                     # sum-then-sketch path
     ("local_topk", {}),                                   # per-client gradients
-    ("fedavg", {"local_epochs": 2, "local_batch_size": 2}),  # local SGD, fresh draws per epoch
+    ("fedavg", {"local_epochs": 2, "local_batch_size": 16}),  # local SGD, fresh draws per epoch
 ])
 def test_loop_and_vmap_engines_train_on_the_same_augmented_batches(rule, kw):
     loop = Simulation(_spec(rule, "loop", **kw))

@@ -138,7 +138,7 @@ def test_clipping_clips_each_client_before_the_sum():
 
 
 @pytest.mark.parametrize("rule, kw", [("fetchsgd", {}), ("uncompressed", {}), ("local_topk", {}),
-                                      ("fedavg", {"local_epochs": 2, "local_batch_size": 2})])
+                                      ("fedavg", {"local_epochs": 2, "local_batch_size": 40})])
 def test_clipping_loop_engine_equals_vmap_engine(rule, kw):
     """The vmap engine's summed path uses per-client gradients when clipping: equal to the loop engine."""
     train = {"clip_norm": 0.05, "rounds": 3}
