@@ -1,6 +1,7 @@
 """The round context: what a server rule sees of one round of the simulation."""
 import torch
 
+from ._clip import clip_rows
 from ._streams import LOCAL_ORDER, stream
 from .errors import ClientUpdateError
 
@@ -37,7 +38,12 @@ class RoundContext:
     seed : int
         The run's seed (random streams of local training).
     weight_decay : float
-        Added to every client gradient (and to FedAvg's local steps).
+        Added to every client gradient (and to FedAvg's local steps); the caller applies
+        ``train.weight_decay_placement`` ("client": wd/W per client, the reference code's).
+    clip_norm : float, optional
+        Clip each client's loss gradient to this L2 norm (before weight decay and compression).
+    local_augment : callable, optional
+        ``local_augment(c) -> fn(x, epoch)`` or None: client ``c``'s augmentation in FedAvg's local epochs.
     run_name : str
         ``"label (rule)"``, for messages.
     rounds : int
@@ -47,13 +53,14 @@ class RoundContext:
     """
 
     def __init__(self, *, t, lr, client_ids, my_ids, my_batches, my_weights, params, model, engine, comm,
-                 client_data, seed, weight_decay, run_name, rounds, last_checkpoint=None):
+                 client_data, seed, weight_decay, run_name, rounds, last_checkpoint=None, clip_norm=None,
+                 local_augment=None):
         self.round, self.lr = t, lr
         self.client_ids, self.my_ids = client_ids, my_ids
         self.my_batches, self.my_weights = my_batches, my_weights
         self.params, self.model, self.engine, self.comm = params, model, engine, comm
         self._client_data, self._seed = client_data, seed
-        self.weight_decay = weight_decay
+        self.weight_decay, self.clip_norm, self._local_augment = weight_decay, clip_norm, local_augment
         self.world_size = comm.world_size
         self._run_name, self._rounds, self._last_checkpoint = run_name, rounds, last_checkpoint
 
@@ -105,18 +112,24 @@ class RoundContext:
         ClientUpdateError
             A client's gradient (on any rank) is NaN or infinite.
         """
-        if len(self.my_ids):
-            g = self.engine.gradient_sum(self.model, self.params, self.my_batches, self.my_weights)
+        if self.clip_norm is not None:
+            # Clipping is per client, so the one backward over the round's union batch (exact only
+            # for the plain sum) gives way to per-client gradients: an (n, d) stack.
+            grads = self._clipped_gradients()
+            g = self.my_weights.to(grads.dtype) @ grads if grads.shape[0] else torch.zeros_like(self.params)
         else:
-            g = torch.zeros_like(self.params)
-        bad = [] if bool(torch.isfinite(g).all()) else (self._bad_in_shard() or list(self.my_ids))
-        self._check(bad, "the gradient")
+            if len(self.my_ids):
+                g = self.engine.gradient_sum(self.model, self.params, self.my_batches, self.my_weights)
+            else:
+                g = torch.zeros_like(self.params)
+            bad = [] if bool(torch.isfinite(g).all()) else (self._bad_in_shard() or list(self.my_ids))
+            self._check(bad, "the gradient")
         if self.weight_decay and self.comm.rank == 0:
             g = g + self.weight_decay * self.params
         return g
 
     def gradients(self):
-        """Per-client gradients of this rank's clients, weight decay included.
+        """Per-client gradients of this rank's clients (clipped first with ``clip_norm``), weight decay included.
 
         Returns
         -------
@@ -128,14 +141,21 @@ class RoundContext:
         ClientUpdateError
             A client's gradient (on any rank) is NaN or infinite.
         """
+        grads = self._clipped_gradients()
+        if self.weight_decay:
+            grads = grads + self.weight_decay * self.params
+        return grads
+
+    def _clipped_gradients(self):
+        """Per-client loss gradients of this rank's clients, checked finite, clipped if asked; (n, d)."""
         if len(self.my_ids):
             grads = self.engine.gradients(self.model, self.params, self.my_batches)
         else:
             grads = torch.zeros((0, self.params.shape[0]), device=self.params.device)
         finite = torch.isfinite(grads).all(dim=1).tolist()
         self._check([c for c, ok in zip(self.my_ids, finite) if not ok], "the gradient")
-        if self.weight_decay:
-            grads = grads + self.weight_decay * self.params
+        if self.clip_norm is not None:
+            grads = clip_rows(grads, self.clip_norm)
         return grads
 
     def local_train(self, epochs, batch_size):
@@ -164,9 +184,16 @@ class RoundContext:
         orders = [[torch.from_numpy(stream(self._seed, LOCAL_ORDER, self.round, int(c), e)
                                     .permutation(x.shape[0])).to(x.device) for e in range(epochs)]
                   for c, (x, _) in zip(self.my_ids, data)]
+        extra = {}
+        if self._local_augment is not None:
+            augments = [self._local_augment(c) for c in self.my_ids]
+            if augments[0] is not None:
+                extra["augments"] = augments
+        if self.clip_norm is not None:
+            extra["clip_norm"] = float(self.clip_norm)
         deltas = self.engine.local_train(self.model, self.params, data, lr=float(self.lr), epochs=int(epochs),
                                          batch_size=batch_size, orders=orders,
-                                         weight_decay=float(self.weight_decay))
+                                         weight_decay=float(self.weight_decay), **extra)
         finite = torch.isfinite(deltas).all(dim=1).tolist()
         self._check([c for c, ok in zip(self.my_ids, finite) if not ok], "the local model change")
         return deltas

@@ -9,6 +9,13 @@ that without a per-client copy of the model, the accountant keeps, per
 coordinate, the last round that changed it, and a histogram of those rounds:
 the number of weights changed since round p is a suffix sum of the histogram.
 
+Two ways to count (``train.accounting``): ``"fedsim"`` (default, the honest one)
+charges a sparse weight or a top-k entry its value and its index (4 + 4 bytes,
+8-byte indices past 2**32 coordinates); ``"reference"`` counts as the FetchSGD
+reference code does, 4 bytes per downloaded changed weight and per local top-k
+value: indices cost nothing (also FetchSGD's second-round candidate indices).
+Uploads of sketches and dense vectors are the same under both.
+
 The uncompressed reference changes every weight in every round, so its bytes
 for R rounds of W clients are analytic: ``W d`` floats up per round and ``W d``
 floats down per round except the first: ``value_bytes * W * d * (2 R - 1)``.
@@ -18,7 +25,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-__all__ = ["Accountant", "AccountingState", "reference_bytes", "index_bytes_for"]
+__all__ = ["ACCOUNTINGS", "Accountant", "AccountingState", "reference_bytes", "index_bytes_for"]
+
+ACCOUNTINGS = ("fedsim", "reference")
 
 
 def index_bytes_for(d):
@@ -58,11 +67,22 @@ class Accountant:
     device : torch.device
         Where the per-coordinate counters live (the model's device).
     value_bytes : int, default 4
+    accounting : {"fedsim", "reference"}, default "fedsim"
+        ``"reference"``: indices are free (see the module docstring); :attr:`index_bytes`
+        is then 0, and the rules, built with it, count their uploads the same way.
+
+    Raises
+    ------
+    ValueError
+        Unknown ``accounting``.
     """
 
-    def __init__(self, d, num_clients, rounds, *, device="cpu", value_bytes=4):
+    def __init__(self, d, num_clients, rounds, *, device="cpu", value_bytes=4, accounting="fedsim"):
+        if accounting not in ACCOUNTINGS:
+            raise ValueError(f"accounting must be one of {ACCOUNTINGS}, got {accounting!r}")
         self.d, self.value_bytes = int(d), value_bytes
-        self.index_bytes = index_bytes_for(d)
+        self.accounting = accounting
+        self.index_bytes = index_bytes_for(d) if accounting == "fedsim" else 0
         hist = torch.zeros(rounds + 1, dtype=torch.int64, device=device)
         hist[0] = d
         self.state = AccountingState(np.zeros(num_clients, dtype=np.int64),

@@ -13,9 +13,12 @@ An engine implements:
 ``gradients(model, flat_params, batches) -> Tensor (W, d)``
     One gradient per client.
 ``local_train(model, flat_params, batches, *, lr, epochs=1, batch_size=None, orders=None,
-weight_decay=0.0) -> Tensor (W, d)``
+weight_decay=0.0, augments=None, clip_norm=None) -> Tensor (W, d)``
     FedAvg's local SGD; returns ``final_params - flat_params`` per client.
-    ``orders[i][e]`` is the sample permutation of client i in epoch e.
+    ``orders[i][e]`` is the sample permutation of client i in epoch e;
+    ``augments[i](x, e)`` (optional) augments client i's ordered samples of epoch e;
+    ``clip_norm`` (optional) clips each local step's loss gradient to that L2 norm
+    (before weight decay is added).
 """
 import importlib
 
@@ -25,6 +28,7 @@ from torch.nn import functional as F
 
 from adapters.torch import param_views
 
+from ._clip import clip_factor
 from ._flat import fixed_tensors
 from .errors import ConfigError
 
@@ -79,7 +83,7 @@ class ClientEngine:
         raise NotImplementedError
 
     def local_train(self, model, flat_params, batches, *, lr, epochs=1, batch_size=None, orders=None,
-                    weight_decay=0.0):
+                    weight_decay=0.0, augments=None, clip_norm=None):
         """Per-client weight change after local SGD, shape (W, d).
 
         Parameters
@@ -98,6 +102,10 @@ class ClientEngine:
         orders : list of list of torch.Tensor, optional
             ``orders[i][e]``: client i's sample order in epoch e.
         weight_decay : float, default 0.0
+        augments : list of callable, optional
+            ``augments[i](x, epoch)``: client i's data augmentation, applied after ordering.
+        clip_norm : float, optional
+            Clip every local step's loss gradient to this L2 norm.
 
         Raises
         ------
@@ -187,7 +195,7 @@ class LoopEngine(ClientEngine):
         return out
 
     def local_train(self, model, flat_params, batches, *, lr, epochs=1, batch_size=None, orders=None,
-                    weight_decay=0.0):
+                    weight_decay=0.0, augments=None, clip_norm=None):
         """Plain local SGD per client (minibatches in the given orders); returns deltas.
 
         Parameters
@@ -198,7 +206,7 @@ class LoopEngine(ClientEngine):
             The flat trainable weights (layout of ``adapters.torch.flatten_params``).
         batches : list of (x, y)
             One batch per client.
-        lr, epochs, batch_size, orders, weight_decay
+        lr, epochs, batch_size, orders, weight_decay, augments, clip_norm
             As in :meth:`ClientEngine.local_train`.
 
         Returns
@@ -217,8 +225,12 @@ class LoopEngine(ClientEngine):
                     xe, ye = x[perm], y[perm]
                 else:
                     xe, ye = x, y
+                if augments is not None:
+                    xe = augments[i](xe, e)
                 for lo in range(0, x.shape[0], bs):
                     g = _loss_grad(model, p, xe[lo:lo + bs], ye[lo:lo + bs])
+                    if clip_norm is not None:
+                        g = g * clip_factor(torch.linalg.vector_norm(g), clip_norm)
                     if weight_decay:
                         g = g + weight_decay * p
                     p = p - lr * g

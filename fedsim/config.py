@@ -35,6 +35,8 @@ __all__ = [
 
 SCHEDULES = ("triangular", "constant", "cosine")
 WEIGHTINGS = ("samples", "uniform")
+WD_PLACEMENTS = ("aggregate", "client")
+SAMPLINGS = ("random", "epoch")
 METRIC_FORMATS = ("csv", "jsonl")
 
 
@@ -44,7 +46,9 @@ class DataConfig:
 
     dataset: str = "digits"
     root: typing.Optional[str] = None
-    # Used, with a warning, when the dataset's files are missing (e.g. "synthetic_cifar10").
+    # Used, with a warning, when the dataset's files are missing: "synthetic" (the dataset's
+    # synthetic stand-in, e.g. synthetic_cifar10) or a dataset name. None: missing files stop
+    # the run. Every output of a run on synthetic data says "synthetic".
     fallback: typing.Optional[str] = None
     partition: str = "pathological"
     num_clients: int = 100
@@ -52,6 +56,7 @@ class DataConfig:
     classes_per_client: int = 1
     samples_per_client: typing.Optional[int] = None
     batch_size: typing.Optional[int] = None  # a client's batch per round; None: all its samples
+    augment: str = "none"  # "crop_flip": random crop (4-pixel zero padding) + horizontal flip, on the device
 
 
 @dataclass
@@ -79,6 +84,10 @@ class TrainConfig:
     memory_budget_mb: typing.Optional[float] = None
     eval_every: int = 10
     threads: typing.Optional[int] = None  # torch CPU threads; None leaves torch's default
+    accounting: str = "fedsim"  # "reference": 4 B per changed weight / top-k value, indices free
+    sampling: str = "random"  # "epoch": every client once per epoch (seeded permutation per epoch)
+    weight_decay_placement: str = "aggregate"  # "client": wd/W on each client's gradient (reference code)
+    clip_norm: typing.Optional[float] = None  # clip each client's gradient (FedAvg: each local step) to this L2 norm
 
 
 @dataclass
@@ -303,6 +312,11 @@ def _validate_section(name, obj):
         _check(obj.batch_size is None or obj.batch_size > 0, f"data.batch_size must be positive, got {obj.batch_size}")
         _check(obj.samples_per_client is None or obj.samples_per_client > 0,
                f"data.samples_per_client must be positive, got {obj.samples_per_client}")
+        from .data import DATASETS
+        _check(obj.fallback is None or obj.fallback == "synthetic" or obj.fallback in DATASETS,
+               f"data.fallback must be 'synthetic' or a dataset name ({', '.join(DATASETS)}), got {obj.fallback!r}")
+        from ._augment import AUGMENTATIONS
+        _check(obj.augment in AUGMENTATIONS, f"data.augment must be one of {AUGMENTATIONS}, got {obj.augment!r}")
     elif name == "train":
         _check(obj.rounds > 0, f"train.rounds must be positive, got {obj.rounds}")
         _check(obj.clients_per_round > 0, f"train.clients_per_round must be positive, got {obj.clients_per_round}")
@@ -318,6 +332,13 @@ def _validate_section(name, obj):
         _check(obj.engine in ENGINES, f"train.engine must be one of {sorted(ENGINES)}, got {obj.engine!r}")
         _check(obj.eval_every > 0, f"train.eval_every must be positive, got {obj.eval_every}")
         _check(obj.threads is None or obj.threads > 0, f"train.threads must be positive, got {obj.threads}")
+        _check(obj.sampling in SAMPLINGS, f"train.sampling must be one of {SAMPLINGS}, got {obj.sampling!r}")
+        _check(obj.weight_decay_placement in WD_PLACEMENTS,
+               f"train.weight_decay_placement must be one of {WD_PLACEMENTS}, got {obj.weight_decay_placement!r}")
+        _check(obj.clip_norm is None or (0 < obj.clip_norm < float("inf")),
+               f"train.clip_norm must be a positive finite number (or none), got {obj.clip_norm}")
+        from .accounting import ACCOUNTINGS
+        _check(obj.accounting in ACCOUNTINGS, f"train.accounting must be one of {ACCOUNTINGS}, got {obj.accounting!r}")
     elif name == "output":
         _check(obj.checkpoint_every >= 0, f"output.checkpoint_every must be >= 0 (0: never), got {obj.checkpoint_every}")
         _check(obj.metrics in METRIC_FORMATS, f"output.metrics must be one of {METRIC_FORMATS}, got {obj.metrics!r}")

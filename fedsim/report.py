@@ -9,7 +9,8 @@ from .errors import MissingDependency
 from .layout import (COMPRESSION_PLOT, CONFIG_NAME, CURVES_PLOT, RESULTS_CSV, RESULTS_JSON, TABLE_NAME,
                      metrics_name)
 
-__all__ = ["MetricsWriter", "read_metrics", "format_table", "write_experiment", "plot_experiment"]
+__all__ = ["MetricsWriter", "read_metrics", "format_table", "synthetic_note", "write_experiment",
+           "plot_experiment"]
 
 FIELDS = ["round", "lr", "train_loss", "test_loss", "test_acc", "up_bytes", "down_bytes", "total_up",
           "total_down", "changed", "compression"]
@@ -97,8 +98,24 @@ def _fmt(x, spec):
     return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, spec)
 
 
+def _synthetic_names(results):
+    """Sorted names of the synthetic datasets the runs used."""
+    return sorted({r.dataset for r in results if getattr(r, "synthetic", False)})
+
+
+def synthetic_note(results):
+    """A warning line naming the synthetic datasets of ``results``, or "" when every run used real data."""
+    names = _synthetic_names(results)
+    if not names:
+        return ""
+    return (f"SYNTHETIC DATA ({', '.join(names)}): generated stand-in data, not the real dataset; "
+            f"these accuracies say nothing about the paper's setup")
+
+
 def format_table(results):
     """The final table: accuracy, MB up/down and compressions, one line per run.
+
+    When a run used synthetic data, a first line says so (see :func:`synthetic_note`).
 
     Parameters
     ----------
@@ -119,7 +136,8 @@ def format_table(results):
     out = ["  ".join(str(x).ljust(w) for x, w in zip(head, widths))]
     out.append("  ".join("-" * w for w in widths))
     out.extend("  ".join(str(x).ljust(w) for x, w in zip(line, widths)) for line in lines)
-    return "\n".join(out)
+    note = synthetic_note(results)
+    return "\n".join([note] + out if note else out)
 
 
 def plot_experiment(results, out_dir):
@@ -164,6 +182,9 @@ def plot_experiment(results, out_dir):
         if bad:
             ax.plot([r.compression for r in bad], [0.0] * len(bad), "x", color=line.get_color(), ms=9,
                     label=f"{group} (diverged)")
+    note = synthetic_note(results)
+    if note:
+        ax.set_title("SYNTHETIC DATA: " + ", ".join(_synthetic_names(results)), color="red", fontsize=10)
     ax.set_xscale("log")
     ax.set_xlabel("overall compression (uncompressed bytes / bytes, upload + download)")
     ax.set_ylabel("final test accuracy")
@@ -171,7 +192,8 @@ def plot_experiment(results, out_dir):
     ax.legend(fontsize=8)
     fig.tight_layout()
     comp = out_dir / COMPRESSION_PLOT
-    fig.savefig(comp, dpi=120)
+    meta = {"Description": note} if note else None  # machine-readable: the PNG's text chunk
+    fig.savefig(comp, dpi=120, metadata=meta)
     plt.close(fig)
 
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(12, 4.5))
@@ -192,9 +214,11 @@ def plot_experiment(results, out_dir):
         a.set_ylabel("test accuracy")
         a.grid(True, alpha=0.3)
     a2.legend(fontsize=6, ncol=2)
+    if note:
+        fig.suptitle(note, color="red", fontsize=9)
     fig.tight_layout()
     curves = out_dir / CURVES_PLOT
-    fig.savefig(curves, dpi=110)
+    fig.savefig(curves, dpi=110, metadata=meta)
     plt.close(fig)
     return comp, curves
 

@@ -23,10 +23,11 @@ from torch.nn import functional as F
 
 from adapters.torch import flatten_params, param_views
 
+from ._augment import augment, augment_key
 from ._fault import fault_hook
 from ._flat import fixed_tensors
 from ._schedule import learning_rate
-from ._streams import BATCH_SELECTION, CLIENT_SAMPLING, stream
+from ._streams import AUGMENTATION, BATCH_SELECTION, CLIENT_SAMPLING, EPOCH_ORDER, stream
 from .accounting import Accountant, reference_bytes
 from .checkpoint import load_checkpoint, save_checkpoint
 from .clients import make_engine
@@ -37,7 +38,7 @@ from .layout import CHECKPOINT_NAME, FINAL_PARAMS_NAME, SUMMARY_NAME, experiment
 from .rules import make_rule
 
 __all__ = ["Simulation", "RunResult", "ExperimentResult", "run_experiment", "Communicator",
-           "LocalCommunicator", "RoundContext"]
+           "LocalCommunicator", "RoundContext", "is_synthetic"]
 
 _EVAL_BATCH = 2048
 
@@ -61,6 +62,8 @@ class RunResult:
     seconds: float
     d: int
     config_hash: str
+    dataset: str = ""  # the dataset actually used (a fallback's name when one was used)
+    synthetic: bool = False  # trained and evaluated on generated data, not the real files
     history: list = field(default_factory=list, repr=False)
 
     @property
@@ -155,6 +158,9 @@ class Simulation:
         if tr.clients_per_round > self.num_clients:
             raise ConfigError(f"train.clients_per_round = {tr.clients_per_round} exceeds the "
                               f"{self.num_clients} clients")
+        if dc.augment != "none" and dataset.x_train.ndim != 4:
+            raise ConfigError(f"data.augment = {dc.augment!r} needs images (N, C, H, W); dataset "
+                              f"{dataset.name!r} has samples of shape {tuple(dataset.x_train.shape[1:])}")
         self.x_train = torch.as_tensor(dataset.x_train, device=self.device)
         self.y_train = torch.as_tensor(dataset.y_train, device=self.device)
         self.x_test = torch.as_tensor(dataset.x_test, device=self.device)
@@ -164,12 +170,14 @@ class Simulation:
         self.model = build_model(spec.model.name, dataset.input_shape, dataset.num_classes).to(self.device)
         self.params = flatten_params(self.model, trainable_only=True, dtype=torch.float32, device=self.device)
         self.d = int(self.params.shape[0])
-        self.accountant = Accountant(self.d, self.num_clients, tr.rounds, device=self.device)
+        self.accountant = Accountant(self.d, self.num_clients, tr.rounds, device=self.device,
+                                     accounting=tr.accounting)
         self.rule = make_rule(spec.rule, self.d, device=self.device, index_bytes=self.accountant.index_bytes,
                               world_size=self.comm.world_size)
         self.engine = make_engine(tr.engine, max_clients_per_chunk=tr.max_clients_per_chunk,
                                   memory_budget_mb=tr.memory_budget_mb)
         self.history = []
+        self._epoch_order = None  # (epoch, permutation) cache of epoch sampling
         self.t = 0
         self.config_hash = spec.config_hash()
         self.out_dir = Path(out_dir) if out_dir is not None else None
@@ -181,6 +189,12 @@ class Simulation:
     def sample_clients(self, t):
         """The sorted client ids of round ``t`` (same on every rank).
 
+        ``train.sampling = "random"``: W clients drawn from ``(seed, round)``.
+        ``"epoch"`` (the reference code): epoch ``e`` is a permutation of the clients
+        drawn from ``(seed, e)``, cut into ``num_clients // W`` rounds of W; the
+        ``num_clients % W`` clients at its end sit that epoch out.  Both depend on
+        the round alone, so resumed runs and distributed ranks agree.
+
         Parameters
         ----------
         t : int
@@ -190,6 +204,12 @@ class Simulation:
         -------
         numpy.ndarray
         """
+        w = self.spec.train.clients_per_round
+        if self.spec.train.sampling == "epoch":
+            epoch, slot = divmod(t, self.num_clients // w)
+            if self._epoch_order is None or self._epoch_order[0] != epoch:
+                self._epoch_order = (epoch, stream(self.seed, EPOCH_ORDER, epoch).permutation(self.num_clients))
+            return np.sort(self._epoch_order[1][slot * w:(slot + 1) * w])
         rng = stream(self.seed, CLIENT_SAMPLING, t)
         return np.sort(rng.choice(self.num_clients, self.spec.train.clients_per_round, replace=False))
 
@@ -228,7 +248,27 @@ class Simulation:
         if bs is not None and bs < idx.shape[0]:
             sel = np.sort(stream(self.seed, BATCH_SELECTION, t, int(c)).choice(idx.shape[0], bs, replace=False))
             idx = idx[torch.from_numpy(sel).to(self.device)]
-        return self.x_train[idx], self.y_train[idx]
+        x = self.x_train[idx]
+        if self.spec.data.augment != "none":
+            x = augment(self.spec.data.augment, x, augment_key(self.seed, AUGMENTATION, t, int(c)))
+        return x, self.y_train[idx]
+
+    def local_augment(self, t, c):
+        """FedAvg: ``fn(x, epoch)`` augmenting client ``c``'s epoch data in round ``t`` (None: no augmentation).
+
+        The key is ``(seed, round, client, epoch)``; a sample's draw also depends on
+        its position in the epoch's order, so every local step draws afresh.
+        """
+        name = self.spec.data.augment
+        if name == "none":
+            return None
+        return lambda x, epoch: augment(name, x, augment_key(self.seed, AUGMENTATION, t, int(c), epoch))
+
+    def _weight_decay(self, clients):
+        """The weight decay each client gradient gets: wd ("aggregate": it enters the update once) or
+        wd/W ("client", the reference code: on each of the round's W clients, after clipping)."""
+        tr = self.spec.train
+        return tr.weight_decay / clients if tr.weight_decay_placement == "client" else tr.weight_decay
 
     def _weights(self, batches_all):
         """Client weights of the round (sum to 1): by samples or uniform."""
@@ -299,9 +339,10 @@ class Simulation:
         train_loss = self.comm.allreduce_(self._train_loss(my_batches, my_weights))
         ctx = RoundContext(t=t, lr=lr, client_ids=ids, my_ids=my_ids, my_batches=my_batches, my_weights=my_weights,
                            params=self.params, model=self.model, engine=self.engine, comm=self.comm,
-                           client_data=self.client_data, seed=self.seed, weight_decay=tr.weight_decay,
+                           client_data=self.client_data, seed=self.seed, weight_decay=self._weight_decay(len(ids)),
                            run_name=f"{self.spec.label} ({self.spec.rule.name})", rounds=tr.rounds,
-                           last_checkpoint=self.last_checkpoint)
+                           last_checkpoint=self.last_checkpoint, clip_norm=tr.clip_norm,
+                           local_augment=lambda c: self.local_augment(t, c))
         update = self.rule.round(ctx)
         new = self.params - update
         if not bool(torch.isfinite(new).all()):
@@ -461,9 +502,10 @@ class Simulation:
         acc = evals[-1]["test_acc"] if evals and status == "ok" else float("nan")
         loss = evals[-1]["test_loss"] if evals and status == "ok" else float("nan")
         st = self.accountant.state
+        name = self.dataset.name
         return RunResult(self.spec.label, self.spec.group, self.spec.rule.name, status, message, self.t, acc, loss,
                          st.up, st.down, ref_up, ref_down, self.elapsed, self.d, self.config_hash,
-                         list(self.history))
+                         dataset=name, synthetic=is_synthetic(name), history=list(self.history))
 
 
 def _progress(label, total, initial, enabled):
@@ -478,8 +520,40 @@ def _progress(label, total, initial, enabled):
     return tqdm(total=total, initial=initial, desc=label, file=sys.stderr, leave=False, dynamic_ncols=True)
 
 
+def is_synthetic(dataset_name):
+    """Whether a dataset name is generated data (``synthetic_*``), not real files.
+
+    Parameters
+    ----------
+    dataset_name : str
+
+    Returns
+    -------
+    bool
+    """
+    return str(dataset_name).startswith("synthetic")
+
+
+def _fallback_name(data_cfg):
+    """The dataset that ``data.fallback`` names (``"synthetic"``: the dataset's synthetic stand-in)."""
+    from .data import DATASETS
+
+    if data_cfg.fallback != "synthetic":
+        return data_cfg.fallback
+    name = f"synthetic_{data_cfg.dataset}"
+    if name not in DATASETS:
+        stand_ins = [d for d in DATASETS if is_synthetic(d)]
+        raise ConfigError(f"data.fallback = 'synthetic': dataset {data_cfg.dataset!r} has no synthetic stand-in "
+                          f"(there are {', '.join(stand_ins)}); provide its files or name a fallback dataset")
+    return name
+
+
 def load_run_dataset(data_cfg, seed, log=None):
     """Load ``data_cfg.dataset``; if its files are missing and a fallback is set, load that instead.
+
+    Without ``data.fallback`` missing files stop the run (saying how to opt in to
+    synthetic data); a fallback is announced as a warning, and a synthetic dataset
+    marks every output of the run (see :func:`is_synthetic`).
 
     Parameters
     ----------
@@ -503,10 +577,14 @@ def load_run_dataset(data_cfg, seed, log=None):
         return load_dataset(data_cfg.dataset, data_cfg.root, seed=seed)
     except DataFileMissing as exc:
         if not data_cfg.fallback:
-            raise
+            raise DataFileMissing(f"{exc} (no data.fallback is set, so the run stops rather than train on "
+                                    f"other data; set data.fallback = \"synthetic\" to run on generated "
+                                    f"stand-in data, labelled synthetic in every output)") from exc
+        name = _fallback_name(data_cfg)
         warn = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
-        warn(f"warning: {exc}; using data.fallback = {data_cfg.fallback!r} instead")
-        return load_dataset(data_cfg.fallback, data_cfg.root, seed=seed)
+        warn(f"warning: {exc}; using data.fallback = {data_cfg.fallback!r} ({name}) instead"
+             + (": SYNTHETIC data, every output is labelled so" if is_synthetic(name) else ""))
+        return load_dataset(name, data_cfg.root, seed=seed)
 
 
 def run_experiment(cfg, *, only=None, out_dir=None, resume=False, progress=None, comm=None, dataset=None,

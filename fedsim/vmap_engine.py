@@ -31,6 +31,7 @@ from torch.nn import functional as F
 
 from adapters.torch import num_elements, param_views
 
+from ._clip import clip_factor
 from ._flat import fixed_tensors
 from .errors import ConfigError
 
@@ -335,7 +336,7 @@ class VmapEngine:
         return out
 
     def local_train(self, model, flat_params, batches, *, lr, epochs=1, batch_size=None,
-                    orders=None, weight_decay=0.0):
+                    orders=None, weight_decay=0.0, augments=None, clip_norm=None):
         """FedAvg's local training of every client together; returns the ``(W, d)`` deltas.
 
         Each client starts from ``flat_params`` and runs ``epochs`` passes of
@@ -356,6 +357,11 @@ class VmapEngine:
             ``orders[i][e]``: the permutation client i uses in epoch e.
         weight_decay : float, default 0.0
             Added to each local gradient as ``weight_decay * w``.
+        augments : sequence of callables, optional
+            ``augments[i](x, e)`` augments client i's samples of epoch e (after ordering).
+        clip_norm : float, optional
+            Clip each client's loss gradient of every local step to this L2 norm (before
+            weight decay), torch's ``clip_grad_norm_`` rule.
 
         Returns
         -------
@@ -377,6 +383,8 @@ class VmapEngine:
             raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
         if orders is not None and len(orders) != len(batches):
             raise ConfigError(f"orders has {len(orders)} entries for {len(batches)} clients")
+        if augments is not None and len(augments) != len(batches):
+            raise ConfigError(f"augments has {len(augments)} entries for {len(batches)} clients")
         fixed = fixed_tensors(model)
         device, dtype = flat_params.device, flat_params.dtype
         step_grad = vmap(grad(self._client_loss(model, fixed)), in_dims=(0, 0, 0, 0))
@@ -385,15 +393,18 @@ class VmapEngine:
         for start in range(0, len(batches), chunk):
             part = batches[start:start + chunk]
             part_orders = None if orders is None else orders[start:start + chunk]
-            final = self._local_chunk(step_grad, param_views(model, flat_params.detach(), trainable_only=True), part, part_orders,
-                                      lr, epochs, batch_size, weight_decay, device, dtype)
+            part_aug = None if augments is None else augments[start:start + chunk]
+            final = self._local_chunk(step_grad, param_views(model, flat_params.detach(), trainable_only=True), part,
+                                      part_orders, lr, epochs, batch_size, weight_decay, device, dtype, part_aug,
+                                      clip_norm)
             rows = out[start:start + len(part)]
             _flatten_into(final, rows)
             rows -= flat_params.detach()
         return out
 
     @staticmethod
-    def _local_chunk(step_grad, start, part, orders, lr, epochs, batch_size, weight_decay, device, dtype):
+    def _local_chunk(step_grad, start, part, orders, lr, epochs, batch_size, weight_decay, device, dtype,
+                     augments=None, clip_norm=None):
         """Local SGD of one chunk of clients; returns their final parameters (dict of stacks)."""
         sizes = [int(x.shape[0]) for x, _ in part]
         n_max = max(sizes)
@@ -404,7 +415,8 @@ class VmapEngine:
             ordered = []
             for i, (x, y) in enumerate(part):
                 perm = None if orders is None else torch.as_tensor(orders[i][epoch]).to(x.device)
-                ordered.append((x, y) if perm is None else (x[perm], y[perm]))
+                xo, yo = (x, y) if perm is None else (x[perm], y[perm])
+                ordered.append((xo if augments is None else augments[i](xo, epoch), yo))
             xs, ys, mask = VmapEngine._pad(ordered, device, dtype)
             for lo in range(0, n_max, bs):
                 m = mask[:, lo:lo + bs]
@@ -413,6 +425,10 @@ class VmapEngine:
                 active = m.sum(dim=1) > 0
                 m = torch.where(active.unsqueeze(1), m, torch.ones_like(m))
                 grads = step_grad(params, xs[:, lo:lo + bs], ys[:, lo:lo + bs], m)
+                if clip_norm is not None:
+                    norms = torch.sqrt(sum(g.reshape(g.shape[0], -1).pow(2).sum(1) for g in grads.values()))
+                    factor = clip_factor(norms, clip_norm)
+                    grads = {n: g * factor.view(-1, *([1] * (g.ndim - 1))) for n, g in grads.items()}
                 scale = (lr * active.to(dtype))
                 for name, p in params.items():
                     g = grads[name] + weight_decay * p if weight_decay else grads[name]
