@@ -1,0 +1,103 @@
+"""The CLI's surface (--version, help, choices, `fedsim list`, config validation) and the config's TOML round trip."""
+import dataclasses
+import os
+import subprocess
+import sys
+import tempfile
+import typing
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from fedsim import config as C
+from fedsim.cli import build_parser, main
+from fedsim.clients import ENGINES
+from fedsim.data import DATASETS, SCHEMES
+from fedsim.models import MODELS
+from fedsim.rules import RULES
+
+REPO = Path(__file__).resolve().parents[1]
+
+# ----------------------------------------------------------------------------- TOML round trip
+# Valid values of the keys whose value is one of a few names; every other key gets a value
+# drawn from its declared type (str, int, float, bool, each maybe None).
+_CHOICES = {
+    ("data", "dataset"): DATASETS, ("data", "fallback"): (None,) + tuple(DATASETS), ("data", "partition"): SCHEMES,
+    ("model", "name"): MODELS, ("rule", "name"): tuple(RULES), ("rule", "sketch"): C.SKETCH_KINDS,
+    ("rule", "zeroing"): C.ZEROINGS, ("rule", "lr_placement"): C.LR_PLACEMENTS,
+    ("rule", "sketch_backend"): ("auto", "numpy", "numba", "cupy"), ("rule", "sketch_hash_version"): (None, 1),
+    ("train", "schedule"): C.SCHEDULES, ("train", "weighting"): C.WEIGHTINGS,
+    ("train", "device"): ("cpu", "cuda", "cuda:3"), ("train", "engine"): tuple(ENGINES),
+    ("output", "metrics"): C.METRIC_FORMATS,
+}
+# Any Unicode but lone surrogates, with emoji and other non-BMP characters drawn often.
+_text = st.text(alphabet=st.one_of(st.characters(blacklist_categories=("Cs",)), st.sampled_from("🚀😀𝔘🀄\U0010FFFD")),
+                min_size=1, max_size=12)
+_label = _text.filter(lambda s: "[" not in s and "]" not in s)  # a group "a[k=1]" may clash with a sweep label
+_float = st.floats(min_value=1e-12, max_value=0.999, allow_subnormal=False)  # in range for every float key
+
+
+def _value(section, cls, key):
+    """A strategy of valid values of one config key."""
+    if (section, key) in _CHOICES:
+        return st.sampled_from(_CHOICES[section, key])
+    base, optional = C._type_of(cls, key)
+    if key == "name" and section == "output":
+        strat = _text.filter(lambda s: "/" not in s)
+    else:
+        strat = {bool: st.booleans(), int: st.integers(1, 2**40), float: _float, str: _text}[base]
+    return st.one_of(st.none(), strat) if optional else strat
+
+
+@st.composite
+def _raw_config(draw):
+    raw = {}
+    for name, cls in C.SECTIONS.items():
+        keys = draw(st.lists(st.sampled_from([f.name for f in dataclasses.fields(cls)]), unique=True))
+        raw[name] = {k: draw(_value(name, cls, k)) for k in keys}
+        raw[name] = {k: v for k, v in raw[name].items() if v is not None}  # TOML has no null: absent = default
+    rule_keys = [f.name for f in dataclasses.fields(C.RuleConfig) if f.name != "name"]
+    methods = []
+    for label in draw(st.lists(_label, unique=True, max_size=4)):
+        entry = {"label": label, "rule": draw(st.sampled_from(tuple(RULES)))}
+        width = draw(st.integers(0, 3))  # 0: no sweep
+        if width:  # distinct rounds keep the sweep's run labels distinct
+            entry["rounds"] = draw(st.lists(st.integers(1, 10**6), min_size=width, max_size=width, unique=True))
+        for key in draw(st.lists(st.sampled_from(rule_keys + ["lr"]), unique=True, max_size=3)):
+            cls = C.TrainConfig if key == "lr" else C.RuleConfig
+            strat = _value("rule", cls, key).filter(lambda v: v is not None)
+            sweep = width and draw(st.booleans())
+            entry[key] = draw(st.lists(strat, min_size=width, max_size=width)) if sweep else draw(strat)
+        methods.append(entry)
+    if methods:
+        raw["methods"] = methods
+    return raw
+
+
+def _runs(cfg):
+    """Everything that defines the runs of a config (labels, groups, every section)."""
+    return [(s.label, s.group, s.to_dict(), dataclasses.asdict(s.output)) for s in cfg.runs()]
+
+
+@given(_raw_config())
+def test_a_whole_config_round_trips_through_toml(raw):
+    cfg = C.parse_config(raw)
+    text = C.dump_toml(cfg)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "cfg.toml"
+        path.write_bytes(text.encode("utf-8"))
+        again = C.load_config(path)
+    assert again == cfg
+    assert _runs(again) == _runs(cfg)
+    assert C.dump_toml(again) == text
+
+
+def test_emoji_label_round_trips():
+    cfg = C.parse_config({"methods": [{"label": "fetch 🚀", "rule": "fetchsgd", "k": [10, 20]}]})
+    text = C.dump_toml(cfg)
+    assert "🚀" in text and "\\ud83d" not in text.lower()
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / "c.toml").write_bytes(text.encode())
+        assert [s.label for s in C.load_config(Path(tmp) / "c.toml").runs()] == ["fetch 🚀[k=10]", "fetch 🚀[k=20]"]
