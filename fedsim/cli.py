@@ -1,33 +1,70 @@
-"""Command line: ``fedsim run`` (default), ``fedsim config`` (print the resolved config)."""
+"""Command line: ``fedsim run`` (default), ``fedsim config`` (print the resolved config), ``fedsim list``.
+
+Only the command line prints and configures logging; the library logs through
+the ``fedsim`` and ``sketchlib`` loggers.
+"""
 import argparse
+import dataclasses
+import logging
 import sys
 
 from .errors import FedsimError
 
-__all__ = ["main", "build_parser", "config_from_args"]
+__all__ = ["main", "build_parser", "config_from_args", "configure_logging", "rule_knobs", "format_list"]
+
+_DESCRIPTION = """Federated learning simulator: FetchSGD and rivals.
+
+A bare `fedsim` runs `fedsim run` (the packaged default experiment); options
+without a command go to `fedsim run` too (`fedsim --rounds 30` = `fedsim run --rounds 30`)."""
+
+
+def _version():
+    """The version of the sketchgrad code being run."""
+    from sketchlib import __version__
+
+    return __version__
+
+
+def _choices(names):
+    """Names for a help text: ``a, b, c``."""
+    return ", ".join(names)
 
 
 def build_parser():
     """The argument parser."""
-    p = argparse.ArgumentParser(prog="fedsim", description="Federated learning simulator: FetchSGD and rivals.")
-    sub = p.add_subparsers(dest="command")
-    for name, help_ in (("run", "run an experiment (default: the packaged default.toml)"),
-                        ("config", "print the resolved config as TOML and the runs it expands to")):
+    from .clients import ENGINES
+    from .data import DATASETS
+    from .models import MODELS
+    from .rules import RULES
+
+    p = argparse.ArgumentParser(prog="fedsim", description=_DESCRIPTION,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--version", action="version", version=f"fedsim (sketchgrad) {_version()}")
+    sub = p.add_subparsers(dest="command", metavar="{run,config,list}")
+    for name, help_ in (("run", "run an experiment (default: the packaged default.toml); the default command"),
+                        ("config", "print the resolved config as TOML and the runs it expands to"),
+                        ("list", "list the datasets, models and rules (with their knobs and defaults)")):
         s = sub.add_parser(name, help=help_)
+        if name == "list":
+            continue
+        s.add_argument("-v", "--verbose", action="count", default=0, help="more messages (debug)")
+        s.add_argument("-q", "--quiet", action="count", default=0,
+                       help="only warnings and errors, no progress bar (the table is still printed)")
         s.add_argument("--config", help="TOML experiment file (default: fedsim/configs/default.toml)")
         s.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                        help="override a config value, e.g. --set rule.k=1000 or --set methods.fedavg.lr=0.05 "
                             "(repeatable; rule.* and train.rounds/lr overrides win over every method)")
         s.add_argument("--only", help="comma-separated method labels to run")
-        s.add_argument("--rule", help="run this single rule with the [rule] settings (drops [[methods]])")
+        s.add_argument("--rule", help=f"run this single rule with the [rule] settings (drops [[methods]]); "
+                                      f"one of: {_choices(RULES)}")
         s.add_argument("--rounds", type=int, help="= --set train.rounds=N")
         s.add_argument("--lr", type=float, help="= --set train.lr=X")
         s.add_argument("--clients-per-round", type=int, help="= --set train.clients_per_round=N")
         s.add_argument("--seed", type=int, help="= --set train.seed=N")
         s.add_argument("--device", help="cpu, cuda or cuda:N (= --set train.device=...)")
-        s.add_argument("--engine", help="client engine: loop or vmap (= --set train.engine=...)")
-        s.add_argument("--dataset", help="= --set data.dataset=...")
-        s.add_argument("--model", help="= --set model.name=...")
+        s.add_argument("--engine", help=f"client engine (= --set train.engine=...); one of: {_choices(ENGINES)}")
+        s.add_argument("--dataset", help=f"= --set data.dataset=...; one of: {_choices(DATASETS)}")
+        s.add_argument("--model", help=f"= --set model.name=...; one of: {_choices(MODELS)}")
         s.add_argument("--name", help="experiment name, the output subfolder (= --set output.name=...)")
         s.add_argument("--out", help="output folder (default: output.dir/output.name)")
         s.add_argument("--checkpoint-every", type=int, help="= --set output.checkpoint_every=N (0: never)")
@@ -56,17 +93,145 @@ def config_from_args(args):
             overrides.append(f"{key}={value!r}" if isinstance(value, str) else f"{key}={value}")
     if args.no_plot:
         overrides.append("output.plot=false")
-    if args.no_progress:
+    if args.no_progress or getattr(args, "quiet", 0):
         overrides.append("output.progress=false")
     return load_config(args.config, overrides, single_rule=args.rule)
+
+
+# Knobs of today's flat RuleConfig that each rule reads (used until rules carry a ``Params`` dataclass).
+_RULE_KEYS = {
+    "fetchsgd": ("momentum", "k", "rows", "cols", "sketch", "sketch_seed", "sketch_backend", "sketch_hash_version",
+                 "zeroing", "lr_placement", "second_round"),
+    "uncompressed": ("momentum",),
+    "true_topk": ("momentum", "k", "lr_placement", "momentum_stopping"),
+    "local_topk": ("momentum", "k", "local_error_feedback", "global_momentum"),
+    "fedavg": ("momentum", "local_epochs", "local_batch_size", "server_lr", "server_momentum"),
+}
+_KNOB_HELP = {
+    "momentum": "momentum coefficient rho (local_topk: with global_momentum; fedavg: with server_momentum)",
+    "k": "coordinates updated per round (top-k)",
+    "rows": "sketch rows",
+    "cols": "sketch columns (buckets per row)",
+    "sketch": "'count' (Count Sketch) or 'identity' (exact: FetchSGD becomes true top-k)",
+    "sketch_seed": "seed of the sketch's hashes",
+    "sketch_backend": "auto, numpy, numba or cupy",
+    "sketch_hash_version": "1 or 2 (none: 2 when cols % 4 == 0, else 1)",
+    "zeroing": "'buckets' (reference code) or 'subtract' (Algorithm 1) after unsketching",
+    "lr_placement": "learning rate 'inside' the error accumulation or 'after' unsketching",
+    "second_round": "p > 0 fetches exact values of p*k candidates in a second round",
+    "momentum_stopping": "zero the momentum where the weights were updated",
+    "local_error_feedback": "clients keep the error of their top-k",
+    "global_momentum": "momentum applied on the server",
+    "local_epochs": "local epochs per round",
+    "local_batch_size": "local batch size (none: the client's whole data)",
+    "server_lr": "server learning rate applied to the averaged update",
+    "server_momentum": "momentum on the server's averaged update",
+}
+
+
+def rule_knobs():
+    """Every registered rule's knobs.
+
+    A rule class with a ``Params`` dataclass describes its own knobs (field
+    defaults and ``metadata["help"]``); otherwise the knobs it reads from
+    :class:`fedsim.config.RuleConfig` are listed.
+
+    Returns
+    -------
+    dict of str -> list of (str, object, str)
+        ``{rule name: [(knob, default, help), ...]}`` in registration order.
+    """
+    from .config import RuleConfig
+    from .rules import RULES
+
+    defaults = RuleConfig()
+    out = {}
+    for name, cls in RULES.items():
+        params = getattr(cls, "Params", None)
+        if dataclasses.is_dataclass(params):
+            out[name] = [(f.name, f.default if f.default is not dataclasses.MISSING else f.default_factory(),
+                          f.metadata.get("help", "")) for f in dataclasses.fields(params)]
+        else:
+            out[name] = [(k, getattr(defaults, k), _KNOB_HELP.get(k, "")) for k in _RULE_KEYS.get(name, ())]
+    return out
+
+
+def format_list():
+    """The text of ``fedsim list``: datasets, models, partitions, engines and rules with their knobs."""
+    from .clients import ENGINES
+    from .data import DATASETS, SCHEMES
+    from .models import MODELS
+
+    lines = [f"{head:29}{_choices(names)}" for head, names in (
+        ("datasets (data.dataset):", DATASETS), ("models (model.name):", MODELS),
+        ("partitions (data.partition):", SCHEMES), ("engines (train.engine):", ENGINES))]
+    lines += ["",
+             "rules (rule.name) and their knobs (set with --set rule.KNOB=V or per method in [[methods]]):"]
+    for name, knobs in rule_knobs().items():
+        lines.append(f"  {name}")
+        width = max((len(f"{k} = {_default(v)}") for k, v, _ in knobs), default=0)
+        lines.extend(f"    {f'{k} = {_default(v)}'.ljust(width)}  {help_}".rstrip() for k, v, help_ in knobs)
+    return "\n".join(lines)
+
+
+def _default(value):
+    """A default as it is written in TOML (``none`` for None)."""
+    from ._toml import format_value
+
+    return "none" if value is None else format_value(value)
+
+
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is at the time (it may be replaced after setup)."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value):
+        pass
+
+
+class _Formatter(logging.Formatter):
+    """``fedsim: message`` for INFO, ``fedsim: warning: message`` for the other levels."""
+
+    def format(self, record):
+        prefix = record.name.split(".")[0]
+        level = "" if record.levelno == logging.INFO else f"{record.levelname.lower()}: "
+        return f"{prefix}: {level}{record.getMessage()}" + (f"\n{self.formatException(record.exc_info)}"
+                                                             if record.exc_info else "")
+
+
+def configure_logging(verbosity=0):
+    """Send the ``fedsim`` and ``sketchlib`` loggers to stderr (the command line's choice, not the library's).
+
+    Parameters
+    ----------
+    verbosity : int
+        0: INFO and above; 1 or more (``-v``): DEBUG; -1 or less (``-q``): WARNING and above.
+    """
+    level = logging.DEBUG if verbosity > 0 else logging.INFO if verbosity == 0 else logging.WARNING
+    for name in ("fedsim", "sketchlib"):
+        logger = logging.getLogger(name)
+        for h in [h for h in logger.handlers if isinstance(h, _StderrHandler)]:
+            logger.removeHandler(h)  # main() called again in one process: one handler only
+        handler = _StderrHandler()
+        handler.setFormatter(_Formatter())
+        logger.addHandler(handler)
+        logger.setLevel(level)
 
 
 def main(argv=None):
     """Entry point of the ``fedsim`` command; returns the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0].startswith("-") and argv[0] not in ("-h", "--help"):
+    if not argv or argv[0].startswith("-") and argv[0] not in ("-h", "--help", "--version"):
         argv = ["run"] + argv
     args = build_parser().parse_args(argv)
+    if args.command == "list":
+        print(format_list())
+        return 0
+    configure_logging(args.verbose - args.quiet)
     try:
         cfg = config_from_args(args)
         only = [s.strip() for s in args.only.split(",")] if args.only else None
@@ -79,6 +244,8 @@ def main(argv=None):
         from .simulator import run_experiment
         exp = run_experiment(cfg, only=only, out_dir=args.out, resume=args.resume,
                              stop_after_round=args.stop_after_round)
+        from .report import format_table
+        print(format_table(exp.runs, exp.provenance), flush=True)
     except FedsimError as exc:
         print(f"fedsim: error: {exc}", file=sys.stderr)
         return 2

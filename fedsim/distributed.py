@@ -327,6 +327,9 @@ def run_distributed(argv):
             stop = None
         exp = run_experiment(cfg, only=only, out_dir=args.out, resume=args.resume, stop_after_round=stop,
                              comm=comm, log=lambda msg: _say(comm, msg))
+        if comm.is_writer:
+            from .report import format_table
+            print(format_table(exp.runs, exp.provenance), flush=True)
     except RankMismatch as exc:
         print(f"fedsim.distributed: error: {exc}", file=sys.stderr, flush=True)
         _close(comm)

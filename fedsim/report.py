@@ -1,11 +1,13 @@
 """Results on disk and on screen: per-round metrics (CSV/JSONL), the final table, PNG plots."""
 import csv
 import json
+import logging
 import math
-import sys
 from pathlib import Path
 
 __all__ = ["MetricsWriter", "read_metrics", "format_table", "write_experiment", "plot_experiment"]
+
+_log = logging.getLogger("fedsim")
 
 FIELDS = ["round", "lr", "train_loss", "test_loss", "test_acc", "up_bytes", "down_bytes", "total_up",
           "total_down", "changed", "compression"]
@@ -65,8 +67,19 @@ def _fmt(x, spec):
     return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, spec)
 
 
-def format_table(results):
-    """The final table: accuracy, MB up/down and compressions, one line per run."""
+def format_table(results, provenance=None):
+    """The final table: accuracy, MB up/down and compressions, one line per run.
+
+    Parameters
+    ----------
+    results : list of RunResult
+    provenance : dict, optional
+        What ran (``ExperimentResult.provenance``): a first line names the device.
+
+    Returns
+    -------
+    str
+    """
     head = ["run", "rule", "status", "acc", "MB up", "MB down", "up x", "down x", "overall x"]
     lines = []
     for r in results:
@@ -75,7 +88,8 @@ def format_table(results):
                       _fmt(r.down_bytes / 1e6, ".2f"), _fmt(r.up_compression, ".1f"),
                       _fmt(r.down_compression, ".1f"), _fmt(r.compression, ".2f")])
     widths = [max(len(str(x)) for x in col) for col in zip(head, *lines)]
-    out = ["  ".join(str(x).ljust(w) for x, w in zip(head, widths))]
+    out = [] if provenance is None else [f"device: {provenance['device_name']} ({provenance['device']})"]
+    out.append("  ".join(str(x).ljust(w) for x, w in zip(head, widths)))
     out.append("  ".join("-" * w for w in widths))
     out.extend("  ".join(str(x).ljust(w) for x, w in zip(line, widths)) for line in lines)
     return "\n".join(out)
@@ -139,23 +153,42 @@ def plot_experiment(results, out_dir):
 
 
 def write_experiment(exp, cfg, *, plot=True, log=None):
-    """results.csv, results.json, table.txt and the plots in the experiment folder; print the table."""
+    """Write results.csv, results.json, provenance.json, config.toml, table.txt and the plots.
+
+    Parameters
+    ----------
+    exp : ExperimentResult
+    cfg : Config
+    plot : bool
+        Draw ``compression.png`` and ``curves.png``.
+    log : callable, optional
+        Where messages go (default: the ``fedsim`` logger at INFO).
+
+    Returns
+    -------
+    str
+        The table (also in ``table.txt``); printing it is the caller's choice.
+    """
     from .config import dump_toml
 
+    say = log or _log.info
     out = exp.out_dir
     out.mkdir(parents=True, exist_ok=True)
     rows = [r.summary() for r in exp.runs]
     (out / "results.json").write_text(json.dumps(rows, indent=1))
+    if exp.provenance is not None:
+        (out / "provenance.json").write_text(json.dumps(exp.provenance, indent=1))
     if rows:
         with open(out / "results.csv", "w", newline="") as fh:
             w = csv.DictWriter(fh, fieldnames=list(rows[0]))
             w.writeheader()
             w.writerows(rows)
-    (out / "config.toml").write_text(dump_toml(cfg))
-    table = format_table(exp.runs)
-    (out / "table.txt").write_text(table + "\n")
-    print(table, file=sys.stdout, flush=True)
+    (out / "config.toml").write_text(dump_toml(cfg), encoding="utf-8")
+    table = format_table(exp.runs, exp.provenance)
+    (out / "table.txt").write_text(table + "\n", encoding="utf-8")
     if plot and exp.runs:
         comp, curves = plot_experiment(exp.runs, out)
-        (log or print)(f"wrote {comp} and {curves}")
-    (log or print)(f"results in {out}/ (results.csv, table.txt, one folder per run with metrics.{cfg.output.metrics})")
+        say(f"wrote {comp} and {curves}")
+    say(f"results in {out}/ (results.csv, table.txt, provenance.json, one folder per run with "
+        f"metrics.{cfg.output.metrics}, summary.json and provenance.json)")
+    return table

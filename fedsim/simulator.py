@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 import signal
 import sys
@@ -24,6 +25,7 @@ from torch.func import functional_call
 from torch.nn import functional as F
 
 from ._flat import fixed_tensors, flatten_params, param_views
+from ._provenance import collect, finish
 from ._schedule import learning_rate
 from .accounting import Accountant, reference_bytes
 from .checkpoint import load_checkpoint, save_checkpoint
@@ -35,6 +37,8 @@ from .rules import make_rule
 
 __all__ = ["Simulation", "RunResult", "ExperimentResult", "run_experiment", "Communicator",
            "LocalCommunicator", "RoundContext"]
+
+_log = logging.getLogger("fedsim")
 
 CHECKPOINT_NAME = "checkpoint.ckpt"
 _EVAL_BATCH = 2048
@@ -91,6 +95,7 @@ class ExperimentResult:
 
     runs: list
     out_dir: Path | None
+    provenance: dict | None = None  # what ran (fedsim._provenance.collect), with start and end times
 
 
 class Simulation:
@@ -154,6 +159,7 @@ class Simulation:
         self.progress = progress
         self.last_checkpoint = None
         self.elapsed = 0.0
+        self.provenance = None  # set by run(): what ran this run (or this resumed part of it)
 
     # ------------------------------------------------------------------ data
     def sample_clients(self, t):
@@ -309,11 +315,13 @@ class Simulation:
         from .report import MetricsWriter
 
         writer = self.comm.is_writer and self.out_dir is not None
+        self.provenance = collect(self.device)
         if writer:
             self.out_dir.mkdir(parents=True, exist_ok=True)
         ckpt = self._ckpt_path()
         if resume and ckpt is not None and ckpt.exists():
             self.restore(ckpt)
+            self.provenance["resumed_at_round"] = self.t
         metrics = MetricsWriter(self.out_dir, self.spec.output.metrics) if writer else None
         if metrics is not None:
             metrics.rewrite(self.history)
@@ -346,7 +354,7 @@ class Simulation:
         result = self.result("ok", "")
         if writer:
             torch.save(self.params.detach().cpu(), self.out_dir / "final_params.pt")
-            (self.out_dir / "summary.json").write_text(json.dumps(result.summary(), indent=1))
+            _write_run_summary(self.out_dir, result, self.provenance)
         return result
 
     def result(self, status, message):
@@ -384,8 +392,8 @@ def load_run_dataset(data_cfg, seed, log=None):
     except FileNotFoundError as exc:
         if not data_cfg.fallback:
             raise
-        warn = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
-        warn(f"warning: {exc}; using data.fallback = {data_cfg.fallback!r} instead")
+        msg = f"{exc}; using data.fallback = {data_cfg.fallback!r} instead"
+        log(f"warning: {msg}") if log is not None else _log.warning(msg)
         return load_dataset(data_cfg.fallback, data_cfg.root, seed=seed)
 
 
@@ -410,7 +418,7 @@ def run_experiment(cfg, *, only=None, out_dir=None, resume=False, stop_after_rou
     dataset : Dataset, optional
         Use this dataset for every run.
     log : callable, optional
-        Where messages go (default: print to stderr).
+        Where messages go (default: the ``fedsim`` logger; warnings at WARNING, the rest at INFO).
 
     Returns
     -------
@@ -418,7 +426,8 @@ def run_experiment(cfg, *, only=None, out_dir=None, resume=False, stop_after_rou
     """
     from .report import write_experiment
 
-    log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
+    say, warn = (log, log) if log is not None else (_log.info, _log.warning)
+    provenance = collect(cfg.train.device)
     comm = comm or LocalCommunicator()
     root = Path(out_dir) if out_dir is not None else Path(cfg.output.dir) / cfg.output.name
     progress = cfg.output.progress if progress is None else progress
@@ -432,7 +441,7 @@ def run_experiment(cfg, *, only=None, out_dir=None, resume=False, stop_after_rou
             saved = json.loads(summary.read_text())
             if saved.get("config_hash") == spec.config_hash():
                 results.append(_result_from_summary(saved, run_dir))
-                log(f"{spec.label}: already finished, skipped (--resume)")
+                say(f"{spec.label}: already finished, skipped (--resume)")
                 continue
         key = (spec.data.dataset, spec.data.root, spec.data.fallback, spec.train.seed)
         if dataset is not None:
@@ -445,16 +454,24 @@ def run_experiment(cfg, *, only=None, out_dir=None, resume=False, stop_after_rou
         try:
             result = sim.run(resume=resume, stop_after_round=stop_after_round)
         except NonFiniteError as exc:  # weights or a client update (ClientUpdateError) went NaN/inf
-            log(f"diverged: {exc}")
+            warn(f"diverged: {exc}")
             result = sim.result("diverged", str(exc))
         if result.status != "ok" and comm.is_writer:
             run_dir.mkdir(parents=True, exist_ok=True)
-            (run_dir / "summary.json").write_text(json.dumps(result.summary(), indent=1))
+            _write_run_summary(run_dir, result, sim.provenance)
         results.append(result)
-    exp = ExperimentResult(results, root if comm.is_writer else None)
+    exp = ExperimentResult(results, root if comm.is_writer else None, finish(provenance))
     if comm.is_writer:
         write_experiment(exp, cfg, plot=cfg.output.plot, log=log)
     return exp
+
+
+def _write_run_summary(run_dir, result, provenance):
+    """``summary.json`` (the result and what ran) and ``provenance.json`` in a run's folder."""
+    provenance = finish(dict(provenance))
+    run_dir = Path(run_dir)
+    (run_dir / "provenance.json").write_text(json.dumps(provenance, indent=1))
+    (run_dir / "summary.json").write_text(json.dumps({**result.summary(), "provenance": provenance}, indent=1))
 
 
 def _result_from_summary(saved, run_dir):
