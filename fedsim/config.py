@@ -117,6 +117,7 @@ class OutputConfig:
     metrics: str = "csv"
     plot: bool = True
     progress: bool = True
+    tensorboard: bool = False  # per-round scalars in each run's tensorboard/ folder (extra "tensorboard")
 
 
 SECTIONS = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig, "rule": RuleConfig,

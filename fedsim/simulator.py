@@ -322,6 +322,10 @@ class Simulation:
         if resume and ckpt is not None and ckpt.exists():
             self.restore(ckpt)
             self.provenance["resumed_at_round"] = self.t
+        board = None
+        if writer and self.spec.output.tensorboard:
+            from ._tensorboard import TensorBoardLog
+            board = TensorBoardLog(self.out_dir / "tensorboard")
         metrics = MetricsWriter(self.out_dir, self.spec.output.metrics) if writer else None
         if metrics is not None:
             metrics.rewrite(self.history)
@@ -334,6 +338,8 @@ class Simulation:
                 self.elapsed += time.perf_counter() - start
                 if metrics is not None:
                     metrics.append(row)
+                if board is not None:
+                    board.add_row(row)
                 if every and (self.t % every == 0 or self.t == tr.rounds):
                     self.save_checkpoint()
                 if bar is not None:
@@ -351,6 +357,8 @@ class Simulation:
                 bar.close()
             if metrics is not None:
                 metrics.close()
+            if board is not None:
+                board.close()
         result = self.result("ok", "")
         if writer:
             torch.save(self.params.detach().cpu(), self.out_dir / "final_params.pt")
