@@ -1,10 +1,7 @@
 """The CLI's surface (--version, help, choices, `fedsim list`, config validation) and the config's TOML round trip."""
 import dataclasses
-import os
-import subprocess
-import sys
+import logging
 import tempfile
-import typing
 from pathlib import Path
 
 import pytest
@@ -18,7 +15,6 @@ from fedsim.data import DATASETS, SCHEMES
 from fedsim.models import MODELS
 from fedsim.rules import RULES
 
-REPO = Path(__file__).resolve().parents[1]
 
 # ----------------------------------------------------------------------------- TOML round trip
 # Valid values of the keys whose value is one of a few names; every other key gets a value
@@ -101,3 +97,94 @@ def test_emoji_label_round_trips():
     with tempfile.TemporaryDirectory() as tmp:
         (Path(tmp) / "c.toml").write_bytes(text.encode())
         assert [s.label for s in C.load_config(Path(tmp) / "c.toml").runs()] == ["fetch 🚀[k=10]", "fetch 🚀[k=20]"]
+
+
+# ----------------------------------------------------------------------------- command line
+@pytest.fixture
+def cli(capsys):
+    """Run ``fedsim`` in this process: returns (exit status, stdout, stderr); logging is restored after."""
+    saved = {name: (logging.getLogger(name).level, list(logging.getLogger(name).handlers))
+             for name in ("fedsim", "sketchlib")}
+
+    def run(*args):
+        capsys.readouterr()
+        try:
+            code = main(list(args))
+        except SystemExit as exc:  # argparse: --help, --version, usage errors
+            code = exc.code
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    yield run
+    for name, (level, handlers) in saved.items():
+        logging.getLogger(name).setLevel(level)
+        logging.getLogger(name).handlers[:] = handlers
+
+
+def test_version_help_and_choices_come_from_the_registries(cli):
+    from sketchlib import __version__
+
+    assert cli("--version")[:2] == (0, f"fedsim (sketchgrad) {__version__}\n")
+    assert "bare `fedsim` runs `fedsim run`" in build_parser().format_help()
+    code, out, _ = cli("run", "--help")
+    run_help = " ".join(out.split())  # unwrapped
+    assert code == 0
+    for names in (DATASETS, MODELS, tuple(RULES), tuple(ENGINES)):
+        assert "one of: " + ", ".join(names) in run_help
+
+
+def test_config_and_run_refuse_unknown_dataset_and_model_alike(tmp_path, cli):
+    for flag, value, key in (("--dataset", "mnistt", "data.dataset"), ("--model", "mlpp", "model.name")):
+        outs = [cli(cmd, flag, value, "--out", str(tmp_path / "never")) for cmd in ("config", "run")]
+        for code, out, err in outs:
+            assert code == 2 and out == ""
+            assert f"{key}: unknown" in err and repr(value) in err
+        assert outs[0][2] == outs[1][2]
+    assert not (tmp_path / "never").exists()
+
+
+def test_list_shows_every_dataset_model_and_rule_knob(cli):
+    from fedsim.cli import rule_knobs
+
+    code, text, _ = cli("list")
+    assert code == 0
+    for name in (*DATASETS, *MODELS, *SCHEMES, *ENGINES):
+        assert name in text
+    knobs = rule_knobs()
+    assert list(knobs) == list(RULES)
+    defaults = C.RuleConfig()
+    for rule, entries in knobs.items():
+        assert entries and f"\n  {rule}\n" in text
+        for key, default, help_ in entries:
+            assert default == getattr(defaults, key) and help_  # today's defaults; every knob explained
+            assert f"    {key} = " in text
+    assert {k for k, _, _ in knobs["fetchsgd"]} >= {"k", "rows", "cols", "momentum"}
+    assert {k for k, _, _ in knobs["fedavg"]} >= {"local_epochs", "server_lr"}
+
+
+# ----------------------------------------------------------------------------- plots
+def _result(label, group, compression, acc, status="ok"):
+    from fedsim.simulator import RunResult
+
+    history = [{"round": t, "test_acc": acc * t / 4, "total_up": 1000 * t, "total_down": 1000 * t}
+               for t in range(1, 5)]
+    return RunResult(label, group, group, status, "", 4, acc, 1.0, int(1e6 / compression), int(1e6 / compression),
+                     10**6, 10**6, 1.0, 100, "h", history)
+
+
+def test_plots_label_points_and_style_runs_by_method_and_level(tmp_path):
+    from fedsim.report import _sweep_point, _styles, plot_experiment
+
+    runs = [_result("unc", "unc", 1.0, 0.9)]
+    runs += [_result(f"fetch[k={k},cols={20 * k}]", "fetch", 1000 / k, 0.8 - k / 1000) for k in (50, 100, 200)]
+    runs += [_result(f"fedavg[local_epochs={e}]", "fedavg", e, 0.7) for e in (2, 5)]
+    runs.append(_result("fedavg[local_epochs=10]", "fedavg", 10, float("nan"), status="diverged"))
+    assert [_sweep_point(r) for r in runs[:3]] == ["", "k=50,cols=1000", "k=100,cols=2000"]
+    styles = _styles(runs)
+    colours = {r.group: set() for r in runs}
+    for r, s in zip(runs, styles):
+        colours[r.group].add(s["color"])
+    assert all(len(c) == 1 for c in colours.values()) and len({c.pop() for c in colours.values()}) == 3
+    assert len({str(s["ls"]) for s in styles[1:4]}) == 3  # one line style per level of a method
+    comp, curves = plot_experiment(runs, tmp_path)
+    assert comp.stat().st_size > 10_000 and curves.stat().st_size > 10_000
