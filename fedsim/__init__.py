@@ -7,6 +7,10 @@ Python API::
     exp = fedsim.run_experiment(cfg)                      # every method; table, CSV, plots
     sim = fedsim.Simulation(cfg.runs()[0]); result = sim.run()   # one run
 """
+from ._names import check_adapters as _check_adapters
+
+_check_adapters()  # another distribution's `adapters` on the path: stop now, with what to do
+
 from .comm import Communicator, LocalCommunicator
 from .config import Config, RunSpec, load_config, parse_config
 from .errors import CheckpointError, ClientUpdateError, ConfigError, FedsimError, NonFiniteError

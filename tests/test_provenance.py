@@ -139,3 +139,24 @@ def test_missing_tensorboard_names_what_to_install(tmp_path):
     assert proc.returncode != 0
     assert "ConfigError" in proc.stderr and "pip install 'sketchgrad[tensorboard]'" in proc.stderr
     assert not (tmp_path / "run" / "metrics.csv").exists()  # it stopped before the first round
+
+
+def test_a_foreign_adapters_package_stops_fedsim_without_being_imported(tmp_path):
+    fake = tmp_path / "site" / "adapters"
+    fake.mkdir(parents=True)
+    ran = tmp_path / "foreign_code_ran"
+    (fake / "__init__.py").write_text(f"open({str(ran)!r}, 'w').close()\n__version__ = '1.0'\n")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path / "site"), str(REPO)]))
+    code = "import fedsim"
+    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode != 0
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("fedsim._names.ForeignPackageError:") and str(fake / "__init__.py") in last
+    assert "own virtual environment" in last and "pip uninstall adapters" in last
+    assert not ran.exists()  # the other package was never imported
+    # the same path with our package first imports fine
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), str(tmp_path / "site")])
+    ok = subprocess.run([sys.executable, "-c", "import fedsim, adapters; print(adapters.__distribution__)"],
+                        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert ok.returncode == 0 and ok.stdout.strip() == "sketchgrad", ok.stderr
