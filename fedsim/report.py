@@ -275,7 +275,7 @@ def write_experiment(exp, cfg, *, plot=True, log=None):
     if exp.provenance is not None:
         (out / "provenance.json").write_text(json.dumps(exp.provenance, indent=1))
     if rows:
-        with open(out / "results.csv", "w", newline="") as fh:
+        with open(out / "results.csv", "w", newline="", encoding="utf-8") as fh:
             w = csv.DictWriter(fh, fieldnames=list(rows[0]))
             w.writeheader()
             w.writerows(rows)

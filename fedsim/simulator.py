@@ -401,7 +401,10 @@ def load_run_dataset(data_cfg, seed, log=None):
         if not data_cfg.fallback:
             raise
         msg = f"{exc}; using data.fallback = {data_cfg.fallback!r} instead"
-        log(f"warning: {msg}") if log is not None else _log.warning(msg)
+        if log is None:
+            _log.warning(msg)
+        else:
+            log(f"warning: {msg}")
         return load_dataset(data_cfg.fallback, data_cfg.root, seed=seed)
 
 
