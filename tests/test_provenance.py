@@ -54,7 +54,9 @@ def _time(text):
     return datetime.datetime.fromisoformat(text)
 
 
-def test_library_logs_and_never_prints_and_every_run_records_what_ran(tmp_path, capsys, caplog):
+def test_library_logs_and_never_prints_and_every_run_records_what_ran(tmp_path, capsys, caplog, monkeypatch):
+    for name in ("fedsim", "sketchlib"):  # drop handlers an in-process `fedsim` command may have configured
+        monkeypatch.setattr(logging.getLogger(name), "handlers", [])
     before = datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0)
     with caplog.at_level(logging.INFO, logger="fedsim"):
         exp = run_experiment(parse_config(TINY), out_dir=tmp_path)
