@@ -11,6 +11,10 @@ import importlib
 
 __all__ = ["dlpack", "torch", "distributed"]
 
+# fedsim reads this line (without importing) to tell this package from other distributions'
+# packages named ``adapters`` (e.g. AdapterHub's); keep it as it is.
+__distribution__ = "sketchgrad"
+
 
 def __getattr__(name):
     if name in __all__:

@@ -8,6 +8,10 @@ Python API::
     sim = fedsim.Simulation(cfg.runs()[0]); result = sim.run()   # one run
     rule = fedsim.make_rule(fedsim.rule_params("fetchsgd", k=50, cols=1000), d)   # a rule on its own
 """
+from ._names import check_adapters as _check_adapters
+
+_check_adapters()  # another distribution's `adapters` on the path: stop now, with what to do
+
 from .comm import Communicator, LocalCommunicator
 from .config import Config, RunSpec, load_config, parse_config
 from .errors import (CheckpointError, ClientUpdateError, ConfigError, DataError, DataFileMissing, FedsimError,

@@ -5,7 +5,9 @@ Collected once per run and stored in the run folder (``provenance.json``) and in
 made it.  Nothing here imports an optional library that is not already loaded:
 versions come from the installed distributions' metadata.
 """
+import ctypes
 import datetime
+import functools
 import importlib.metadata
 import os
 import platform
@@ -13,9 +15,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-__all__ = ["collect", "device_name", "utc_now"]
+__all__ = ["collect", "finish", "device_name", "utc_now"]
 
-_PACKAGES = ("sketchgrad", "numpy", "torch", "numba", "cupy-cuda12x", "cupy-cuda13x", "cupy", "flwr")
+# Distributions whose versions are recorded when installed (sketchgrad itself is recorded
+# from the imported code, which need not be the installed copy).
+_PACKAGES = ("numpy", "torch", "numba", "cupy-cuda12x", "cupy-cuda13x", "cupy", "scikit-learn", "matplotlib",
+             "tensorboard", "flwr")
 
 
 def utc_now():
@@ -53,8 +58,24 @@ def device_name(device):
     return f"CPU: {_cpu_model()}"
 
 
+def _driver_from_libcuda():
+    """The CUDA driver version (e.g. 12040) read from libcuda with ctypes, or None."""
+    for name in ("libcuda.so.1", "libcuda.so", "nvcuda.dll", "libcuda.dylib"):
+        try:
+            lib = ctypes.CDLL(name)
+        except OSError:
+            continue
+        version = ctypes.c_int(0)
+        try:
+            if lib.cuDriverGetVersion(ctypes.byref(version)) == 0:
+                return int(version.value)
+        except AttributeError:
+            pass
+    return None
+
+
 def _cuda_versions(device):
-    """CUDA runtime (torch's) and driver versions when the run uses a GPU."""
+    """CUDA runtime (torch's) and driver versions; the driver only when the run uses a GPU."""
     import torch
 
     if torch.device(device).type != "cuda" or not torch.cuda.is_available():
@@ -63,9 +84,11 @@ def _cuda_versions(device):
     if "cupy" in sys.modules or _version("cupy-cuda12x") or _version("cupy-cuda13x"):
         try:
             import cupy
-            driver = cupy.cuda.runtime.driverGetVersion()
-        except Exception:  # no usable CuPy: the driver version stays unknown
+            driver = int(cupy.cuda.runtime.driverGetVersion())
+        except Exception:  # no usable CuPy: ask libcuda directly below
             driver = None
+    if driver is None:
+        driver = _driver_from_libcuda()
     return {"cuda_runtime": torch.version.cuda, "cuda_driver": driver}
 
 
@@ -87,8 +110,27 @@ def _git_commit():
     return commit or None, bool(status.strip())
 
 
+@functools.lru_cache(maxsize=1)
+def _static():
+    """The parts of a record that cannot change within a process (git is asked once)."""
+    import sketchlib
+
+    commit, dirty = _git_commit()
+    packages = {"sketchgrad": sketchlib.__version__}
+    packages.update({name: v for name in _PACKAGES if (v := _version(name)) is not None})
+    return {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "packages": packages,
+        "code_path": str(Path(__file__).resolve().parents[1]),
+        "cpu_count": os.cpu_count(),
+        "git_commit": commit,
+        "git_dirty": dirty,
+    }
+
+
 def collect(device="cpu", argv=None):
-    """The provenance record of a run on ``device``.
+    """The provenance record of a run on ``device``, started now.
 
     Parameters
     ----------
@@ -99,27 +141,43 @@ def collect(device="cpu", argv=None):
     Returns
     -------
     dict
-        JSON-serialisable: ``python``, ``platform``, ``packages`` (name -> version),
-        ``device``, ``device_name``, ``cuda_runtime``, ``cuda_driver``, ``cpu_count``,
-        ``cpu_affinity``, ``git_commit``, ``git_dirty``, ``command``, ``started``.
+        JSON-serialisable: ``python``, ``platform``, ``packages`` (name -> version;
+        ``sketchgrad`` is the imported code's version), ``code_path`` (where it was
+        imported from), ``device``, ``device_name``, ``cuda_runtime``, ``cuda_driver``,
+        ``cpu_count``, ``cpu_affinity``, ``torch_threads``, ``git_commit``,
+        ``git_dirty``, ``command``, ``started`` (ISO 8601 UTC); :func:`finish` adds ``ended``.
     """
-    commit, dirty = _git_commit()
+    import torch
+
     try:
         affinity = len(os.sched_getaffinity(0))
     except AttributeError:  # pragma: no cover - not on Linux
         affinity = os.cpu_count()
-    record = {
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "packages": {name: v for name in _PACKAGES if (v := _version(name)) is not None},
+    record = dict(_static())
+    record["packages"] = dict(record["packages"])
+    record.update({
         "device": str(device),
         "device_name": device_name(device),
-        "cpu_count": os.cpu_count(),
         "cpu_affinity": affinity,
-        "git_commit": commit,
-        "git_dirty": dirty,
+        "torch_threads": torch.get_num_threads(),
         "command": list(sys.argv if argv is None else argv),
         "started": utc_now(),
-    }
+    })
     record.update(_cuda_versions(device))
+    return record
+
+
+def finish(record):
+    """Stamp a record from :func:`collect` with its end time (``ended``); returns it.
+
+    Parameters
+    ----------
+    record : dict
+
+    Returns
+    -------
+    dict
+        ``record``, changed in place.
+    """
+    record["ended"] = utc_now()
     return record

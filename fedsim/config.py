@@ -151,6 +151,7 @@ class OutputConfig:
     metrics: str = "csv"
     plot: bool = True
     progress: bool = True
+    tensorboard: bool = False  # per-round scalars in each run's tensorboard/ folder (extra "tensorboard")
 
 
 SECTIONS = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig, "rule": RuleSection,
@@ -306,6 +307,10 @@ def _coerce_rule_key(rule, key, value, where):
 def _validate_section(name, obj):
     """Value checks that the types alone do not express."""
     if name == "data":
+        from .data import DATASETS
+        _check(obj.dataset in DATASETS, f"data.dataset: unknown dataset {obj.dataset!r}; choose one of {list(DATASETS)}")
+        _check(obj.fallback is None or obj.fallback in DATASETS,
+               f"data.fallback: unknown dataset {obj.fallback!r}; choose one of {list(DATASETS)}")
         _check(obj.num_clients > 0, f"data.num_clients must be positive, got {obj.num_clients}")
         _check(obj.alpha > 0, f"data.alpha must be positive, got {obj.alpha}")
         _check(obj.classes_per_client > 0, f"data.classes_per_client must be positive, got {obj.classes_per_client}")
@@ -317,6 +322,9 @@ def _validate_section(name, obj):
                f"data.fallback must be 'synthetic' or a dataset name ({', '.join(DATASETS)}), got {obj.fallback!r}")
         from ._augment import AUGMENTATIONS
         _check(obj.augment in AUGMENTATIONS, f"data.augment must be one of {AUGMENTATIONS}, got {obj.augment!r}")
+    elif name == "model":
+        from .models import MODELS
+        _check(obj.name in MODELS, f"model.name: unknown model {obj.name!r}; choose one of {list(MODELS)}")
     elif name == "train":
         _check(obj.rounds > 0, f"train.rounds must be positive, got {obj.rounds}")
         _check(obj.clients_per_round > 0, f"train.clients_per_round must be positive, got {obj.clients_per_round}")
@@ -547,22 +555,12 @@ def load_config(path=None, overrides=(), *, single_rule=None):
     return parse_config(apply_overrides(raw, overrides))
 
 
-def _toml_value(v):
-    """One value in TOML syntax."""
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, (int, float)):
-        return repr(v)
-    if isinstance(v, list):
-        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
-    return json.dumps(v)
-
-
 def dump_toml(cfg):
-    """The config as TOML text (None values are left out: they are the defaults).
+    """The config as TOML text that :func:`load_config` reads back to the same runs.
 
-    ``[rule]`` holds what the file gave (name and shared knob values), not every
-    rule's defaults; re-parsing the text gives the same runs.
+    None values are left out (they are the defaults); ``[rule]`` holds what the
+    file gave (name and shared knob values), not every rule's defaults; strings
+    of any Unicode (emoji included) are written as UTF-8 by :mod:`fedsim._toml`.
 
     Parameters
     ----------
@@ -571,18 +569,16 @@ def dump_toml(cfg):
     Returns
     -------
     str
+
+    Raises
+    ------
+    ConfigError
+        A value TOML cannot hold (e.g. a string with a lone surrogate).
     """
-    lines = []
+    from ._toml import dumps
+
+    sections = {}
     for name in SECTIONS:
-        lines.append(f"[{name}]")
         section = getattr(cfg, name)
-        values = {"name": section.name, **section.values} if name == "rule" else dataclasses.asdict(section)
-        for key, value in values.items():
-            if value is not None:
-                lines.append(f"{key} = {_toml_value(value)}")
-        lines.append("")
-    for entry in cfg.methods:
-        lines.append("[[methods]]")
-        lines.extend(f"{k} = {_toml_value(v)}" for k, v in entry.items() if v is not None)
-        lines.append("")
-    return "\n".join(lines)
+        sections[name] = {"name": section.name, **section.values} if name == "rule" else dataclasses.asdict(section)
+    return dumps(sections, [("methods", cfg.methods)])

@@ -379,7 +379,11 @@ def run_distributed(argv):
             _check_resume_files(comm, cfg, specs, args.out)
         from .simulator import run_experiment
 
-        exp = run_experiment(cfg, only=only, out_dir=args.out, resume=args.resume, comm=comm, log=lambda msg: _say(comm, msg))
+        exp = run_experiment(cfg, only=only, out_dir=args.out, resume=args.resume, comm=comm,
+                             log=lambda msg: _say(comm, msg))
+        if comm.is_writer:
+            from .report import format_table
+            print(format_table(exp.runs, exp.provenance), flush=True)
     except RankMismatch as exc:
         print(f"fedsim.distributed: error: {exc}", file=sys.stderr, flush=True)
         _close(comm)

@@ -12,12 +12,14 @@ takes the names from here.
 """
 from pathlib import Path
 
-__all__ = ["CHECKPOINT_NAME", "SUMMARY_NAME", "FINAL_PARAMS_NAME", "RESULTS_JSON", "RESULTS_CSV", "TABLE_NAME",
+__all__ = ["CHECKPOINT_NAME", "SUMMARY_NAME", "PROVENANCE_NAME", "TENSORBOARD_DIR", "FINAL_PARAMS_NAME", "RESULTS_JSON", "RESULTS_CSV", "TABLE_NAME",
            "CONFIG_NAME", "COMPRESSION_PLOT", "CURVES_PLOT", "metrics_name", "run_folder_name", "run_dir",
            "experiment_dir"]
 
 CHECKPOINT_NAME = "checkpoint.ckpt"
 SUMMARY_NAME = "summary.json"
+PROVENANCE_NAME = "provenance.json"
+TENSORBOARD_DIR = "tensorboard"
 FINAL_PARAMS_NAME = "final_params.pt"
 RESULTS_JSON = "results.json"
 RESULTS_CSV = "results.csv"

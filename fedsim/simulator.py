@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import sys
 import time
 from dataclasses import dataclass, field
@@ -26,6 +27,7 @@ from adapters.torch import flatten_params, param_views
 from ._augment import augment, augment_key
 from ._fault import fault_hook
 from ._flat import fixed_tensors
+from ._provenance import collect, finish
 from ._schedule import learning_rate
 from ._streams import AUGMENTATION, BATCH_SELECTION, CLIENT_SAMPLING, EPOCH_ORDER, stream
 from .accounting import Accountant, reference_bytes
@@ -34,11 +36,14 @@ from .clients import make_engine
 from .comm import Communicator, LocalCommunicator
 from .errors import ConfigError, DataFileMissing, MissingDependency, NonFiniteError
 from ._round import RoundContext
-from .layout import CHECKPOINT_NAME, FINAL_PARAMS_NAME, SUMMARY_NAME, experiment_dir, run_dir
+from .layout import (CHECKPOINT_NAME, FINAL_PARAMS_NAME, PROVENANCE_NAME, SUMMARY_NAME, TENSORBOARD_DIR,
+                     experiment_dir, run_dir)
 from .rules import make_rule
 
 __all__ = ["Simulation", "RunResult", "ExperimentResult", "run_experiment", "Communicator",
            "LocalCommunicator", "RoundContext", "is_synthetic"]
+
+_log = logging.getLogger("fedsim")
 
 _EVAL_BATCH = 2048
 
@@ -116,6 +121,7 @@ class ExperimentResult:
 
     runs: list
     out_dir: Path | None
+    provenance: dict | None = None  # what ran (fedsim._provenance.collect), with start and end times
 
 
 class Simulation:
@@ -184,6 +190,7 @@ class Simulation:
         self.progress = progress
         self.last_checkpoint = None
         self.elapsed = 0.0
+        self.provenance = None  # set by run(): what ran this run (or this resumed part of it)
 
     # ------------------------------------------------------------------ data
     def sample_clients(self, t):
@@ -447,11 +454,17 @@ class Simulation:
         from .report import MetricsWriter
 
         writer = self.comm.is_writer and self.out_dir is not None
+        self.provenance = collect(self.device)
         if writer:
             self.out_dir.mkdir(parents=True, exist_ok=True)
         ckpt = self._ckpt_path()
         if resume and ckpt is not None and ckpt.exists():
             self.restore(ckpt)
+            self.provenance["resumed_at_round"] = self.t
+        board = None
+        if writer and self.spec.output.tensorboard:
+            from ._tensorboard import TensorBoardLog
+            board = TensorBoardLog(self.out_dir / TENSORBOARD_DIR)
         metrics = MetricsWriter(self.out_dir, self.spec.output.metrics) if writer else None
         if metrics is not None:
             metrics.rewrite(self.history)
@@ -464,6 +477,8 @@ class Simulation:
                 self.elapsed += time.perf_counter() - start
                 if metrics is not None:
                     metrics.append(row)
+                if board is not None:
+                    board.add_row(row)
                 if every and (self.t % every == 0 or self.t == tr.rounds):
                     self.save_checkpoint()
                 if bar is not None:
@@ -477,10 +492,12 @@ class Simulation:
                 bar.close()
             if metrics is not None:
                 metrics.close()
+            if board is not None:
+                board.close()
         result = self.result("ok", "")
         if writer:
             torch.save(self.params.detach().cpu(), self.out_dir / FINAL_PARAMS_NAME)
-            (self.out_dir / SUMMARY_NAME).write_text(json.dumps(result.summary(), indent=1))
+            _write_run_summary(self.out_dir, result, self.provenance)
         return result
 
     def result(self, status, message):
@@ -578,12 +595,15 @@ def load_run_dataset(data_cfg, seed, log=None):
     except DataFileMissing as exc:
         if not data_cfg.fallback:
             raise DataFileMissing(f"{exc} (no data.fallback is set, so the run stops rather than train on "
-                                    f"other data; set data.fallback = \"synthetic\" to run on generated "
-                                    f"stand-in data, labelled synthetic in every output)") from exc
+                                  f"other data; set data.fallback = \"synthetic\" to run on generated "
+                                  f"stand-in data, labelled synthetic in every output)") from exc
         name = _fallback_name(data_cfg)
-        warn = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
-        warn(f"warning: {exc}; using data.fallback = {data_cfg.fallback!r} ({name}) instead"
-             + (": SYNTHETIC data, every output is labelled so" if is_synthetic(name) else ""))
+        msg = (f"{exc}; using data.fallback = {data_cfg.fallback!r} ({name}) instead"
+               + (": SYNTHETIC data, every output is labelled so" if is_synthetic(name) else ""))
+        if log is None:
+            _log.warning(msg)
+        else:
+            log(f"warning: {msg}")
         return load_dataset(name, data_cfg.root, seed=seed)
 
 
@@ -606,7 +626,7 @@ def run_experiment(cfg, *, only=None, out_dir=None, resume=False, progress=None,
     dataset : Dataset, optional
         Use this dataset for every run.
     log : callable, optional
-        Where messages go (default: print to stderr).
+        Where messages go (default: the ``fedsim`` logger; warnings at WARNING, the rest at INFO).
 
     Returns
     -------
@@ -614,7 +634,8 @@ def run_experiment(cfg, *, only=None, out_dir=None, resume=False, progress=None,
     """
     from .report import write_experiment
 
-    log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
+    say, warn = (log, log) if log is not None else (_log.info, _log.warning)
+    provenance = collect(cfg.train.device)
     comm = comm or LocalCommunicator()
     root = experiment_dir(cfg.output, out_dir)
     progress = cfg.output.progress if progress is None else progress
@@ -629,7 +650,7 @@ def run_experiment(cfg, *, only=None, out_dir=None, resume=False, progress=None,
             saved = json.loads(summary.read_text())
             if saved.get("config_hash") == spec.config_hash():
                 results.append(_result_from_summary(saved, folder))
-                log(f"{spec.label}: already finished, skipped (--resume)")
+                say(f"{spec.label}: already finished, skipped (--resume)")
                 continue
         key = (spec.data.dataset, spec.data.root, spec.data.fallback, spec.train.seed)
         if dataset is not None:
@@ -642,16 +663,24 @@ def run_experiment(cfg, *, only=None, out_dir=None, resume=False, progress=None,
         try:
             result = sim.run(resume=resume, on_round=hook)
         except NonFiniteError as exc:  # weights or a client update (ClientUpdateError) went NaN/inf
-            log(f"diverged: {exc}")
+            warn(f"diverged: {exc}")
             result = sim.result("diverged", str(exc))
         if result.status != "ok" and comm.is_writer:
             folder.mkdir(parents=True, exist_ok=True)
-            (folder / SUMMARY_NAME).write_text(json.dumps(result.summary(), indent=1))
+            _write_run_summary(folder, result, sim.provenance)
         results.append(result)
-    exp = ExperimentResult(results, root if comm.is_writer else None)
+    exp = ExperimentResult(results, root if comm.is_writer else None, finish(provenance))
     if comm.is_writer:
         write_experiment(exp, cfg, plot=cfg.output.plot, log=log)
     return exp
+
+
+def _write_run_summary(run_dir, result, provenance):
+    """``summary.json`` (the result and what ran) and ``provenance.json`` in a run's folder."""
+    provenance = finish(dict(provenance))
+    run_dir = Path(run_dir)
+    (run_dir / PROVENANCE_NAME).write_text(json.dumps(provenance, indent=1))
+    (run_dir / SUMMARY_NAME).write_text(json.dumps({**result.summary(), "provenance": provenance}, indent=1))
 
 
 def _result_from_summary(saved, run_dir):

@@ -65,6 +65,9 @@ def test_kill_and_resume_equals_uninterrupted_run(tmp_path):
         assert (a / "metrics.csv").read_text() == (b / "metrics.csv").read_text()
         sa, sb = json.loads((a / "summary.json").read_text()), json.loads((b / "summary.json").read_text())
         sa.pop("seconds"), sb.pop("seconds")
+        pa, pb = sa.pop("provenance"), sb.pop("provenance")  # times and command lines differ
+        assert pa["git_commit"] == pb["git_commit"] and "resumed_at_round" not in pa
+        assert pb.get("resumed_at_round") == (3 if run == "fetch" else None)  # its last checkpoint: round 3
         assert sa == sb
         # the final checkpoints hold identical sketches / errors, byte counters and RNG state
         ca = load_checkpoint(a / "checkpoint.ckpt", sa["config_hash"])
