@@ -9,6 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from fedsim import config as C
+from fedsim._fields import field_type
 from fedsim.cli import build_parser, main
 from fedsim.clients import ENGINES
 from fedsim.data import DATASETS, SCHEMES
@@ -44,7 +45,7 @@ def _value(section, cls, key):
     """A strategy of valid values of one config key."""
     if (section, key) in _CHOICES:
         return st.sampled_from(_CHOICES[section, key])
-    base, optional = C._type_of(cls, key)
+    base, optional = field_type(cls, key)
     if key == "name" and section == "output":
         strat = _text.filter(lambda s: "/" not in s)
     else:
