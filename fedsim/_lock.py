@@ -15,10 +15,10 @@ import sys
 from pathlib import Path
 
 from .errors import OutputFolderBusy
+from .layout import LOCK_NAME
 
 __all__ = ["OutputLock", "OutputFolderBusy", "LOCK_NAME"]
 
-LOCK_NAME = ".fedsim.lock"
 log = logging.getLogger("fedsim")
 
 

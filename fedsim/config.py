@@ -13,6 +13,7 @@ import copy
 import dataclasses
 import hashlib
 import json
+import math
 import re
 import sys
 import typing
@@ -27,6 +28,7 @@ else:  # pragma: no cover - Python 3.10
 from ._fields import check as _check
 from ._fields import coerce_field as _coerce
 from .errors import ConfigError
+from .layout import check_run_folders
 
 __all__ = [
     "Config", "DataConfig", "ModelConfig", "TrainConfig", "RuleSection", "OutputConfig", "RunSpec",
@@ -232,7 +234,8 @@ class Config:
         Raises
         ------
         ConfigError
-            ``only`` names an unknown method, two runs share a label, a sweep is
+            ``only`` names an unknown method, two runs share a label or a run
+            folder (see :func:`fedsim.layout.check_run_folders`), a sweep is
             malformed, or a run's rule parameters are invalid.
         """
         entries = self.methods or [{"label": self.rule.name, "rule": self.rule.name}]
@@ -249,6 +252,7 @@ class Config:
         dup = sorted({x for x in labels if labels.count(x) > 1})
         if dup:
             raise ConfigError(f"two runs would share the labels {dup}; give the methods distinct labels")
+        check_run_folders(labels)
         return specs
 
     def _expand(self, entry):
@@ -295,7 +299,11 @@ def _coerce_rule_key(rule, key, value, where):
 
 
 def _validate_section(name, obj):
-    """Value checks that the types alone do not express."""
+    """Value checks that the types alone do not express (floats finite even when set after parsing)."""
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{name}.{f.name} must be a finite number, got {value!r}")
     if name == "data":
         _check(obj.num_clients > 0, f"data.num_clients must be positive, got {obj.num_clients}")
         _check(obj.alpha > 0, f"data.alpha must be positive, got {obj.alpha}")

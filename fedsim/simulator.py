@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import sys
 import time
 from dataclasses import dataclass, field
@@ -22,6 +23,7 @@ from torch.func import functional_call
 from torch.nn import functional as F
 
 from adapters.torch import flatten_params, param_views
+from sketchlib import SketchError
 
 from ._fault import fault_hook
 from ._flat import fixed_tensors
@@ -285,7 +287,8 @@ class Simulation:
         Raises
         ------
         NonFiniteError
-            The weights became NaN/inf (nothing is changed).
+            The weights became NaN/inf (nothing is changed), or the rule met a NaN/inf
+            value (a sketch refused it; the run cannot continue).
         ClientUpdateError
             A client's update was NaN/inf (nothing is changed).
         """
@@ -302,7 +305,16 @@ class Simulation:
                            client_data=self.client_data, seed=self.seed, weight_decay=tr.weight_decay,
                            run_name=f"{self.spec.label} ({self.spec.rule.name})", rounds=tr.rounds,
                            last_checkpoint=self.last_checkpoint)
-        update = self.rule.round(ctx)
+        try:
+            update = self.rule.round(ctx)
+        except (SketchError, FloatingPointError) as exc:
+            if isinstance(exc, NonFiniteError) or not _about_non_finite(exc):
+                raise
+            raise NonFiniteError(
+                f"{self.spec.label} ({self.spec.rule.name}): a NaN or infinite value inside the rule in round "
+                f"{t + 1} of {tr.rounds} ({exc}); the run stopped. Last good checkpoint: "
+                f"{self.last_checkpoint or 'none (no checkpoint was written)'}. Lower the learning rate "
+                f"(train.lr) or see bench/FEDSIM_STUDY.md for this rule's knobs.") from exc
         new = self.params - update
         if not bool(torch.isfinite(new).all()):
             where = self.last_checkpoint or "none (no checkpoint was written)"
@@ -464,6 +476,13 @@ class Simulation:
         return RunResult(self.spec.label, self.spec.group, self.spec.rule.name, status, message, self.t, acc, loss,
                          st.up, st.down, ref_up, ref_down, self.elapsed, self.d, self.config_hash,
                          list(self.history))
+
+
+def _about_non_finite(exc):
+    """Whether a sketch refused a value for being NaN, infinite or overflowing (not a usage error)."""
+    if isinstance(exc, FloatingPointError):
+        return True
+    return re.search(r"\bnan\b|infinit|overflow|finite", str(exc), re.IGNORECASE) is not None
 
 
 def _progress(label, total, initial, enabled):
