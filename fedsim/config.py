@@ -430,6 +430,8 @@ def default_config_path():
 def _read_toml(path):
     """Parse a TOML file with a clear error."""
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"config {str(path)!r} is a folder, not a TOML file; pass the .toml file inside it")
     if not path.is_file():
         raise ConfigError(f"config file {str(path)!r} does not exist")
     try:
