@@ -10,6 +10,7 @@ a resumed run draws what the uninterrupted one would have drawn.
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import re
 import sys
@@ -25,15 +26,18 @@ from torch.nn import functional as F
 from adapters.torch import flatten_params, param_views
 from sketchlib import SketchError
 
+from ._atomic import atomic_write_bytes, atomic_write_text
 from ._fault import fault_hook
 from ._flat import fixed_tensors
+from ._lock import OutputLock
 from ._schedule import learning_rate
 from ._streams import BATCH_SELECTION, CLIENT_SAMPLING, stream
 from .accounting import Accountant, reference_bytes
 from .checkpoint import load_checkpoint, save_checkpoint
 from .clients import make_engine
 from .comm import Communicator, LocalCommunicator
-from .errors import ConfigError, DataFileMissing, MissingDependency, NonFiniteError
+from .errors import (ConfigError, DataFileMissing, MissingDependency, NonFiniteError, OutputFolderBusy,
+                     RunFileError)
 from ._round import RoundContext
 from .layout import CHECKPOINT_NAME, FINAL_PARAMS_NAME, SUMMARY_NAME, experiment_dir, run_dir
 from .rules import make_rule
@@ -450,8 +454,10 @@ class Simulation:
                 metrics.close()
         result = self.result("ok", "")
         if writer:
-            torch.save(self.params.detach().cpu(), self.out_dir / FINAL_PARAMS_NAME)
-            (self.out_dir / SUMMARY_NAME).write_text(json.dumps(result.summary(), indent=1))
+            buf = io.BytesIO()
+            torch.save(self.params.detach().cpu(), buf)
+            atomic_write_bytes(self.out_dir / FINAL_PARAMS_NAME, buf.getvalue())
+            _write_summary(self.out_dir, result)
         return result
 
     def result(self, status, message):
@@ -540,7 +546,8 @@ def run_experiment(cfg, *, only=None, out_dir=None, resume=False, progress=None,
     out_dir : str or Path, optional
         Default ``output.dir / output.name``.
     resume : bool
-        Skip runs whose summary exists for the same config hash, resume those with a checkpoint.
+        Skip runs whose summary exists for the same config hash, resume those with a checkpoint
+        (a finished run whose summary or metrics are damaged continues from its checkpoint).
     progress : bool, optional
         Default ``output.progress``.
     comm : Communicator, optional
@@ -552,6 +559,15 @@ def run_experiment(cfg, *, only=None, out_dir=None, resume=False, progress=None,
     Returns
     -------
     ExperimentResult
+
+    Raises
+    ------
+    OutputFolderBusy
+        Another live run holds the experiment folder (rank 0 locks it for the
+        whole experiment; a lock left by a dead process is taken over).
+    RunFileError
+        With ``resume``: a finished run's summary.json or metrics file is damaged
+        and it has no checkpoint to rebuild them from.
     """
     from .report import write_experiment
 
@@ -560,18 +576,49 @@ def run_experiment(cfg, *, only=None, out_dir=None, resume=False, progress=None,
     root = experiment_dir(cfg.output, out_dir)
     progress = cfg.output.progress if progress is None else progress
     specs = cfg.runs(only)
+    lock = _lock_output(root, comm)
+    try:
+        results = _run_specs(specs, root, resume, progress, comm, dataset, log)
+        exp = ExperimentResult(results, root if comm.is_writer else None)
+        if comm.is_writer:
+            write_experiment(exp, cfg, plot=cfg.output.plot, log=log)
+    finally:
+        if lock is not None:
+            lock.release()
+    return exp
+
+
+def _lock_output(root, comm):
+    """Rank 0 locks the experiment folder; every rank learns whether it could (else all raise)."""
+    lock = busy = None
+    if comm.is_writer:
+        try:
+            lock = OutputLock(root).acquire()
+        except OutputFolderBusy as exc:
+            busy = exc
+    if comm.world_size > 1:
+        flag = comm.allreduce_(torch.tensor([0.0 if busy is None else 1.0]))
+        if busy is None and float(flag[0]) > 0:
+            busy = OutputFolderBusy(f"rank 0 could not lock the output folder {root}: another run uses it")
+    if busy is not None:
+        if lock is not None:
+            lock.release()
+        raise busy
+    return lock
+
+
+def _run_specs(specs, root, resume, progress, comm, dataset, log):
+    """Run (or, with resume, skip or continue) every spec; returns their RunResults."""
     cache = {}
     results = []
     hook = fault_hook(comm.rank)  # None unless a crash test asks for it
     for spec in specs:
         folder = run_dir(root, spec.label)
-        summary = folder / SUMMARY_NAME
-        if resume and summary.exists():
-            saved = json.loads(summary.read_text())
-            if saved.get("config_hash") == spec.config_hash():
-                results.append(_result_from_summary(saved, folder))
-                log(f"{spec.label}: already finished, skipped (--resume)")
-                continue
+        done = _finished(spec, folder, log) if resume else None
+        if done is not None:
+            results.append(done)
+            log(f"{spec.label}: already finished, skipped (--resume)")
+            continue
         key = (spec.data.dataset, spec.data.root, spec.data.fallback, spec.train.seed)
         if dataset is not None:
             data = dataset
@@ -586,19 +633,46 @@ def run_experiment(cfg, *, only=None, out_dir=None, resume=False, progress=None,
             log(f"diverged: {exc}")
             result = sim.result("diverged", str(exc))
         if result.status != "ok" and comm.is_writer:
-            folder.mkdir(parents=True, exist_ok=True)
-            (folder / SUMMARY_NAME).write_text(json.dumps(result.summary(), indent=1))
+            _write_summary(folder, result)
         results.append(result)
-    exp = ExperimentResult(results, root if comm.is_writer else None)
-    if comm.is_writer:
-        write_experiment(exp, cfg, plot=cfg.output.plot, log=log)
-    return exp
+    return results
 
 
-def _result_from_summary(saved, run_dir):
-    """A RunResult rebuilt from summary.json (history re-read from the metrics file)."""
+def _write_summary(folder, result):
+    """summary.json of a run, written atomically."""
+    atomic_write_text(Path(folder) / SUMMARY_NAME, json.dumps(result.summary(), indent=1))
+
+
+def _finished(spec, folder, log):
+    """The RunResult of a run that --resume can skip, or None to run (or continue) it.
+
+    A damaged summary.json or metrics file is recovered by continuing from the
+    run's checkpoint (which holds the whole history; the run is deterministic);
+    without a checkpoint the error names the file and what to do.
+    """
     from .report import read_metrics
+
+    summary, ckpt = folder / SUMMARY_NAME, folder / CHECKPOINT_NAME
+    if not summary.exists():
+        return None
+    try:
+        saved = json.loads(summary.read_text(encoding="utf-8"))
+        if not isinstance(saved, dict) or not isinstance(saved.get("rounds_done"), int):
+            raise ValueError("not a run summary")
+        if saved.get("config_hash") != spec.config_hash():
+            return None
+        history = read_metrics(folder)
+        if len(history) != saved["rounds_done"]:
+            raise RunFileError(f"metrics of {folder} hold {len(history)} rounds, summary.json says "
+                               f"{saved['rounds_done']}")
+    except (ValueError, UnicodeDecodeError) as exc:  # RunFileError and JSONDecodeError are ValueErrors
+        what = str(exc) if isinstance(exc, RunFileError) else f"{summary} is truncated or malformed ({exc})"
+        if ckpt.exists():
+            log(f"warning: {what}; {spec.label}: continuing from {ckpt} instead, which rewrites them")
+            return None
+        raise RunFileError(f"{what}; {spec.label} has no checkpoint to rebuild it from (output.checkpoint_every "
+                           f"= 0?). Delete the folder {folder} to run it again, or run without --resume") from None
     names = {f.name for f in dataclasses.fields(RunResult)}
     fields = {k: v for k, v in saved.items() if k in names and k != "history"}
-    return RunResult(**fields, history=read_metrics(run_dir))
+    return RunResult(**fields, history=history)
 
