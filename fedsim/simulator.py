@@ -418,7 +418,21 @@ class Simulation:
         -------
         RunResult
             ``status`` "ok"; divergence and bad client updates raise.
+
+        Raises
+        ------
+        OutputFolderBusy
+            Another live process runs in ``out_dir`` (rank 0 locks it for the run).
         """
+        lock = _lock_output(self.out_dir, self.comm) if self.out_dir is not None else None
+        try:
+            return self._run(resume, on_round)
+        finally:
+            if lock is not None:
+                lock.release()
+
+    def _run(self, resume, on_round):
+        """The run itself, with the run folder locked."""
         from .report import MetricsWriter
 
         writer = self.comm.is_writer and self.out_dir is not None

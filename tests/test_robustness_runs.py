@@ -96,6 +96,18 @@ def test_in_process_experiments_on_one_folder_exclude_each_other(tmp_path):
     run_experiment(cfg, out_dir=tmp_path, log=_quiet)  # free again afterwards
 
 
+def test_a_simulation_refuses_a_run_folder_in_use(tmp_path):
+    from fedsim import OutputFolderBusy, Simulation
+    from fedsim._lock import OutputLock
+
+    spec = _cfg(train={"rounds": 1}).runs()[0]
+    with OutputLock(tmp_path / "run"):
+        with pytest.raises(OutputFolderBusy, match=f"pid {os.getpid()}"):
+            Simulation(spec, out_dir=tmp_path / "run").run()
+        assert not (tmp_path / "run" / "metrics.csv").exists()
+    assert Simulation(spec, out_dir=tmp_path / "run").run().status == "ok"
+
+
 def _hammer(path, n, tag):
     """Write n checkpoints to one path (run in threads and in forked processes)."""
     for i in range(n):
