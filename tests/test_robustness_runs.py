@@ -96,6 +96,30 @@ def test_in_process_experiments_on_one_folder_exclude_each_other(tmp_path):
     run_experiment(cfg, out_dir=tmp_path, log=_quiet)  # free again afterwards
 
 
+def test_distributed_ranks_all_stop_when_rank_0_cannot_lock(tmp_path):
+    import socket
+
+    from fedsim._lock import OutputLock
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    args = ["--rule", "fedavg", "--rounds", "2", "--set", "data.num_clients=20", "--no-plot", "--no-progress",
+            "--out", "busy"]
+    with OutputLock(tmp_path / "busy"):
+        procs = []
+        for rank in range(2):
+            env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+                       OMP_NUM_THREADS="1", RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank),
+                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+            procs.append(subprocess.Popen([sys.executable, "-m", "fedsim.distributed", "run", *args], cwd=tmp_path,
+                                          env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+        errs = [p.communicate(timeout=120)[1] for p in procs]  # a hang would time out here
+    assert [p.returncode for p in procs] == [2, 2], errs
+    assert f"pid {os.getpid()}" in errs[0]
+    assert not (tmp_path / "busy" / "fedavg").exists()
+
+
 def test_a_simulation_refuses_a_run_folder_in_use(tmp_path):
     from fedsim import OutputFolderBusy, Simulation
     from fedsim._lock import OutputLock
