@@ -329,7 +329,8 @@ def _validate_section(name, obj):
     elif name == "output":
         _check(obj.checkpoint_every >= 0, f"output.checkpoint_every must be >= 0 (0: never), got {obj.checkpoint_every}")
         _check(obj.metrics in METRIC_FORMATS, f"output.metrics must be one of {METRIC_FORMATS}, got {obj.metrics!r}")
-        _check(bool(obj.name) and "/" not in obj.name, f"output.name must be a non-empty folder name, got {obj.name!r}")
+        _check(bool(obj.name) and "/" not in obj.name and "\\" not in obj.name and obj.name not in (".", ".."),
+               f"output.name must be a folder name (not empty, '.' or '..', no slashes), got {obj.name!r}")
 
 
 def _parse_rule_section(section):

@@ -182,6 +182,12 @@ def _cfg_labels(labels):
     return parse_config(raw)
 
 
+@pytest.mark.parametrize("name", ["..", ".", "a/b", "a\\b", ""])
+def test_experiment_names_that_leave_the_output_folder_are_refused(name):
+    with pytest.raises(ConfigError, match="output.name must be a folder name"):
+        _cfg(output={"name": name})
+
+
 @settings(max_examples=200, deadline=None)
 @given(st.lists(st.text(min_size=1, max_size=300), min_size=1, max_size=6, unique=True))
 def test_accepted_labels_get_distinct_safe_folders(labels):
