@@ -603,13 +603,15 @@ def run_experiment(cfg, *, only=None, out_dir=None, resume=False, progress=None,
 
 
 def _lock_output(root, comm):
-    """Rank 0 locks the experiment folder; every rank learns whether it could (else all raise)."""
+    """Rank 0 locks an output folder; every rank learns whether it could (else all raise)."""
     lock = busy = None
     if comm.is_writer:
         try:
             lock = OutputLock(root).acquire()
         except OutputFolderBusy as exc:
             busy = exc
+        except OSError as exc:  # --out names a file, or a folder this user cannot write
+            busy = ConfigError(f"cannot use {root} as an output folder: {exc.strerror or exc}")
     if comm.world_size > 1:
         flag = comm.allreduce_(torch.tensor([0.0 if busy is None else 1.0]))
         if busy is None and float(flag[0]) > 0:

@@ -119,6 +119,12 @@ def test_distributed_ranks_all_stop_when_rank_0_cannot_lock(tmp_path):
     assert not (tmp_path / "busy" / "fedavg").exists()
 
 
+def test_an_output_folder_that_is_a_file_is_a_clear_error(tmp_path, capsys):
+    (tmp_path / "f").write_text("not a folder")
+    assert main(["run", "--rule", "fedavg", "--rounds", "1", "--no-plot", "--out", str(tmp_path / "f")]) == 2
+    assert "cannot use" in capsys.readouterr().err and (tmp_path / "f").read_text() == "not a folder"
+
+
 def test_a_simulation_refuses_a_run_folder_in_use(tmp_path):
     from fedsim import OutputFolderBusy, Simulation
     from fedsim._lock import OutputLock
