@@ -1,7 +1,6 @@
 """Runs and their folders (issue 10): one run per folder (real processes), unique run folders,
 non-finite hyperparameters, a NaN inside a rule, --resume over damaged files, clear messages."""
 import json
-import math
 import multiprocessing
 import os
 import signal
@@ -16,7 +15,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fedsim import ConfigError, NonFiniteError, parse_config, run_experiment
+from fedsim import ConfigError, parse_config, run_experiment
 from fedsim.checkpoint import load_checkpoint, save_checkpoint
 from fedsim.cli import main
 from fedsim.config import load_config
