@@ -15,7 +15,7 @@ _check_adapters()  # another distribution's `adapters` on the path: stop now, wi
 from .comm import Communicator, LocalCommunicator
 from .config import Config, RunSpec, load_config, parse_config
 from .errors import (CheckpointError, ClientUpdateError, ConfigError, DataError, DataFileMissing, FedsimError,
-                     MissingDependency, ModelError, NonFiniteError, RankFailure)
+                     MissingDependency, ModelError, NonFiniteError, OutputFolderBusy, RankFailure, RunFileError)
 from .rules import RULES, make_rule, register_rule, rule_params
 from .simulator import ExperimentResult, RunResult, Simulation, run_experiment
 
@@ -25,5 +25,5 @@ __all__ = [
     "Communicator", "LocalCommunicator",
     "RULES", "make_rule", "rule_params", "register_rule",
     "FedsimError", "ConfigError", "CheckpointError", "NonFiniteError", "ClientUpdateError", "DataError",
-    "DataFileMissing", "ModelError", "RankFailure", "MissingDependency",
+    "DataFileMissing", "ModelError", "RankFailure", "MissingDependency", "OutputFolderBusy", "RunFileError",
 ]

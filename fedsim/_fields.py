@@ -1,5 +1,6 @@
 """Type checks of dataclass fields against their annotations (shared by config sections and rule params)."""
 import dataclasses
+import math
 import typing
 
 from .errors import ConfigError
@@ -17,7 +18,7 @@ def field_type(cls, key):
 
 
 def coerce_field(cls, key, value, where, valid=None):
-    """Check one value against a field's type (ints widen to floats); returns the value.
+    """Check one value against a field's type (ints widen to floats, floats must be finite); returns the value.
 
     ``where`` prefixes the key in messages (``rule``, ``methods[2]``); ``valid``
     lists the keys named when ``key`` is unknown (default: the fields of ``cls``).
@@ -42,6 +43,9 @@ def coerce_field(cls, key, value, where, valid=None):
     if not ok:
         raise ConfigError(f"{where}.{key} must be {base.__name__}{' or none' if optional else ''}, "
                           f"got {value!r}")
+    if base is float and not math.isfinite(value):
+        # No knob means anything at NaN/inf; letting one through breaks a run rounds later.
+        raise ConfigError(f"{where}.{key} must be a finite number, got {value!r}")
     return value
 
 

@@ -14,16 +14,12 @@ import socket
 import sys
 from pathlib import Path
 
-from .errors import FedsimError
+from .errors import OutputFolderBusy
+from .layout import LOCK_NAME
 
 __all__ = ["OutputLock", "OutputFolderBusy", "LOCK_NAME"]
 
-LOCK_NAME = ".fedsim.lock"
 log = logging.getLogger("fedsim")
-
-
-class OutputFolderBusy(FedsimError):
-    """Another run holds the output folder's lock."""
 
 
 class OutputLock:

@@ -3,7 +3,7 @@ import torch
 
 from ._clip import clip_rows
 from ._streams import LOCAL_ORDER, stream
-from .errors import ClientUpdateError
+from .errors import ClientUpdateError, NonFiniteError
 
 __all__ = ["RoundContext"]
 
@@ -79,11 +79,17 @@ class RoundContext:
         """
         return self.comm.allreduce_(tensor)
 
-    def _check(self, bad_clients, what):
-        """Raise on every rank if any rank saw a non-finite client result."""
-        flag = torch.tensor([float(len(bad_clients))], device=self.params.device)
+    def _check(self, bad_clients, what, decay_bad=False):
+        """Raise on every rank if any rank saw a non-finite client result (or weight-decay term)."""
+        flag = torch.tensor([float(len(bad_clients) or decay_bad)], device=self.params.device)
         self.comm.allreduce_(flag)
         if float(flag.item()) > 0:
+            if not bad_clients and decay_bad:
+                raise NonFiniteError(
+                    f"{self._run_name}: round {self.round + 1} of {self._rounds}: the gradient plus "
+                    f"train.weight_decay ({self.weight_decay:g}) times the weights is NaN or infinite; it was "
+                    f"rejected before reaching the server state. Lower train.weight_decay. Last good "
+                    f"checkpoint: {self._last_checkpoint or 'none (no checkpoint was written)'}")
             who = (f"client(s) {sorted(int(c) for c in bad_clients)}" if bad_clients
                    else "a client on another rank")
             biggest = float(self.params.abs().max())
@@ -111,21 +117,25 @@ class RoundContext:
         ------
         ClientUpdateError
             A client's gradient (on any rank) is NaN or infinite.
+        NonFiniteError
+            The weight-decay term made the sum NaN or infinite.
         """
         if self.clip_norm is not None:
             # Clipping is per client, so the one backward over the round's union batch (exact only
             # for the plain sum) gives way to per-client gradients: an (n, d) stack.
             grads = self._clipped_gradients()
             g = self.my_weights.to(grads.dtype) @ grads if grads.shape[0] else torch.zeros_like(self.params)
+            bad = []
         else:
             if len(self.my_ids):
                 g = self.engine.gradient_sum(self.model, self.params, self.my_batches, self.my_weights)
             else:
                 g = torch.zeros_like(self.params)
             bad = [] if bool(torch.isfinite(g).all()) else (self._bad_in_shard() or list(self.my_ids))
-            self._check(bad, "the gradient")
         if self.weight_decay and self.comm.rank == 0:
             g = g + self.weight_decay * self.params
+        # The decay term can overflow on its own; every rank must learn it in the same collective.
+        self._check(bad, "the gradient", decay_bad=not bad and not bool(torch.isfinite(g).all()))
         return g
 
     def gradients(self):
@@ -140,10 +150,13 @@ class RoundContext:
         ------
         ClientUpdateError
             A client's gradient (on any rank) is NaN or infinite.
+        NonFiniteError
+            The weight-decay term made a gradient NaN or infinite.
         """
         grads = self._clipped_gradients()
         if self.weight_decay:
             grads = grads + self.weight_decay * self.params
+            self._check([], "the gradient", decay_bad=not bool(torch.isfinite(grads).all()))
         return grads
 
     def _clipped_gradients(self):

@@ -2,18 +2,20 @@
 
 File layout: magic ``FEDSIMCK``, format version (u32), config hash (64 ASCII
 hex), payload length (u64), SHA-256 of the payload, payload (``torch.save`` of
-a dict of tensors and plain values).  Writing goes to a temporary file in the
-same folder, fsync, rename, fsync of the folder: a crash leaves either the old
-checkpoint or the new one, never half of one.
+a dict of tensors and plain values).  Writing goes to a uniquely named
+temporary file in the same folder, fsync, rename, fsync of the folder
+(:func:`fedsim._atomic.atomic_write_bytes`): a crash leaves either the old
+checkpoint or the new one, never half of one, and two writers never share a
+temporary file.
 """
 import hashlib
 import io
-import os
 import struct
 from pathlib import Path
 
 import torch
 
+from ._atomic import atomic_write_bytes
 from .errors import CheckpointError
 
 __all__ = ["save_checkpoint", "load_checkpoint", "CHECKPOINT_VERSION"]
@@ -24,29 +26,14 @@ _HEADER = struct.Struct("<8sI64sQ32s")
 
 
 def save_checkpoint(path, payload, config_hash):
-    """Write ``payload`` (a dict) to ``path`` atomically."""
+    """Write ``payload`` (a dict) to ``path`` atomically (a link is written through to its target)."""
     path = Path(path)
     buf = io.BytesIO()
     torch.save(payload, buf)
     data = buf.getvalue()
     header = _HEADER.pack(MAGIC, CHECKPOINT_VERSION, config_hash.encode("ascii"), len(data),
                           hashlib.sha256(data).digest())
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as fh:
-        fh.write(header)
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    try:
-        dirfd = os.open(path.parent, os.O_RDONLY)
-    except OSError:  # pragma: no cover - platforms without directory fds
-        return
-    try:
-        os.fsync(dirfd)
-    finally:
-        os.close(dirfd)
+    atomic_write_bytes(path, header + data)
 
 
 def load_checkpoint(path, config_hash):
@@ -55,8 +42,9 @@ def load_checkpoint(path, config_hash):
     Raises
     ------
     CheckpointError
-        Missing file, not a checkpoint, other format version, truncated or
-        corrupt payload, or a config hash that differs from ``config_hash``.
+        Missing file, not a checkpoint, other format version, truncated,
+        extended (bytes after the payload) or corrupt payload, or a config hash
+        that differs from ``config_hash``.
     """
     path = Path(path)
     if not path.is_file():
@@ -72,8 +60,11 @@ def load_checkpoint(path, config_hash):
         raise CheckpointError(f"checkpoint {path} has format version {version}; this fedsim reads "
                               f"version {CHECKPOINT_VERSION}")
     data = raw[_HEADER.size:]
-    if len(data) != length:
+    if len(data) < length:
         raise CheckpointError(f"checkpoint {path} is truncated: payload has {len(data)} of {length} bytes")
+    if len(data) > length:
+        raise CheckpointError(f"checkpoint {path} has {len(data) - length} extra bytes after its {length}-byte "
+                              f"payload (something was appended to it); it is not used")
     if hashlib.sha256(data).digest() != digest:
         raise CheckpointError(f"checkpoint {path} is corrupt: its SHA-256 does not match")
     chash = chash.decode("ascii")

@@ -13,6 +13,7 @@ import copy
 import dataclasses
 import hashlib
 import json
+import math
 import re
 import sys
 import typing
@@ -27,6 +28,7 @@ else:  # pragma: no cover - Python 3.10
 from ._fields import check as _check
 from ._fields import coerce_field as _coerce
 from .errors import ConfigError
+from .layout import check_run_folders
 
 __all__ = [
     "Config", "DataConfig", "ModelConfig", "TrainConfig", "RuleSection", "OutputConfig", "RunSpec",
@@ -242,7 +244,8 @@ class Config:
         Raises
         ------
         ConfigError
-            ``only`` names an unknown method, two runs share a label, a sweep is
+            ``only`` names an unknown method, two runs share a label or a run
+            folder (see :func:`fedsim.layout.check_run_folders`), a sweep is
             malformed, or a run's rule parameters are invalid.
         """
         entries = self.methods or [{"label": self.rule.name, "rule": self.rule.name}]
@@ -259,6 +262,7 @@ class Config:
         dup = sorted({x for x in labels if labels.count(x) > 1})
         if dup:
             raise ConfigError(f"two runs would share the labels {dup}; give the methods distinct labels")
+        check_run_folders(labels)
         return specs
 
     def _expand(self, entry):
@@ -305,7 +309,11 @@ def _coerce_rule_key(rule, key, value, where):
 
 
 def _validate_section(name, obj):
-    """Value checks that the types alone do not express."""
+    """Value checks that the types alone do not express (floats finite even when set after parsing)."""
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{name}.{f.name} must be a finite number, got {value!r}")
     if name == "data":
         from .data import DATASETS
         _check(obj.dataset in DATASETS, f"data.dataset: unknown dataset {obj.dataset!r}; choose one of {list(DATASETS)}")
@@ -350,7 +358,8 @@ def _validate_section(name, obj):
     elif name == "output":
         _check(obj.checkpoint_every >= 0, f"output.checkpoint_every must be >= 0 (0: never), got {obj.checkpoint_every}")
         _check(obj.metrics in METRIC_FORMATS, f"output.metrics must be one of {METRIC_FORMATS}, got {obj.metrics!r}")
-        _check(bool(obj.name) and "/" not in obj.name, f"output.name must be a non-empty folder name, got {obj.name!r}")
+        _check(bool(obj.name) and "/" not in obj.name and "\\" not in obj.name and obj.name not in (".", ".."),
+               f"output.name must be a folder name (not empty, '.' or '..', no slashes), got {obj.name!r}")
 
 
 def _parse_rule_section(section):
@@ -451,6 +460,8 @@ def default_config_path():
 def _read_toml(path):
     """Parse a TOML file with a clear error."""
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"config {str(path)!r} is a folder, not a TOML file; pass the .toml file inside it")
     if not path.is_file():
         raise ConfigError(f"config file {str(path)!r} does not exist")
     try:

@@ -422,12 +422,13 @@ def _check_resume_files(comm, cfg, specs, out):
     Without a shared output folder some ranks would resume and others start over,
     and their trajectories would silently part; refuse instead.
     """
-    from .layout import CHECKPOINT_NAME, SUMMARY_NAME, experiment_dir, run_dir
+    from .layout import CHECKPOINT_NAME, SUMMARY_NAME, experiment_dir, metrics_name, run_dir
 
     root = experiment_dir(cfg.output, out)
     seen = []
     for spec in specs:
-        for name in (SUMMARY_NAME, CHECKPOINT_NAME):
+        # The metrics too: a damaged metrics file makes --resume continue a finished run (all ranks must).
+        for name in (SUMMARY_NAME, CHECKPOINT_NAME, metrics_name("csv"), metrics_name("jsonl")):
             path = run_dir(root, spec.label) / name
             seen.append(hashlib.sha256(path.read_bytes()).hexdigest() if path.exists() else "-")
     comm.check_same(",".join(seen), f"the checkpoints under {root} (--resume needs one output folder "

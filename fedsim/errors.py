@@ -6,7 +6,7 @@ that caught the built-in keeps working.
 """
 
 __all__ = ["FedsimError", "ConfigError", "CheckpointError", "NonFiniteError", "ClientUpdateError", "DataError",
-           "DataFileMissing", "ModelError", "RankFailure", "MissingDependency"]
+           "DataFileMissing", "ModelError", "RankFailure", "MissingDependency", "OutputFolderBusy", "RunFileError"]
 
 
 class FedsimError(Exception):
@@ -47,3 +47,12 @@ class RankFailure(FedsimError, RuntimeError):
 
 class MissingDependency(FedsimError, ImportError):
     """An optional package that a feature needs is not installed; the message says what to install."""
+
+
+class OutputFolderBusy(FedsimError):
+    """Another live run holds the output folder's lock; the message names the holder (pid, host, command)."""
+
+
+class RunFileError(FedsimError, ValueError):
+    """A run's file (``summary.json``, ``metrics.csv``/``.jsonl``) is truncated or malformed; the message
+    names the file and what to do."""

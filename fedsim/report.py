@@ -1,11 +1,13 @@
 """Results on disk and on screen: per-round metrics (CSV/JSONL), the final table, PNG plots."""
 import csv
+import io
 import json
 import logging
 import math
 from pathlib import Path
 
-from .errors import MissingDependency
+from ._atomic import atomic_write_bytes, atomic_write_text
+from .errors import MissingDependency, RunFileError
 from .layout import (COMPRESSION_PLOT, CONFIG_NAME, CURVES_PLOT, PROVENANCE_NAME, RESULTS_CSV, RESULTS_JSON,
                      TABLE_NAME, metrics_name)
 
@@ -36,16 +38,23 @@ class MetricsWriter:
     def rewrite(self, rows):
         """Start the file over with ``rows`` (a resumed run drops rows after its checkpoint).
 
+        The new file replaces the old one atomically (a crash here leaves one of
+        the two whole), then rows are appended to it.
+
         Parameters
         ----------
         rows : list of dict
         """
         self.close()
-        self._fh = open(self.path, "w", newline="")
+        head = ",".join(FIELDS) + "\n" if self.fmt == "csv" else ""
+        atomic_write_text(self.path, head + "".join(self._line(row) for row in rows))
+        self._fh = open(self.path, "a", newline="")
+
+    def _line(self, row):
+        """One row as a line of the file."""
         if self.fmt == "csv":
-            self._fh.write(",".join(FIELDS) + "\n")
-        for row in rows:
-            self.append(row)
+            return ",".join("" if row.get(k) is None else repr(row[k]) for k in FIELDS) + "\n"
+        return json.dumps({k: row.get(k) for k in FIELDS}) + "\n"
 
     def append(self, row):
         """Write one row.
@@ -55,10 +64,7 @@ class MetricsWriter:
         row : dict
             A metrics row (keys of ``FIELDS``).
         """
-        if self.fmt == "csv":
-            self._fh.write(",".join("" if row.get(k) is None else repr(row[k]) for k in FIELDS) + "\n")
-        else:
-            self._fh.write(json.dumps({k: row.get(k) for k in FIELDS}) + "\n")
+        self._fh.write(self._line(row))
         self._fh.flush()
 
     def close(self):
@@ -66,6 +72,9 @@ class MetricsWriter:
         if self._fh is not None:
             self._fh.close()
             self._fh = None
+
+
+_INT_FIELDS = ("round", "up_bytes", "down_bytes", "total_up", "total_down", "changed")
 
 
 def read_metrics(run_dir):
@@ -78,20 +87,64 @@ def read_metrics(run_dir):
     Returns
     -------
     list of dict
+
+    Raises
+    ------
+    RunFileError
+        The file is truncated or malformed (a row with missing or unreadable
+        fields, rounds out of order); the message names the file and line.
     """
     run_dir = Path(run_dir)
     jsonl = run_dir / metrics_name("jsonl")
-    if jsonl.exists():
-        return [json.loads(line) for line in jsonl.read_text().splitlines() if line]
-    path = run_dir / metrics_name("csv")
+    path = jsonl if jsonl.exists() else run_dir / metrics_name("csv")
     if not path.exists():
         return []
+    text = path.read_text(encoding="utf-8", errors="replace")
+    try:
+        rows = _parse_jsonl(text) if path == jsonl else _parse_csv(text)
+    except ValueError as exc:
+        raise RunFileError(f"metrics file {path} is truncated or malformed ({exc}); it cannot be read") from None
+    for i, row in enumerate(rows):
+        if row["round"] != i + 1:
+            raise RunFileError(f"metrics file {path}: row {i + 1} is round {row['round']}, expected {i + 1} "
+                               f"(two runs wrote into it, or it was edited)")
+    return rows
+
+
+def _parse_jsonl(text):
+    """Rows of a JSONL metrics file (ValueError names the bad line)."""
     rows = []
-    with open(path, newline="") as fh:
-        for rec in csv.DictReader(fh):
-            rows.append({k: (None if v == "" else (int(v) if k in ("round", "up_bytes", "down_bytes", "total_up",
-                                                                    "total_down", "changed") else float(v)))
-                         for k, v in rec.items()})
+    for n, line in enumerate(text.splitlines(), 1):
+        if not line:
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            raise ValueError(f"line {n} is not JSON") from None
+        if not isinstance(rec, dict) or not isinstance(rec.get("round"), int):
+            raise ValueError(f"line {n} is not a metrics row (an object with an integer 'round')")
+        rows.append(rec)
+    return rows
+
+
+def _parse_csv(text):
+    """Rows of a CSV metrics file (ValueError names the bad line)."""
+    lines = text.splitlines()
+    header = lines[0].split(",") if lines else []
+    if "round" not in header:
+        raise ValueError("line 1 is not a header naming the fields (round, lr, ...)")
+    if not text.endswith("\n"):
+        raise ValueError(f"line {len(lines)} is cut short")
+    rows = []
+    for n, line in enumerate(lines[1:], 2):
+        values = line.split(",")
+        if len(values) != len(header):
+            raise ValueError(f"line {n} has {len(values)} fields, the header {len(header)}")
+        try:
+            rows.append({k: None if v == "" else (int(v) if k in _INT_FIELDS else float(v))
+                         for k, v in zip(header, values)})
+        except ValueError:
+            raise ValueError(f"line {n} holds a value that is not a number") from None
     return rows
 
 
@@ -216,6 +269,13 @@ def _place_labels(fig, ax, labels, polylines):
         taken.append(best[2])
 
 
+def _save_png(fig, path, **kw):
+    """Render a figure into memory, then write the PNG atomically (a reader never sees half of one)."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", bbox_inches="tight", **kw)
+    atomic_write_bytes(path, buf.getvalue())
+
+
 def plot_experiment(results, out_dir):
     """Write ``compression.png`` and ``curves.png`` in ``out_dir``.
 
@@ -282,7 +342,7 @@ def plot_experiment(results, out_dir):
         _place_labels(fig, ax, labels, polylines)
         comp = out_dir / COMPRESSION_PLOT
         meta = {"Description": note} if note else None  # machine-readable: the PNG's text chunk
-        fig.savefig(comp, dpi=120, bbox_inches="tight", metadata=meta)
+        _save_png(fig, comp, dpi=120, metadata=meta)
         plt.close(fig)
 
         fig, (a1, a2) = plt.subplots(1, 2, figsize=(12, 4.5))
@@ -308,7 +368,7 @@ def plot_experiment(results, out_dir):
             fig.legend(handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False,
                        handlelength=3, title="run (colour: method; line: level)", title_fontsize=_FONT)
         curves = out_dir / CURVES_PLOT
-        fig.savefig(curves, dpi=110, bbox_inches="tight", metadata=meta)
+        _save_png(fig, curves, dpi=110, metadata=meta)
         plt.close(fig)
     return comp, curves
 
@@ -336,17 +396,18 @@ def write_experiment(exp, cfg, *, plot=True, log=None):
     out = exp.out_dir
     out.mkdir(parents=True, exist_ok=True)
     rows = [r.summary() for r in exp.runs]
-    (out / RESULTS_JSON).write_text(json.dumps(rows, indent=1))
+    atomic_write_text(out / RESULTS_JSON, json.dumps(rows, indent=1))
     if exp.provenance is not None:
-        (out / PROVENANCE_NAME).write_text(json.dumps(exp.provenance, indent=1))
+        atomic_write_text(out / PROVENANCE_NAME, json.dumps(exp.provenance, indent=1))
     if rows:
-        with open(out / RESULTS_CSV, "w", newline="", encoding="utf-8") as fh:
-            w = csv.DictWriter(fh, fieldnames=list(rows[0]))
-            w.writeheader()
-            w.writerows(rows)
-    (out / CONFIG_NAME).write_text(dump_toml(cfg), encoding="utf-8")
+        buf = io.StringIO(newline="")
+        w = csv.DictWriter(buf, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+        atomic_write_text(out / RESULTS_CSV, buf.getvalue())
+    atomic_write_text(out / CONFIG_NAME, dump_toml(cfg))
     table = format_table(exp.runs, exp.provenance)
-    (out / TABLE_NAME).write_text(table + "\n", encoding="utf-8")
+    atomic_write_text(out / TABLE_NAME, table + "\n")
     if plot and exp.runs:
         comp, curves = plot_experiment(exp.runs, out)
         say(f"wrote {comp} and {curves}")

@@ -10,8 +10,10 @@ a resumed run draws what the uninterrupted one would have drawn.
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import logging
+import re
 import sys
 import time
 from dataclasses import dataclass, field
@@ -23,10 +25,13 @@ from torch.func import functional_call
 from torch.nn import functional as F
 
 from adapters.torch import flatten_params, param_views
+from sketchlib import SketchError
 
+from ._atomic import atomic_write_bytes, atomic_write_text
 from ._augment import augment, augment_key
 from ._fault import fault_hook
 from ._flat import fixed_tensors
+from ._lock import OutputLock
 from ._provenance import collect, finish
 from ._schedule import learning_rate
 from ._streams import AUGMENTATION, BATCH_SELECTION, CLIENT_SAMPLING, EPOCH_ORDER, stream
@@ -34,7 +39,8 @@ from .accounting import Accountant, reference_bytes
 from .checkpoint import load_checkpoint, save_checkpoint
 from .clients import make_engine
 from .comm import Communicator, LocalCommunicator
-from .errors import ConfigError, DataFileMissing, MissingDependency, NonFiniteError
+from .errors import (ConfigError, DataFileMissing, MissingDependency, NonFiniteError, OutputFolderBusy,
+                     RunFileError)
 from ._round import RoundContext
 from .layout import (CHECKPOINT_NAME, FINAL_PARAMS_NAME, PROVENANCE_NAME, SUMMARY_NAME, TENSORBOARD_DIR,
                      experiment_dir, run_dir)
@@ -332,7 +338,8 @@ class Simulation:
         Raises
         ------
         NonFiniteError
-            The weights became NaN/inf (nothing is changed).
+            The weights became NaN/inf (nothing is changed), or the rule met a NaN/inf
+            value (a sketch refused it; the run cannot continue).
         ClientUpdateError
             A client's update was NaN/inf (nothing is changed).
         """
@@ -350,7 +357,16 @@ class Simulation:
                            run_name=f"{self.spec.label} ({self.spec.rule.name})", rounds=tr.rounds,
                            last_checkpoint=self.last_checkpoint, clip_norm=tr.clip_norm,
                            local_augment=lambda c: self.local_augment(t, c))
-        update = self.rule.round(ctx)
+        try:
+            update = self.rule.round(ctx)
+        except (SketchError, FloatingPointError) as exc:
+            if isinstance(exc, NonFiniteError) or not _about_non_finite(exc):
+                raise
+            raise NonFiniteError(
+                f"{self.spec.label} ({self.spec.rule.name}): a NaN or infinite value inside the rule in round "
+                f"{t + 1} of {tr.rounds} ({exc}); the run stopped. Last good checkpoint: "
+                f"{self.last_checkpoint or 'none (no checkpoint was written)'}. Lower the learning rate "
+                f"(train.lr) or see bench/FEDSIM_STUDY.md for this rule's knobs.") from exc
         new = self.params - update
         if not bool(torch.isfinite(new).all()):
             where = self.last_checkpoint or "none (no checkpoint was written)"
@@ -450,7 +466,21 @@ class Simulation:
         -------
         RunResult
             ``status`` "ok"; divergence and bad client updates raise.
+
+        Raises
+        ------
+        OutputFolderBusy
+            Another live process runs in ``out_dir`` (rank 0 locks it for the run).
         """
+        lock = _lock_output(self.out_dir, self.comm) if self.out_dir is not None else None
+        try:
+            return self._run(resume, on_round)
+        finally:
+            if lock is not None:
+                lock.release()
+
+    def _run(self, resume, on_round):
+        """The run itself, with the run folder locked."""
         from .report import MetricsWriter
 
         writer = self.comm.is_writer and self.out_dir is not None
@@ -496,8 +526,10 @@ class Simulation:
                 board.close()
         result = self.result("ok", "")
         if writer:
-            torch.save(self.params.detach().cpu(), self.out_dir / FINAL_PARAMS_NAME)
-            _write_run_summary(self.out_dir, result, self.provenance)
+            buf = io.BytesIO()
+            torch.save(self.params.detach().cpu(), buf)
+            atomic_write_bytes(self.out_dir / FINAL_PARAMS_NAME, buf.getvalue())
+            _write_summary(self.out_dir, result, self.provenance)
         return result
 
     def result(self, status, message):
@@ -523,6 +555,13 @@ class Simulation:
         return RunResult(self.spec.label, self.spec.group, self.spec.rule.name, status, message, self.t, acc, loss,
                          st.up, st.down, ref_up, ref_down, self.elapsed, self.d, self.config_hash,
                          dataset=name, synthetic=is_synthetic(name), history=list(self.history))
+
+
+def _about_non_finite(exc):
+    """Whether a sketch refused a value for being NaN, infinite or overflowing (not a usage error)."""
+    if isinstance(exc, FloatingPointError):
+        return True
+    return re.search(r"\bnan\b|infinit|overflow|finite", str(exc), re.IGNORECASE) is not None
 
 
 def _progress(label, total, initial, enabled):
@@ -619,7 +658,8 @@ def run_experiment(cfg, *, only=None, out_dir=None, resume=False, progress=None,
     out_dir : str or Path, optional
         Default ``output.dir / output.name``.
     resume : bool
-        Skip runs whose summary exists for the same config hash, resume those with a checkpoint.
+        Skip runs whose summary exists for the same config hash, resume those with a checkpoint
+        (a finished run whose summary or metrics are damaged continues from its checkpoint).
     progress : bool, optional
         Default ``output.progress``.
     comm : Communicator, optional
@@ -631,6 +671,15 @@ def run_experiment(cfg, *, only=None, out_dir=None, resume=False, progress=None,
     Returns
     -------
     ExperimentResult
+
+    Raises
+    ------
+    OutputFolderBusy
+        Another live run holds the experiment folder (rank 0 locks it for the
+        whole experiment; a lock left by a dead process is taken over).
+    RunFileError
+        With ``resume``: a finished run's summary.json or metrics file is damaged
+        and it has no checkpoint to rebuild them from.
     """
     from .report import write_experiment
 
@@ -640,18 +689,51 @@ def run_experiment(cfg, *, only=None, out_dir=None, resume=False, progress=None,
     root = experiment_dir(cfg.output, out_dir)
     progress = cfg.output.progress if progress is None else progress
     specs = cfg.runs(only)
+    lock = _lock_output(root, comm)
+    try:
+        results = _run_specs(specs, root, resume, progress, comm, dataset, log, say, warn)
+        exp = ExperimentResult(results, root if comm.is_writer else None, finish(provenance))
+        if comm.is_writer:
+            write_experiment(exp, cfg, plot=cfg.output.plot, log=log)
+    finally:
+        if lock is not None:
+            lock.release()
+    return exp
+
+
+def _lock_output(root, comm):
+    """Rank 0 locks an output folder; every rank learns whether it could (else all raise)."""
+    lock = busy = None
+    if comm.is_writer:
+        try:
+            lock = OutputLock(root).acquire()
+        except OutputFolderBusy as exc:
+            busy = exc
+        except OSError as exc:  # --out names a file, or a folder this user cannot write
+            busy = ConfigError(f"cannot use {root} as an output folder: {exc.strerror or exc}")
+    if comm.world_size > 1:
+        flag = comm.allreduce_(torch.tensor([0.0 if busy is None else 1.0]))
+        if busy is None and float(flag[0]) > 0:
+            busy = OutputFolderBusy(f"rank 0 could not lock the output folder {root}: another run uses it")
+    if busy is not None:
+        if lock is not None:
+            lock.release()
+        raise busy
+    return lock
+
+
+def _run_specs(specs, root, resume, progress, comm, dataset, log, say, warn):
+    """Run (or, with resume, skip or continue) every spec; returns their RunResults."""
     cache = {}
     results = []
     hook = fault_hook(comm.rank)  # None unless a crash test asks for it
     for spec in specs:
         folder = run_dir(root, spec.label)
-        summary = folder / SUMMARY_NAME
-        if resume and summary.exists():
-            saved = json.loads(summary.read_text())
-            if saved.get("config_hash") == spec.config_hash():
-                results.append(_result_from_summary(saved, folder))
-                say(f"{spec.label}: already finished, skipped (--resume)")
-                continue
+        done = _finished(spec, folder, warn) if resume else None
+        if done is not None:
+            results.append(done)
+            say(f"{spec.label}: already finished, skipped (--resume)")
+            continue
         key = (spec.data.dataset, spec.data.root, spec.data.fallback, spec.train.seed)
         if dataset is not None:
             data = dataset
@@ -666,27 +748,49 @@ def run_experiment(cfg, *, only=None, out_dir=None, resume=False, progress=None,
             warn(f"diverged: {exc}")
             result = sim.result("diverged", str(exc))
         if result.status != "ok" and comm.is_writer:
-            folder.mkdir(parents=True, exist_ok=True)
-            _write_run_summary(folder, result, sim.provenance)
+            _write_summary(folder, result, sim.provenance)
         results.append(result)
-    exp = ExperimentResult(results, root if comm.is_writer else None, finish(provenance))
-    if comm.is_writer:
-        write_experiment(exp, cfg, plot=cfg.output.plot, log=log)
-    return exp
+    return results
 
 
-def _write_run_summary(run_dir, result, provenance):
-    """``summary.json`` (the result and what ran) and ``provenance.json`` in a run's folder."""
+def _write_summary(folder, result, provenance):
+    """``summary.json`` (the result and what ran) and ``provenance.json`` of a run, written atomically."""
     provenance = finish(dict(provenance))
-    run_dir = Path(run_dir)
-    (run_dir / PROVENANCE_NAME).write_text(json.dumps(provenance, indent=1))
-    (run_dir / SUMMARY_NAME).write_text(json.dumps({**result.summary(), "provenance": provenance}, indent=1))
+    folder = Path(folder)
+    atomic_write_text(folder / PROVENANCE_NAME, json.dumps(provenance, indent=1))
+    atomic_write_text(folder / SUMMARY_NAME, json.dumps({**result.summary(), "provenance": provenance}, indent=1))
 
 
-def _result_from_summary(saved, run_dir):
-    """A RunResult rebuilt from summary.json (history re-read from the metrics file)."""
+def _finished(spec, folder, warn):
+    """The RunResult of a run that --resume can skip, or None to run (or continue) it.
+
+    A damaged summary.json or metrics file is recovered by continuing from the
+    run's checkpoint (which holds the whole history; the run is deterministic);
+    without a checkpoint the error names the file and what to do.
+    """
     from .report import read_metrics
+
+    summary, ckpt = folder / SUMMARY_NAME, folder / CHECKPOINT_NAME
+    if not summary.exists():
+        return None
+    try:
+        saved = json.loads(summary.read_text(encoding="utf-8"))
+        if not isinstance(saved, dict) or not isinstance(saved.get("rounds_done"), int):
+            raise ValueError("not a run summary")
+        if saved.get("config_hash") != spec.config_hash():
+            return None
+        history = read_metrics(folder)
+        if len(history) != saved["rounds_done"]:
+            raise RunFileError(f"metrics of {folder} hold {len(history)} rounds, summary.json says "
+                               f"{saved['rounds_done']}")
+    except (ValueError, UnicodeDecodeError) as exc:  # RunFileError and JSONDecodeError are ValueErrors
+        what = str(exc) if isinstance(exc, RunFileError) else f"{summary} is truncated or malformed ({exc})"
+        if ckpt.exists():
+            warn(f"{what}; {spec.label}: continuing from {ckpt} instead, which rewrites them")
+            return None
+        raise RunFileError(f"{what}; {spec.label} has no checkpoint to rebuild it from (output.checkpoint_every "
+                           f"= 0?). Delete the folder {folder} to run it again, or run without --resume") from None
     names = {f.name for f in dataclasses.fields(RunResult)}
     fields = {k: v for k, v in saved.items() if k in names and k != "history"}
-    return RunResult(**fields, history=read_metrics(run_dir))
+    return RunResult(**fields, history=history)
 
