@@ -317,15 +317,12 @@ def _validate_section(name, obj):
     if name == "data":
         from .data import DATASETS
         _check(obj.dataset in DATASETS, f"data.dataset: unknown dataset {obj.dataset!r}; choose one of {list(DATASETS)}")
-        _check(obj.fallback is None or obj.fallback in DATASETS,
-               f"data.fallback: unknown dataset {obj.fallback!r}; choose one of {list(DATASETS)}")
         _check(obj.num_clients > 0, f"data.num_clients must be positive, got {obj.num_clients}")
         _check(obj.alpha > 0, f"data.alpha must be positive, got {obj.alpha}")
         _check(obj.classes_per_client > 0, f"data.classes_per_client must be positive, got {obj.classes_per_client}")
         _check(obj.batch_size is None or obj.batch_size > 0, f"data.batch_size must be positive, got {obj.batch_size}")
         _check(obj.samples_per_client is None or obj.samples_per_client > 0,
                f"data.samples_per_client must be positive, got {obj.samples_per_client}")
-        from .data import DATASETS
         _check(obj.fallback is None or obj.fallback == "synthetic" or obj.fallback in DATASETS,
                f"data.fallback must be 'synthetic' or a dataset name ({', '.join(DATASETS)}), got {obj.fallback!r}")
         from ._augment import AUGMENTATIONS

@@ -5,11 +5,13 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from hypothesis import given
+from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from fedsim import config as C
 from fedsim._fields import field_type
+from fedsim.errors import ConfigError
+from fedsim.layout import check_run_folders
 from fedsim.cli import build_parser, main
 from fedsim.clients import ENGINES
 from fedsim.data import DATASETS, SCHEMES
@@ -37,7 +39,8 @@ _CHOICES = {
 # Any Unicode but lone surrogates, with emoji and other non-BMP characters drawn often.
 _text = st.text(alphabet=st.one_of(st.characters(blacklist_categories=("Cs",)), st.sampled_from("🚀😀𝔘🀄\U0010FFFD")),
                 min_size=1, max_size=12)
-_label = _text.filter(lambda s: "[" not in s and "]" not in s)  # a group "a[k=1]" may clash with a sweep label
+# A group "a[k=1]" may clash with a sweep label; a label's folder may not be hidden ('.', '..', '.x').
+_label = _text.filter(lambda s: "[" not in s and "]" not in s and not s.startswith("."))
 _float = st.floats(min_value=1e-12, max_value=0.999, allow_subnormal=False)  # in range for every float key
 
 
@@ -47,7 +50,7 @@ def _value(section, cls, key):
         return st.sampled_from(_CHOICES[section, key])
     base, optional = field_type(cls, key)
     if key == "name" and section == "output":
-        strat = _text.filter(lambda s: "/" not in s)
+        strat = _text.filter(lambda s: "/" not in s and "\\" not in s and s not in (".", ".."))
     else:
         strat = {bool: st.booleans(), int: st.integers(1, 2**40), float: _float, str: _text}[base]
     return st.one_of(st.none(), strat) if optional else strat
@@ -85,6 +88,10 @@ def _raw_config(draw):
         methods.append(entry)
     if methods:
         raw["methods"] = methods
+        try:  # labels whose folders would collide are refused by design: not this test's subject
+            check_run_folders([m["label"] for m in methods])
+        except ConfigError:
+            assume(False)
     return raw
 
 
