@@ -37,6 +37,7 @@ ZEROINGS = ("buckets", "subtract")
 LR_PLACEMENTS = ("inside", "after")
 SKETCH_KINDS = ("count", "identity")
 METRIC_FORMATS = ("csv", "jsonl")
+TEXT_KEYS = ("seq_len", "max_chars_per_client", "min_chars_per_client", "max_test_sequences")
 
 
 @dataclass
@@ -53,6 +54,17 @@ class DataConfig:
     classes_per_client: int = 1
     samples_per_client: typing.Optional[int] = None
     batch_size: typing.Optional[int] = None  # a client's batch per round; None: all its samples
+    # Text (dataset "shakespeare"; None: the loader's default). See fedsim/data/_shakespeare.py.
+    seq_len: typing.Optional[int] = None  # window length L (default 80)
+    max_chars_per_client: typing.Optional[int] = None  # cut big speakers into clients of <= this
+    min_chars_per_client: typing.Optional[int] = None  # drop speakers with fewer characters
+    max_test_sequences: typing.Optional[int] = None  # evenly spaced subset of the test windows
+
+    def loader_options(self):
+        """Keyword options of ``load_dataset`` for this dataset (the text keys that are set)."""
+        if self.dataset != "shakespeare":
+            return {}
+        return {k: getattr(self, k) for k in TEXT_KEYS if getattr(self, k) is not None}
 
 
 @dataclass
@@ -266,6 +278,16 @@ def _validate_section(name, obj):
         _check(obj.batch_size is None or obj.batch_size > 0, f"data.batch_size must be positive, got {obj.batch_size}")
         _check(obj.samples_per_client is None or obj.samples_per_client > 0,
                f"data.samples_per_client must be positive, got {obj.samples_per_client}")
+        for key in TEXT_KEYS:
+            value = getattr(obj, key)
+            _check(value is None or obj.dataset == "shakespeare",
+                   f"data.{key} applies to text datasets only (dataset 'shakespeare'), not {obj.dataset!r}")
+            _check(value is None or value > 0, f"data.{key} must be positive, got {value}")
+        if obj.max_chars_per_client is not None:
+            seq_len = 80 if obj.seq_len is None else obj.seq_len
+            _check(obj.max_chars_per_client > seq_len,
+                   f"data.max_chars_per_client must exceed data.seq_len ({seq_len}): a client needs one "
+                   f"window of seq_len + 1 characters, got {obj.max_chars_per_client}")
     elif name == "train":
         _check(obj.rounds > 0, f"train.rounds must be positive, got {obj.rounds}")
         _check(obj.clients_per_round > 0, f"train.clients_per_round must be positive, got {obj.clients_per_round}")

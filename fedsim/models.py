@@ -10,9 +10,11 @@ import operator
 
 from torch import nn
 
-__all__ = ["MODELS", "RESNET9_CIFAR10_PARAMETERS", "build_model", "num_parameters"]
+from ._text_models import TEXT_MODELS, build_text_model
 
-MODELS = ("mlp", "cnn", "resnet9")
+__all__ = ["MODELS", "RESNET9_CIFAR10_PARAMETERS", "TEXT_MODELS", "build_model", "num_parameters"]
+
+MODELS = ("mlp", "cnn", "resnet9") + TEXT_MODELS
 RESNET9_CIFAR10_PARAMETERS = 6_568_640
 
 
@@ -121,7 +123,10 @@ def build_model(name: str, input_shape: tuple, num_classes: int) -> nn.Module:
         ``"mlp"`` (any input shape; flattens it), ``"cnn"`` (images ``(C, H, W)`` with
         H, W >= 4; for digits, MNIST, FEMNIST) or ``"resnet9"`` (images ``(C, H, W)`` with
         H, W >= 8; the FetchSGD paper's ResNet9 without batch norm and biases, output
-        scaled by 0.125; 6,568,640 parameters for CIFAR-10).
+        scaled by 0.125; 6,568,640 parameters for CIFAR-10). Text models (token sequences,
+        input_shape ``(L,)``, logits ``(B, V, L)``): the character GPT presets ``"gpt_tiny"``,
+        ``"gpt_small"``, ``"gpt2"``, ``"gpt2_deep"`` and LEAF's LSTM ``"lstm_leaf"`` (see
+        ``fedsim/_text_models.py``).
     input_shape : tuple of int
         Shape of one sample, e.g. ``Dataset.input_shape``.
     num_classes : int
@@ -152,6 +157,8 @@ def build_model(name: str, input_shape: tuple, num_classes: int) -> nn.Module:
     if isinstance(num_classes, bool) or classes is None or classes < 2:
         raise ValueError(f"num_classes must be an integer >= 2, got {num_classes!r}")
     num_classes = classes
+    if name in TEXT_MODELS:
+        return build_text_model(name, input_shape, num_classes)
     if name != "mlp" and len(input_shape) != 3:
         raise ValueError(f"the {name!r} model needs images (C, H, W), got input_shape "
                          f"{input_shape}")

@@ -8,7 +8,7 @@ from pathlib import Path
 __all__ = ["MetricsWriter", "read_metrics", "format_table", "write_experiment", "plot_experiment"]
 
 FIELDS = ["round", "lr", "train_loss", "test_loss", "test_acc", "up_bytes", "down_bytes", "total_up",
-          "total_down", "changed", "compression"]
+          "total_down", "changed", "compression", "test_bpc"]  # test_bpc: text datasets only
 
 
 class MetricsWriter:

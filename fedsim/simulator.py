@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import signal
 import sys
@@ -24,6 +25,7 @@ from torch.func import functional_call
 from torch.nn import functional as F
 
 from ._flat import fixed_tensors, flatten_params, param_views
+from ._loss import per_sample_cross_entropy
 from ._schedule import learning_rate
 from .accounting import Accountant, reference_bytes
 from .checkpoint import load_checkpoint, save_checkpoint
@@ -126,7 +128,7 @@ class Simulation:
         if dataset is None:
             dataset = load_run_dataset(dc, tr.seed)
         self.dataset = dataset
-        parts = partition(dataset.y_train, dc.num_clients, dc.partition, seed=tr.seed, alpha=dc.alpha,
+        parts = partition(dataset.sample_labels, dc.num_clients, dc.partition, seed=tr.seed, alpha=dc.alpha,
                           classes_per_client=dc.classes_per_client, writers=dataset.writers_train,
                           samples_per_client=dc.samples_per_client)
         self.num_clients = len(parts)
@@ -191,14 +193,15 @@ class Simulation:
 
     @torch.no_grad()
     def evaluate(self):
-        """``(test loss, test accuracy)`` of the current weights."""
+        """``(test loss, test accuracy)`` of the current weights, per target (a sequence has
+        one target per position)."""
         loss, correct = 0.0, 0
         for lo in range(0, self.x_test.shape[0], _EVAL_BATCH):
             x, y = self.x_test[lo:lo + _EVAL_BATCH], self.y_test[lo:lo + _EVAL_BATCH]
             logits = self._forward(self.params, x)
             loss += float(F.cross_entropy(logits, y, reduction="sum"))
             correct += int((logits.argmax(1) == y).sum())
-        n = self.x_test.shape[0]
+        n = self.y_test.numel()
         return loss / n, correct / n
 
     @torch.no_grad()
@@ -210,7 +213,7 @@ class Simulation:
         y = torch.cat([b[1] for b in batches])
         counts = torch.tensor([b[0].shape[0] for b in batches], device=self.device)
         per_sample = torch.repeat_interleave(weights / counts.to(weights.dtype), counts)
-        loss = F.cross_entropy(self._forward(self.params, x), y, reduction="none")
+        loss = per_sample_cross_entropy(self._forward(self.params, x), y)
         return (loss * per_sample).sum().reshape(1)
 
     # ------------------------------------------------------------------- round
@@ -246,6 +249,8 @@ class Simulation:
                "changed": changed, "compression": (ref_up + ref_down) / (st.up + st.down)}
         if (t + 1) % tr.eval_every == 0 or t + 1 == tr.rounds:
             row["test_loss"], row["test_acc"] = self.evaluate()
+            if self.y_test.ndim > 1:  # text: bits per character
+                row["test_bpc"] = row["test_loss"] / math.log(2)
         self.t += 1
         self.history.append(row)
         return row
@@ -380,7 +385,7 @@ def load_run_dataset(data_cfg, seed, log=None):
     from .data import load_dataset
 
     try:
-        return load_dataset(data_cfg.dataset, data_cfg.root, seed=seed)
+        return load_dataset(data_cfg.dataset, data_cfg.root, seed=seed, **data_cfg.loader_options())
     except FileNotFoundError as exc:
         if not data_cfg.fallback:
             raise
@@ -434,7 +439,8 @@ def run_experiment(cfg, *, only=None, out_dir=None, resume=False, stop_after_rou
                 results.append(_result_from_summary(saved, run_dir))
                 log(f"{spec.label}: already finished, skipped (--resume)")
                 continue
-        key = (spec.data.dataset, spec.data.root, spec.data.fallback, spec.train.seed)
+        key = (spec.data.dataset, spec.data.root, spec.data.fallback, spec.train.seed,
+               tuple(sorted(spec.data.loader_options().items())))
         if dataset is not None:
             data = dataset
         else:

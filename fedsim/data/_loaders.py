@@ -4,8 +4,9 @@ from __future__ import annotations
 from ._dataset import Dataset
 
 DATASETS = ("digits", "mnist", "femnist", "cifar10", "cifar100",
-            "synthetic_cifar10", "synthetic_cifar100")
+            "synthetic_cifar10", "synthetic_cifar100", "shakespeare")
 _SYNTHETIC_OPTIONS = ("num_train", "num_test")
+_SHAKESPEARE_OPTIONS = ("seq_len", "max_chars_per_client", "min_chars_per_client", "max_test_sequences")
 
 
 def load_dataset(name: str, root: str | None = None, *, seed: int = 0, **options) -> Dataset:
@@ -32,6 +33,11 @@ def load_dataset(name: str, root: str | None = None, *, seed: int = 0, **options
         - ``"synthetic_cifar10"`` / ``"synthetic_cifar100"``: see
           :func:`fedsim.data.synthetic_cifar`; options ``num_train`` (default 50,000) and
           ``num_test`` (default 10,000); deterministic from `seed`.
+        - ``"shakespeare"``: the packaged tiny Shakespeare, next-character prediction, one
+          client per speaker (``writers_train``), train/test split by position inside each
+          speaker; options ``seq_len`` (80), ``max_chars_per_client``,
+          ``min_chars_per_client``, ``max_test_sequences``: see
+          :func:`fedsim.data._shakespeare.load_shakespeare`. Needs no files.
 
         CIFAR and MNIST pixels are scaled to [0, 1] and then standardized per channel with
         the training set's mean and standard deviation (applied to both splits).
@@ -41,7 +47,7 @@ def load_dataset(name: str, root: str | None = None, *, seed: int = 0, **options
         Seed of the digits split and of the synthetic data; file datasets keep their
         official splits.
     **options
-        Only for the synthetic datasets: ``num_train``, ``num_test``.
+        Only for the synthetic datasets (``num_train``, ``num_test``) and shakespeare.
 
     Returns
     -------
@@ -57,7 +63,7 @@ def load_dataset(name: str, root: str | None = None, *, seed: int = 0, **options
     if name not in DATASETS:
         raise ValueError(f"unknown dataset {name!r}; valid names: {', '.join(DATASETS)}")
     synthetic = name.startswith("synthetic_")
-    allowed = _SYNTHETIC_OPTIONS if synthetic else ()
+    allowed = _SYNTHETIC_OPTIONS if synthetic else _SHAKESPEARE_OPTIONS if name == "shakespeare" else ()
     unknown = sorted(set(options) - set(allowed))
     if unknown:
         raise ValueError(f"dataset {name!r} takes no option(s) {', '.join(unknown)}; "
@@ -65,6 +71,9 @@ def load_dataset(name: str, root: str | None = None, *, seed: int = 0, **options
     if name == "digits":
         from ._digits import load_digits_dataset
         return load_digits_dataset(seed)
+    if name == "shakespeare":
+        from ._shakespeare import load_shakespeare
+        return load_shakespeare(**options)
     if name == "mnist":
         from ._mnist import load_mnist
         return load_mnist(root)
