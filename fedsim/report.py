@@ -65,14 +65,24 @@ def _fmt(x, spec):
     return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, spec)
 
 
+def _final_bpc(r):
+    """Bits per character at the last evaluation (text runs), else None."""
+    evals = [h for h in r.history if h.get("test_bpc") is not None]
+    return evals[-1]["test_bpc"] if evals and r.status == "ok" else None
+
+
 def format_table(results):
-    """The final table: accuracy, MB up/down and compressions, one line per run."""
-    head = ["run", "rule", "status", "acc", "MB up", "MB down", "up x", "down x", "overall x"]
+    """The final table: accuracy, MB up/down and compressions, one line per run (text runs add
+    test bits per character)."""
+    text = any(_final_bpc(r) is not None for r in results)
+    head = ["run", "rule", "status", "acc"] + (["bpc"] if text else []) + \
+        ["MB up", "MB down", "up x", "down x", "overall x"]
     lines = []
     for r in results:
         status = r.status if r.status == "ok" else f"{r.status}@{r.rounds_done + 1}"
-        lines.append([r.label, r.rule, status, _fmt(r.final_acc, ".4f"), _fmt(r.up_bytes / 1e6, ".2f"),
-                      _fmt(r.down_bytes / 1e6, ".2f"), _fmt(r.up_compression, ".1f"),
+        bpc = [_fmt(_final_bpc(r), ".3f")] if text else []
+        lines.append([r.label, r.rule, status, _fmt(r.final_acc, ".4f")] + bpc +
+                     [_fmt(r.up_bytes / 1e6, ".2f"), _fmt(r.down_bytes / 1e6, ".2f"), _fmt(r.up_compression, ".1f"),
                       _fmt(r.down_compression, ".1f"), _fmt(r.compression, ".2f")])
     widths = [max(len(str(x)) for x in col) for col in zip(head, *lines)]
     out = ["  ".join(str(x).ljust(w) for x, w in zip(head, widths))]
