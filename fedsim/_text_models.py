@@ -56,6 +56,40 @@ def lstm_num_parameters(vocab: int, embed=LSTM_EMBED, hidden=LSTM_HIDDEN, layers
     return count + hidden * vocab + vocab
 
 
+def _under_vmap(t):
+    """True when ``t`` is (wrapped around) a ``torch.func.vmap`` batched tensor.
+
+    Uses torch's functorch introspection (``torch._C._functorch``), the only way to ask; if
+    that ever changes, the answer is False and attention stays on SDPA (slower under vmap,
+    still exact).
+    """
+    try:
+        ft = torch._C._functorch
+        while ft.is_functorch_wrapped_tensor(t):
+            if ft.is_batchedtensor(t):
+                return True
+            t = ft.get_unwrapped(t)
+    except (AttributeError, RuntimeError):
+        pass
+    return False
+
+
+def _causal_attention(q, k, v):
+    """Causal softmax attention: SDPA, or the same sum written out under vmap.
+
+    ``scaled_dot_product_attention`` has no vmap batching rule (torch 2.13: the CPU flash kernel
+    falls back to a per-client loop, with a warning), so the per-client paths of the vmap engine
+    (local top-k, FedAvg) would compute attention client by client; written out, it is plain
+    batched matmuls.
+    """
+    if not _under_vmap(q):
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    t = q.shape[-2]
+    scores = (q @ k.transpose(-2, -1)) / math.sqrt(q.shape[-1])
+    future = torch.ones(t, t, dtype=torch.bool, device=q.device).triu(1)
+    return scores.masked_fill(future, float("-inf")).softmax(dim=-1) @ v
+
+
 class _Block(nn.Module):
     """Pre-LayerNorm transformer block: x + attn(ln(x)), then x + mlp(ln(x))."""
 
@@ -74,7 +108,7 @@ class _Block(nn.Module):
         q, k, v = self.qkv(self.ln1(x)).split(w, dim=-1)
         shape = (b, t, self.heads, w // self.heads)
         q, k, v = (z.reshape(shape).transpose(1, 2) for z in (q, k, v))
-        att = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        att = _causal_attention(q, k, v)
         x = x + self.proj(att.transpose(1, 2).reshape(b, t, w))
         return x + self.out(F.gelu(self.fc(self.ln2(x))))
 
