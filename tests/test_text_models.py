@@ -106,3 +106,17 @@ def test_unknown_or_misplaced_text_model_is_refused():
     model = build_model("gpt_tiny", (8,), VOCAB)
     with pytest.raises(ValueError, match="exceeds the model's context of 8"):
         model(torch.zeros((1, 9), dtype=torch.int64))
+
+
+def test_per_client_stacks_are_chunked_to_the_budget_at_d_10m():
+    torch.manual_seed(4)
+    model = build_model("gpt_small", (CONTEXT,), VOCAB)
+    flat = flatten_params(model)
+    d = flat.numel()
+    assert d >= 10_000_000
+    batches = _batches([2] * 8, CONTEXT, seed=5)
+    engine = VmapEngine(memory_budget_mb=500)
+    per = engine.per_client_bytes(model, flat, batches)
+    assert per > 3 * d * 4  # three d-length float32 rows per client, plus saved activations
+    size = engine.chunk_size(model, flat, batches)
+    assert 1 <= size < len(batches) and size * per <= 500 * 2**20 < (size + 1) * per
