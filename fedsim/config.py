@@ -40,6 +40,7 @@ WEIGHTINGS = ("samples", "uniform")
 WD_PLACEMENTS = ("aggregate", "client")
 SAMPLINGS = ("random", "epoch")
 METRIC_FORMATS = ("csv", "jsonl")
+TEXT_KEYS = ("seq_len", "max_chars_per_client", "min_chars_per_client", "max_test_sequences")
 
 
 @dataclass
@@ -59,6 +60,17 @@ class DataConfig:
     samples_per_client: typing.Optional[int] = None
     batch_size: typing.Optional[int] = None  # a client's batch per round; None: all its samples
     augment: str = "none"  # "crop_flip": random crop (4-pixel zero padding) + horizontal flip, on the device
+    # Text (dataset "shakespeare"; None: the loader's default). See fedsim/data/_shakespeare.py.
+    seq_len: typing.Optional[int] = None  # window length L (default 80)
+    max_chars_per_client: typing.Optional[int] = None  # cut big speakers into clients of <= this
+    min_chars_per_client: typing.Optional[int] = None  # drop speakers with fewer characters
+    max_test_sequences: typing.Optional[int] = None  # evenly spaced subset of the test windows
+
+    def loader_options(self):
+        """Keyword options of ``load_dataset`` for this dataset (the text keys that are set)."""
+        if self.dataset != "shakespeare":
+            return {}
+        return {k: getattr(self, k) for k in TEXT_KEYS if getattr(self, k) is not None}
 
 
 @dataclass
@@ -327,6 +339,16 @@ def _validate_section(name, obj):
                f"data.fallback must be 'synthetic' or a dataset name ({', '.join(DATASETS)}), got {obj.fallback!r}")
         from ._augment import AUGMENTATIONS
         _check(obj.augment in AUGMENTATIONS, f"data.augment must be one of {AUGMENTATIONS}, got {obj.augment!r}")
+        for key in TEXT_KEYS:
+            value = getattr(obj, key)
+            _check(value is None or obj.dataset == "shakespeare",
+                   f"data.{key} applies to text datasets only (dataset 'shakespeare'), not {obj.dataset!r}")
+            _check(value is None or value > 0, f"data.{key} must be positive, got {value}")
+        if obj.max_chars_per_client is not None:
+            seq_len = 80 if obj.seq_len is None else obj.seq_len
+            _check(obj.max_chars_per_client > seq_len,
+                   f"data.max_chars_per_client must exceed data.seq_len ({seq_len}): a client needs one "
+                   f"window of seq_len + 1 characters, got {obj.max_chars_per_client}")
     elif name == "model":
         from .models import MODELS
         _check(obj.name in MODELS, f"model.name: unknown model {obj.name!r}; choose one of {list(MODELS)}")

@@ -10,11 +10,12 @@ import operator
 
 from torch import nn
 
+from ._text_models import TEXT_MODELS, build_text_model
 from .errors import ModelError
 
-__all__ = ["MODELS", "RESNET9_CIFAR10_PARAMETERS", "build_model", "num_parameters"]
+__all__ = ["MODELS", "RESNET9_CIFAR10_PARAMETERS", "TEXT_MODELS", "build_model", "num_parameters"]
 
-MODELS = ("mlp", "cnn", "resnet9", "linear")
+MODELS = ("mlp", "cnn", "resnet9", "linear") + TEXT_MODELS
 RESNET9_CIFAR10_PARAMETERS = 6_568_640
 
 
@@ -130,6 +131,9 @@ def build_model(name: str, input_shape: tuple, num_classes: int) -> nn.Module:
         H, W >= 8; the FetchSGD paper's ResNet9 without batch norm and biases, output
         scaled by 0.125; 6,568,640 parameters for CIFAR-10) or ``"linear"`` (any input
         shape; softmax regression on the flattened input, for ``synthetic_highdim``).
+        Text models (token sequences, input_shape ``(L,)``, logits ``(B, V, L)``): the
+        character GPT presets ``"gpt_tiny"``, ``"gpt_small"``, ``"gpt2"``, ``"gpt2_deep"``
+        and LEAF's LSTM ``"lstm_leaf"`` (see ``fedsim/_text_models.py``).
     input_shape : tuple of int
         Shape of one sample, e.g. ``Dataset.input_shape``.
     num_classes : int
@@ -162,6 +166,8 @@ def build_model(name: str, input_shape: tuple, num_classes: int) -> nn.Module:
     num_classes = classes
     if name == "linear":
         return _linear(input_shape, num_classes)
+    if name in TEXT_MODELS:
+        return build_text_model(name, input_shape, num_classes)
     if name != "mlp" and len(input_shape) != 3:
         raise ModelError(f"the {name!r} model needs images (C, H, W), got input_shape "
                          f"{input_shape}")

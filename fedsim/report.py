@@ -17,7 +17,7 @@ __all__ = ["MetricsWriter", "read_metrics", "format_table", "synthetic_note", "w
 _log = logging.getLogger("fedsim")
 
 FIELDS = ["round", "lr", "train_loss", "test_loss", "test_acc", "up_bytes", "down_bytes", "total_up",
-          "total_down", "changed", "compression"]
+          "total_down", "changed", "compression", "test_bpc"]  # test_bpc: text datasets only
 
 
 class MetricsWriter:
@@ -167,8 +167,15 @@ def synthetic_note(results):
             f"these accuracies say nothing about the paper's setup")
 
 
+def _final_bpc(r):
+    """Bits per character at the last evaluation (text runs), else None."""
+    evals = [h for h in r.history if h.get("test_bpc") is not None]
+    return evals[-1]["test_bpc"] if evals and r.status == "ok" else None
+
+
 def format_table(results, provenance=None):
-    """The final table: accuracy, MB up/down and compressions, one line per run.
+    """The final table: accuracy, MB up/down and compressions, one line per run (text runs add
+    test bits per character).
 
     When a run used synthetic data, a first line says so (see :func:`synthetic_note`).
 
@@ -182,12 +189,15 @@ def format_table(results, provenance=None):
     -------
     str
     """
-    head = ["run", "rule", "status", "acc", "MB up", "MB down", "up x", "down x", "overall x"]
+    text = any(_final_bpc(r) is not None for r in results)
+    head = ["run", "rule", "status", "acc"] + (["bpc"] if text else []) + \
+        ["MB up", "MB down", "up x", "down x", "overall x"]
     lines = []
     for r in results:
         status = r.status if r.status == "ok" else f"{r.status}@{r.rounds_done + 1}"
-        lines.append([r.label, r.rule, status, _fmt(r.final_acc, ".4f"), _fmt(r.up_bytes / 1e6, ".2f"),
-                      _fmt(r.down_bytes / 1e6, ".2f"), _fmt(r.up_compression, ".1f"),
+        bpc = [_fmt(_final_bpc(r), ".3f")] if text else []
+        lines.append([r.label, r.rule, status, _fmt(r.final_acc, ".4f")] + bpc +
+                     [_fmt(r.up_bytes / 1e6, ".2f"), _fmt(r.down_bytes / 1e6, ".2f"), _fmt(r.up_compression, ".1f"),
                       _fmt(r.down_compression, ".1f"), _fmt(r.compression, ".2f")])
     widths = [max(len(str(x)) for x in col) for col in zip(head, *lines)]
     out = [] if provenance is None else [f"device: {provenance['device_name']} ({provenance['device']})"]

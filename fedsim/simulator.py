@@ -14,6 +14,7 @@ import io
 import json
 import logging
 import re
+import math
 import sys
 import time
 from dataclasses import dataclass, field
@@ -33,6 +34,7 @@ from ._fault import fault_hook
 from ._flat import fixed_tensors
 from ._lock import OutputLock
 from ._provenance import collect, finish
+from ._loss import per_sample_cross_entropy
 from ._schedule import learning_rate
 from ._streams import AUGMENTATION, BATCH_SELECTION, CLIENT_SAMPLING, EPOCH_ORDER, stream
 from .accounting import Accountant, reference_bytes
@@ -163,7 +165,7 @@ class Simulation:
         if dataset is None:
             dataset = load_run_dataset(dc, tr.seed)
         self.dataset = dataset
-        parts = partition(dataset.y_train, dc.num_clients, dc.partition, seed=tr.seed, alpha=dc.alpha,
+        parts = partition(dataset.sample_labels, dc.num_clients, dc.partition, seed=tr.seed, alpha=dc.alpha,
                           classes_per_client=dc.classes_per_client, writers=dataset.writers_train,
                           samples_per_client=dc.samples_per_client)
         self.num_clients = len(parts)
@@ -299,7 +301,8 @@ class Simulation:
 
     @torch.no_grad()
     def evaluate(self):
-        """``(test loss, test accuracy)`` of the current weights.
+        """``(test loss, test accuracy)`` of the current weights, per target (a sequence has
+        one target per position).
 
         Returns
         -------
@@ -311,7 +314,7 @@ class Simulation:
             logits = self._forward(self.params, x)
             loss += float(F.cross_entropy(logits, y, reduction="sum"))
             correct += int((logits.argmax(1) == y).sum())
-        n = self.x_test.shape[0]
+        n = self.y_test.numel()
         return loss / n, correct / n
 
     @torch.no_grad()
@@ -323,7 +326,7 @@ class Simulation:
         y = torch.cat([b[1] for b in batches])
         counts = torch.tensor([b[0].shape[0] for b in batches], device=self.device)
         per_sample = torch.repeat_interleave(weights / counts.to(weights.dtype), counts)
-        loss = F.cross_entropy(self._forward(self.params, x), y, reduction="none")
+        loss = per_sample_cross_entropy(self._forward(self.params, x), y)
         return (loss * per_sample).sum().reshape(1)
 
     # ------------------------------------------------------------------- round
@@ -387,6 +390,8 @@ class Simulation:
                "changed": changed, "compression": (ref_up + ref_down) / (st.up + st.down)}
         if (t + 1) % tr.eval_every == 0 or t + 1 == tr.rounds:
             row["test_loss"], row["test_acc"] = self.evaluate()
+            if self.y_test.ndim > 1:  # text: bits per character
+                row["test_bpc"] = row["test_loss"] / math.log(2)
         self.t += 1
         self.history.append(row)
         return row
@@ -630,7 +635,7 @@ def load_run_dataset(data_cfg, seed, log=None):
     from .data import load_dataset
 
     try:
-        return load_dataset(data_cfg.dataset, data_cfg.root, seed=seed)
+        return load_dataset(data_cfg.dataset, data_cfg.root, seed=seed, **data_cfg.loader_options())
     except DataFileMissing as exc:
         if not data_cfg.fallback:
             raise DataFileMissing(f"{exc} (no data.fallback is set, so the run stops rather than train on "
@@ -734,7 +739,8 @@ def _run_specs(specs, root, resume, progress, comm, dataset, log, say, warn):
             results.append(done)
             say(f"{spec.label}: already finished, skipped (--resume)")
             continue
-        key = (spec.data.dataset, spec.data.root, spec.data.fallback, spec.train.seed)
+        key = (spec.data.dataset, spec.data.root, spec.data.fallback, spec.train.seed,
+               tuple(sorted(spec.data.loader_options().items())))
         if dataset is not None:
             data = dataset
         else:

@@ -27,13 +27,13 @@ import math
 
 import torch
 from torch.func import functional_call, grad, vmap
-from torch.nn import functional as F
 
 from adapters.torch import num_elements, param_views
 
 from ._clip import clip_factor
 from ._flat import fixed_tensors
 from .errors import ConfigError
+from ._loss import per_sample_cross_entropy
 
 __all__ = ["VmapEngine", "chunk_size_for_budget"]
 
@@ -100,7 +100,8 @@ class VmapEngine:
         per-client estimate (see :meth:`per_client_bytes`).  With both options
         the smaller chunk wins; with neither, a round is one chunk.
     loss : {"cross_entropy"}, default "cross_entropy"
-        Per-sample loss; a client's loss is the mean over its samples.
+        Per-sample loss; a client's loss is the mean over its samples (a sequence sample's
+        loss is the mean over its positions, see ``fedsim._loss``).
 
     Notes
     -----
@@ -226,22 +227,22 @@ class VmapEngine:
         """``loss(params, x, y, mask)``: masked mean cross entropy of one client."""
         def loss(params, x, y, mask):
             logits = functional_call(model, {**params, **fixed}, (x,))
-            per = F.cross_entropy(logits, y, reduction="none")
+            per = per_sample_cross_entropy(logits, y)
             return (per * mask).sum() / mask.sum()
         return loss
 
     @staticmethod
     def _pad(batches, device, dtype):
-        """Stack client batches padded to the largest; mask marks real samples."""
+        """Stack client batches padded to the largest; mask ``(W, n_max)`` marks real samples."""
         n_max = max(int(x.shape[0]) for x, _ in batches)
         if all(int(x.shape[0]) == n_max for x, _ in batches):
             xs = torch.stack([x.to(device, non_blocking=True) for x, _ in batches])
             ys = torch.stack([y.to(device, non_blocking=True) for _, y in batches])
-            mask = torch.ones(ys.shape, dtype=dtype, device=device)
+            mask = torch.ones(ys.shape[:2], dtype=dtype, device=device)
             return xs, ys, mask
         x0, y0 = batches[0]
         xs = torch.zeros((len(batches), n_max) + tuple(x0.shape[1:]), dtype=x0.dtype, device=device)
-        ys = torch.zeros((len(batches), n_max), dtype=y0.dtype, device=device)
+        ys = torch.zeros((len(batches), n_max) + tuple(y0.shape[1:]), dtype=y0.dtype, device=device)
         mask = torch.zeros((len(batches), n_max), dtype=dtype, device=device)
         for i, (x, y) in enumerate(batches):
             n = int(x.shape[0])
@@ -279,7 +280,7 @@ class VmapEngine:
         for x, y, per_sample in self._union_chunks(model, flat_params, batches, w):
             def loss(p, x=x, y=y, per_sample=per_sample):
                 logits = functional_call(model, {**p, **fixed}, (x,))
-                return (F.cross_entropy(logits, y, reduction="none") * per_sample).sum()
+                return (per_sample_cross_entropy(logits, y) * per_sample).sum()
 
             total += _flatten_into(grad(loss)(params), part)
         return total

@@ -83,3 +83,24 @@ if os.path.exists(path):
         goal = "-" if r["goal_ms"] is None else f"{r['goal_ms']:.2f}"
         print(f"  {r['size']:8} {r['op']:40} ours {r['ours_ms']:8.3f}  base {base:>8}  goal {goal:>6}")
 EOF
+
+# ============================================================================================
+# Issue 12: tiny Shakespeare / character transformer (appended block; separate from the above).
+# bench/bench_shakespeare_gpu.py (gpt2_deep, d = 120.7M: s per FetchSGD round and peak memory,
+# vmap vs loop engine) already ran in the bench loop above. Here: the d = 10.7M study config,
+# FetchSGD first, then the other methods while the time limit lasts (SHAKESPEARE_TIMEOUT, s).
+# Full study by hand: fedsim run --config fedsim/configs/shakespeare_gpu.toml
+# ============================================================================================
+echo
+echo "== shakespeare_gpu.toml (d = 10.7M, 1,500 rounds; FetchSGD first)"
+SH_T0=$(date +%s)
+timeout "${SHAKESPEARE_TIMEOUT:-300}" $PY -m fedsim run --config fedsim/configs/shakespeare_gpu.toml \
+    --only fetchsgd --out "$LOG/shakespeare_gpu" --no-progress >"$LOG/shakespeare_gpu_fetchsgd.log" 2>&1
+echo "shakespeare_gpu fetchsgd rc=$? $(( $(date +%s) - SH_T0 )) s"
+tail -n 8 "$LOG/shakespeare_gpu_fetchsgd.log"
+if [ "${SHAKESPEARE_ALL:-0}" = 1 ]; then
+    timeout "${SHAKESPEARE_TIMEOUT:-300}" $PY -m fedsim run --config fedsim/configs/shakespeare_gpu.toml \
+        --out "$LOG/shakespeare_gpu" --resume --no-progress >"$LOG/shakespeare_gpu_all.log" 2>&1
+    echo "shakespeare_gpu all rc=$? $(( $(date +%s) - SH_T0 )) s"
+    tail -n 10 "$LOG/shakespeare_gpu_all.log"
+fi

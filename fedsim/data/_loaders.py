@@ -5,10 +5,11 @@ from ._dataset import Dataset
 from ..errors import DataError
 
 DATASETS = ("digits", "mnist", "femnist", "cifar10", "cifar100",
-            "synthetic_cifar10", "synthetic_cifar100", "synthetic_highdim")
+            "synthetic_cifar10", "synthetic_cifar100", "synthetic_highdim", "shakespeare")
 _SYNTHETIC_OPTIONS = ("num_train", "num_test")
 _HIGHDIM_OPTIONS = ("features", "classes", "writers", "samples_per_writer", "num_test", "active",
                     "home", "skew", "zipf", "importance", "signal")
+_SHAKESPEARE_OPTIONS = ("seq_len", "max_chars_per_client", "min_chars_per_client", "max_test_sequences")
 
 
 def load_dataset(name: str, root: str | None = None, *, seed: int = 0, **options) -> Dataset:
@@ -40,6 +41,11 @@ def load_dataset(name: str, root: str | None = None, *, seed: int = 0, **options
           d = features * classes + classes, about 1M by default); one writer per client
           (``data.partition = "natural"``). See :func:`fedsim.data.synthetic_highdim` for its
           options; deterministic from `seed`.
+        - ``"shakespeare"``: the packaged tiny Shakespeare, next-character prediction, one
+          client per speaker (``writers_train``), train/test split by position inside each
+          speaker; options ``seq_len`` (80), ``max_chars_per_client``,
+          ``min_chars_per_client``, ``max_test_sequences``: see
+          :func:`fedsim.data._shakespeare.load_shakespeare`. Needs no files.
 
         CIFAR and MNIST pixels are scaled to [0, 1] and then standardized per channel with
         the training set's mean and standard deviation (applied to both splits).
@@ -50,7 +56,7 @@ def load_dataset(name: str, root: str | None = None, *, seed: int = 0, **options
         official splits.
     **options
         Only for the synthetic datasets: ``num_train``, ``num_test`` (CIFAR-shaped), or the
-        options of :func:`fedsim.data.synthetic_highdim`.
+        options of :func:`fedsim.data.synthetic_highdim`; and for shakespeare its text options.
 
     Returns
     -------
@@ -66,7 +72,10 @@ def load_dataset(name: str, root: str | None = None, *, seed: int = 0, **options
     if name not in DATASETS:
         raise DataError(f"unknown dataset {name!r}; valid names: {', '.join(DATASETS)}")
     synthetic = name.startswith("synthetic_")
-    allowed = (_HIGHDIM_OPTIONS if name == "synthetic_highdim" else _SYNTHETIC_OPTIONS) if synthetic else ()
+    if synthetic:
+        allowed = _HIGHDIM_OPTIONS if name == "synthetic_highdim" else _SYNTHETIC_OPTIONS
+    else:
+        allowed = _SHAKESPEARE_OPTIONS if name == "shakespeare" else ()
     unknown = sorted(set(options) - set(allowed))
     if unknown:
         raise DataError(f"dataset {name!r} takes no option(s) {', '.join(unknown)}; "
@@ -74,6 +83,9 @@ def load_dataset(name: str, root: str | None = None, *, seed: int = 0, **options
     if name == "digits":
         from ._digits import load_digits_dataset
         return load_digits_dataset(seed)
+    if name == "shakespeare":
+        from ._shakespeare import load_shakespeare
+        return load_shakespeare(**options)
     if name == "mnist":
         from ._mnist import load_mnist
         return load_mnist(root)
