@@ -157,6 +157,5 @@ def test_speaker_filter_leaving_no_client_and_unknown_preset():
         load_dataset("shakespeare", seq_len=0)
     with pytest.raises(ValueError, match="takes no option"):
         load_dataset("shakespeare", speakers=3)
-    (spec,) = parse_config(_raw(model__name="gpt_enormous")).runs()
-    with pytest.raises(ValueError, match="unknown model 'gpt_enormous'"):
-        Simulation(spec)
+    with pytest.raises(ConfigError, match="unknown model 'gpt_enormous'"):  # refused with the config
+        parse_config(_raw(model__name="gpt_enormous"))
