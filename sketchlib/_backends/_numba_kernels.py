@@ -386,7 +386,7 @@ def count_above(table, keys, hv, d, ntasks, est, store, threshold):
             n = min(BLOCK, hi - c0)
             _estimate_block(table, keys, hv, dummy, False, c0, n, vals, 0, scratch, codes, tmp)
             for k in range(n):
-                c += abs(vals[k]) >= threshold
+                c += not abs(vals[k]) < threshold   # NaN counts (the contract's order)
             if store:
                 for k in range(n):
                     est[c0 + k] = vals[k]
@@ -405,7 +405,7 @@ def gather_above(table, keys, hv, d, ntasks, est, stored, threshold, offsets, ou
         pos = offsets[t]
         if stored:
             for i in range(lo, hi):
-                if abs(est[i]) >= threshold:
+                if not abs(est[i]) < threshold:
                     out_idx[pos] = i
                     out_val[pos] = est[i]
                     pos += 1
@@ -418,7 +418,7 @@ def gather_above(table, keys, hv, d, ntasks, est, stored, threshold, offsets, ou
                 n = min(BLOCK, hi - c0)
                 _estimate_block(table, keys, hv, dummy, False, c0, n, vals, 0, scratch, codes, tmp)
                 for k in range(n):
-                    if abs(vals[k]) >= threshold:
+                    if not abs(vals[k]) < threshold:
                         out_idx[pos] = c0 + k
                         out_val[pos] = vals[k]
                         pos += 1
