@@ -438,7 +438,8 @@ class CountSketch:
             new_bound = grow(self._table_max())   # the tracked bound may be loose: read the exact one
             if not new_bound <= limit:
                 trial = self._backend.copy_table(self._table)
-                result = op(trial)
+                with np.errstate(over="ignore", invalid="ignore"):   # the overflow is what we look for
+                    result = op(trial)
                 new_bound = self._table_max(result if result is not None else trial)
                 if not math.isfinite(new_bound):
                     raise self._overflow(what)
@@ -622,8 +623,7 @@ class CountSketch:
         """
         return self.add_scaled(other, 1.0)
 
-    @_locked
-    def add_scaled(self, other, alpha):
+    def add_scaled(self, other, alpha):   # both locks, in a global order (_Both)
         """``S += alpha * other`` in place.
 
         Parameters
@@ -909,13 +909,15 @@ class CountSketch:
         return sketch_to_bytes(self)
 
     @classmethod
-    def from_bytes(cls, data, *, backend="auto"):
+    def from_bytes(cls, data, *, backend="auto", allow_nonfinite=False):
         """Rebuild a sketch from :meth:`to_bytes` output.
 
         Parameters
         ----------
         data : bytes-like
         backend : str, default "auto"
+        allow_nonfinite : bool, default False
+            Accept a table holding NaN/inf (refused by default).
 
         Returns
         -------
@@ -924,16 +926,16 @@ class CountSketch:
         Raises
         ------
         SerializationError
-            Truncated, corrupted or foreign bytes.
+            Truncated, corrupted or foreign bytes, or a table with NaN/inf.
         UnknownBackend, BackendUnavailable
             A bad ``backend``.
         """
         from .serialize import sketch_from_bytes
-        return sketch_from_bytes(data, backend=backend)
+        return sketch_from_bytes(data, backend=backend, allow_nonfinite=allow_nonfinite)
 
     @_locked
     def save(self, path):
-        """Write the sketch to a file atomically (temporary file + rename).
+        """Write the sketch to a file atomically (temporary file + rename; a symlink is written through).
 
         Parameters
         ----------
@@ -948,13 +950,15 @@ class CountSketch:
         save(self, path)
 
     @classmethod
-    def load(cls, path, *, backend="auto"):
+    def load(cls, path, *, backend="auto", allow_nonfinite=False):
         """Read a sketch written by :meth:`save`.
 
         Parameters
         ----------
         path : str or os.PathLike
         backend : str, default "auto"
+        allow_nonfinite : bool, default False
+            Accept a table holding NaN/inf (refused by default).
 
         Returns
         -------
@@ -966,4 +970,4 @@ class CountSketch:
             A file that does not hold a valid sketch.
         """
         from .serialize import load
-        return load(path, backend=backend)
+        return load(path, backend=backend, allow_nonfinite=allow_nonfinite)

@@ -12,7 +12,7 @@ from . import record_host_transfer
 
 __all__ = ["ALIGN", "array_module", "device_of", "zeros", "zeros_tables", "to_numpy", "from_numpy",
            "to_host_scalars", "as_input", "index_range", "abs_stats", "fill_zero", "scale", "add_scaled", "copy_table",
-           "scatter_dense", "dense_from_topk", "magnitude_key"]
+           "scatter_dense", "dense_from_topk", "magnitude_key", "first_k"]
 
 ALIGN = 64
 
@@ -138,6 +138,25 @@ def scatter_dense(d, indices, values, dtype):
 def magnitude_key(values):
     """The float bits of ``|v|`` as unsigned integers: the contract's top-k order (NaN above +inf)."""
     return np.abs(values).view(np.uint32 if values.dtype == np.float32 else np.uint64)
+
+
+def first_k(indices, values, k, ordered=True):
+    """The first k entries by (``magnitude_key`` descending, index ascending), in that order unless not ``ordered``.
+
+    Exact on ties (a radix select with the index in its low key bits picks the
+    same): the entries strictly above the k-th key, then the tied ones of
+    smallest index.  ``indices`` must be ascending.
+    """
+    key = ~magnitude_key(values)                 # ascending = larger |v| first
+    if key.shape[0] > k:
+        kth = np.partition(key, k - 1)[k - 1]
+        above = np.flatnonzero(key < kth)
+        keep = np.concatenate([above, np.flatnonzero(key == kth)[:k - above.shape[0]]])
+        indices, values, key = indices[keep], values[keep], key[keep]
+    if not ordered:
+        return indices, values
+    order = np.lexsort((indices, key))
+    return indices[order], values[order]
 
 
 def dense_from_topk(topk, table, d, k, keys, version):

@@ -25,7 +25,7 @@ import numpy as np
 
 from ._host import (  # noqa: F401  (the shared part of the contract)
     abs_stats, add_scaled, array_module, as_input, copy_table, dense_from_topk, device_of, fill_zero, from_numpy, index_range,
-    magnitude_key, scale, scatter_dense, to_host_scalars, to_numpy, zeros, zeros_tables)
+    first_k, magnitude_key, scale, scatter_dense, to_host_scalars, to_numpy, zeros, zeros_tables)
 
 NAME = "numba"
 ARRAY_LIBRARY = "numpy"
@@ -225,9 +225,9 @@ def _topk(table, d, k, keys, version, threads):
                      min_bin, offsets, cand_idx, cand_bits)
     del est_bits
     cand_val = cand_bits.view(table.dtype)
-    if n > k:
-        keep = np.argpartition(~magnitude_key(cand_val), k - 1)[:k]
-        cand_idx, cand_val = cand_idx[keep], cand_val[keep]
+    if n > k:       # exact on ties: the smallest indices among equal keys (as the reference)
+        order = np.argsort(cand_idx, kind="stable")
+        cand_idx, cand_val = first_k(cand_idx[order], cand_val[order], k, ordered=False)
     return _order_by_magnitude(cand_idx, cand_val)
 
 

@@ -11,7 +11,7 @@ from .._hash import buckets_and_signs
 
 from ._host import (  # noqa: F401  (the shared part of the contract)
     abs_stats, add_scaled, array_module, as_input, copy_table, dense_from_topk, device_of, fill_zero, from_numpy, index_range,
-    magnitude_key, scale, scatter_dense, to_host_scalars, to_numpy, zeros, zeros_tables)
+    first_k, magnitude_key, scale, scatter_dense, to_host_scalars, to_numpy, zeros, zeros_tables)
 
 NAME = "numpy"
 ARRAY_LIBRARY = "numpy"
@@ -114,17 +114,10 @@ def estimate_all(table, d, keys, version):
     return out
 
 
-def _order_by_magnitude(indices, values):
-    """Sort by |value| descending (the bits of ``magnitude_key``: NaN first), ties by index ascending."""
-    order = np.lexsort((indices, ~magnitude_key(values)))
-    return indices[order], values[order]
-
-
 def topk(table, d, k, keys, version):
     """The k coordinates of largest |estimate| (NaN above inf), by |estimate| descending."""
     est = estimate_all(table, d, keys, version)
-    idx = np.argpartition(~magnitude_key(est), k - 1)[:k].astype(np.int64)
-    return _order_by_magnitude(idx, est[idx])
+    return first_k(np.arange(d, dtype=np.int64), est, k)
 
 
 def unsketch_topk(table, d, k, keys, version):
