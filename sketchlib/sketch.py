@@ -5,6 +5,7 @@ Every table operation lives in a backend (the contract is documented in
 edge, so a bad call raises before anything is modified, and then calls the
 backend, whose functions trust what they get.  No array arithmetic happens here.
 """
+import contextlib
 import functools
 import math
 import numbers
@@ -200,6 +201,27 @@ class CountSketch:
         """Export the table through DLPack without a copy (``torch.from_dlpack(sketch)``)."""
         kwargs = {"stream": stream, "max_version": max_version, "dl_device": dl_device, "copy": copy}
         return self._table.__dlpack__(**{k: v for k, v in kwargs.items() if v is not None})
+
+    @contextlib.contextmanager
+    def writing_table(self):
+        """Context manager for writing into the table from outside the sketch.
+
+        For code that changes :attr:`table` directly (a collective through a
+        DLPack view, another library's kernel): it holds the sketch's lock,
+        so no sketch operation runs meanwhile, and on exit makes the sketch
+        forget its bound on ``max |table|``, so the overflow check of the
+        next operation reads the table again.
+
+        Yields
+        ------
+        array
+            The table (no copy).
+        """
+        with self._lock:
+            try:
+                yield self._table
+            finally:
+                self._bound = None
 
     def __dlpack_device__(self):
         """DLPack ``(device type, index)`` of the table."""

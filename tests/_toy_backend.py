@@ -165,7 +165,8 @@ def estimate_all(table, d, keys, version):
 def topk(table, d, k, keys, version):
     """A full sort by (|estimate| bits descending, NaN above inf, index ascending)."""
     est = estimate_all(table, d, keys, version)
-    bits = np.abs(est).view(np.uint32 if est.dtype == np.float32 else np.uint64)
+    bits = np.abs(est).view(np.uint32 if est.dtype == np.float32 else np.uint64).copy()
+    bits[np.isnan(est)] = np.abs(np.array(np.nan, est.dtype)).view(bits.dtype)   # one key for every NaN
     order = np.argsort(~bits, kind="stable")[:k].astype(np.int64)
     return order, est[order]
 

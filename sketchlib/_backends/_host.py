@@ -136,8 +136,16 @@ def scatter_dense(d, indices, values, dtype):
 
 
 def magnitude_key(values):
-    """The float bits of ``|v|`` as unsigned integers: the contract's top-k order (NaN above +inf)."""
-    return np.abs(values).view(np.uint32 if values.dtype == np.float32 else np.uint64)
+    """The float bits of ``|v|`` as unsigned integers: the contract's top-k order (NaN above +inf).
+
+    Every NaN gets the key of the default quiet NaN, whatever its payload.
+    """
+    key = np.abs(values).view(np.uint32 if values.dtype == np.float32 else np.uint64)
+    nan = np.isnan(values)
+    if nan.any():
+        key = key.copy()
+        key[nan] = np.abs(np.array(np.nan, dtype=values.dtype)).view(key.dtype)
+    return key
 
 
 def first_k(indices, values, k, ordered=True):

@@ -220,9 +220,14 @@ def zero_buckets(table, indices, keys, hv):
 # ----------------------------------------------------------------- estimates
 @njit(cache=True)
 def _median_col(scratch, k, rows, tmp):
-    """numpy.median of ``scratch[:rows, k]`` (mean of the middle two if rows is even)."""
+    """numpy.median of ``scratch[:rows, k]`` (mean of the middle two if rows is even; NaN if any is NaN)."""
     if rows == 1:
         return scratch[0, k]
+    nan = False
+    for j in range(rows):
+        nan |= scratch[j, k] != scratch[j, k]
+    if nan:                 # as numpy.median; min/max networks and the sort would drop it
+        return np.nan
     if rows == 3:
         x, y, z = scratch[0, k], scratch[1, k], scratch[2, k]
         return max(min(x, y), min(max(x, y), z))
