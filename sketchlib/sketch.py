@@ -516,7 +516,8 @@ class CountSketch:
         ------
         SketchError
             An array of another library or device, a wrong shape, a
-            non-floating dtype, or (with ``check_finite``) NaN/inf; nothing is modified.
+            non-floating dtype, or (with ``check_finite``) NaN/inf or a result that
+            would overflow the table dtype; nothing is modified.
         """
         x, mass = self._floating(x, "x", (self._d,), check_finite)
         self._apply(lambda t: self._backend.insert_dense(t, x, self._keys, self._hv), _adds(mass), "this insert")
@@ -574,7 +575,8 @@ class CountSketch:
         ------
         SketchError
             An array of another library or device, a wrong shape, a
-            non-floating dtype, or (with ``check_finite``) NaN/inf; nothing is modified.
+            non-floating dtype, or (with ``check_finite``) NaN/inf or a result that
+            would overflow the table dtype; nothing is modified.
         """
         stack, mass = self._floating(stack, "stack", self._stack_shape(stack), check_finite)
         self._apply(lambda t: self._backend.insert_stack_sum(t, stack, self._keys, self._hv), _adds(mass),
@@ -665,7 +667,8 @@ class CountSketch:
         IncompatibleSketches
             If ``other`` cannot be combined with this sketch.
         SketchError
-            If ``alpha`` is not a finite real number.
+            If ``alpha`` is not a finite real number (in the table dtype), or the
+            result would overflow the table dtype (the sketch is unchanged).
         """
         self._same_kind(other)
         alpha = self._factor(alpha)
@@ -694,7 +697,8 @@ class CountSketch:
         Raises
         ------
         SketchError
-            If ``alpha`` is not a finite real number.
+            If ``alpha`` is not a finite real number (in the table dtype), or the
+            result would overflow the table dtype (the sketch is unchanged).
         """
         alpha = self._factor(alpha)
         self._apply(lambda t: self._backend.scale(t, alpha), lambda b: b * abs(alpha), f"scaling by {alpha!r}")

@@ -11,7 +11,7 @@ from .._hash import buckets_and_signs
 
 from ._host import (  # noqa: F401  (the shared part of the contract)
     abs_stats, add_scaled, array_module, as_input, copy_table, dense_from_topk, device_of, fill_zero, from_numpy, index_range,
-    first_k, magnitude_key, scale, scatter_dense, to_host_scalars, to_numpy, zeros, zeros_tables)
+    first_k, scale, scatter_dense, to_host_scalars, to_numpy, zeros, zeros_tables)
 
 NAME = "numpy"
 ARRAY_LIBRARY = "numpy"
