@@ -16,6 +16,8 @@ import time
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import _toy_backend  # noqa: F401  (registers "toy")
 from sketchlib import CountSketch, SerializationError, SketchError, UnsupportedOperand
@@ -381,3 +383,33 @@ def test_a_serialized_table_with_nan_is_refused_unless_allowed(tmp_path, host):
     with pytest.raises(SerializationError, match="allow_nonfinite"):
         CountSketch.load(tmp_path / "p.sketch", backend=host)
     assert np.isnan(CountSketch.load(tmp_path / "p.sketch", backend=host, allow_nonfinite=True).table).all()
+
+
+# ------------------------------------------- 2. overflow, as a property
+_MAGNITUDES = st.sampled_from([0.0, 1.0, 1e18, 1e30, 1e36, 1e38, 3e38, 1e300])
+
+
+@settings(max_examples=30, deadline=None)
+@given(ops=st.lists(st.tuples(st.sampled_from(["insert", "sparse", "batch", "scale", "add", "sub", "self"]),
+                              _MAGNITUDES, st.sampled_from([-1.0, 1.0]), st.integers(0, 7)), min_size=1, max_size=8))
+def test_every_operation_refuses_or_stays_finite(ops):
+    """Any sequence of finite operations: each either refuses (table unchanged) or leaves a finite table."""
+    sk = CountSketch(8, 3, 4, backend="numpy")
+    other = CountSketch(8, 3, 4, backend="numpy").insert(np.full(8, 1e38, np.float32))
+    for op, mag, sign, i in ops:
+        x = np.zeros(8)
+        x[i] = sign * mag
+        call = {"insert": lambda: sk.insert(x),
+                "sparse": lambda: sk.insert_sparse(np.array([i, i]), np.array([x[i], x[i]])),
+                "batch": lambda: sk.insert_batch(np.stack([x, x])),
+                "scale": lambda: sk.scale(sign * max(mag, 1.0) ** 0.5),
+                "add": lambda: sk.add_scaled(other, sign * mag ** 0.25),
+                "sub": lambda: sk.__isub__(other),
+                "self": lambda: sk.merge(sk)}[op]
+        before = _snapshot(sk)
+        try:
+            call()
+        except SketchError as exc:
+            assert "overflow" in str(exc)
+            np.testing.assert_array_equal(_snapshot(sk), before)
+        assert np.isfinite(_snapshot(sk)).all(), (op, mag)
