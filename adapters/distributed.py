@@ -197,8 +197,10 @@ def allreduce_sketches_(sketches, *, op="sum", group=None, check=True):
     if check:
         check_same_sketch(sketches, group=group)
     world = dist.get_world_size(group)
-    for table in tables:
-        dist.all_reduce(table, op=dist.ReduceOp.SUM, group=group)
-        if op == "mean":
-            table.div_(world)
+    for sketch, table in zip(sketches, tables):
+        # Under the sketch's lock, and its overflow bound re-read afterwards (the sum grew it).
+        with sketch.writing_table():
+            dist.all_reduce(table, op=dist.ReduceOp.SUM, group=group)
+            if op == "mean":
+                table.div_(world)
     return sketches

@@ -8,7 +8,7 @@ from . import backends
 from ._hash import HASH_VERSIONS
 from .backends import auto_backend, available_backends, get_backend, register_backend
 from .errors import (BackendUnavailable, IncompatibleSketches, MissingDependency, SerializationError, SketchError,
-                     UnknownBackend, UnsupportedArray)
+                     UnknownBackend, UnsupportedArray, UnsupportedOperand)
 from .serialize import FORMAT_VERSION
 from .sketch import MAX_ROWS, SUPPORTED_DTYPES, CountSketch
 from .validation import finite_scalar
@@ -22,6 +22,7 @@ __all__ = [
     "MissingDependency",
     "UnknownBackend",
     "UnsupportedArray",
+    "UnsupportedOperand",
     "backends",
     "available_backends",
     "auto_backend",

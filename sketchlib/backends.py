@@ -77,11 +77,23 @@ Plumbing
     ``x`` C-contiguous in ``dtype``, without a copy when it already is.
 ``all_finite(x) -> bool``
     No NaN or infinity in ``x`` (its flag read through ``to_host_scalars``).
+``abs_stats(x, table) -> (float, float)``
+    ``sum(|x|)`` and ``max(|table|)`` as Python floats, read in *one*
+    ``to_host_scalars`` call; either argument may be None (its entry is 0.0);
+    NaN/inf in an argument make its entry NaN/inf.  ``x`` is a validated
+    floating input before ``as_input`` (any float dtype, maybe not
+    contiguous); the sum may be computed in x's dtype (relative error below
+    1e-3: the sketch adds that margin).  The sketch's overflow check: with
+    ``check_finite`` it replaces ``all_finite`` on inputs (which then only
+    tells NaN/inf from a sum that overflowed).
 ``index_range(indices) -> (int, int)``
     Minimum and maximum of a non-empty integer array (one host read).
 
 Updating functions (``fill_zero``, ``scale``, ``add_scaled``, the inserts,
-``zero_buckets``) update ``table`` in place and return None; a backend whose
+``zero_buckets``) update ``table`` in place and return None, and leave it as
+before or fully updated if a Python exception (``KeyboardInterrupt``) stops
+them: several steps accumulate into a scratch and commit with one array
+operation; a backend whose
 arrays are immutable (JAX-style) returns the updated table instead, and the
 sketch keeps it (``tests/_toy_backend.py`` works that way).  Only sharing the
 table's memory (``CountSketch.from_table``, DLPack export followed by writes
@@ -108,16 +120,23 @@ Sketch kernels
     ``tables[i] += S(stack[i])``; ``tables`` from ``zeros_tables``.
 ``query(table, indices, keys, version) -> values``
     Median over rows of ``s_j(i) * T[j, h_j(i)]`` (mean of the two middle
-    values for an even number of rows), in the table dtype.
+    values for an even number of rows), in the table dtype; NaN when any of
+    those values is NaN (as ``numpy.median``).  NumPy, Numba and the toy
+    backend follow this; the CUDA kernels' median network (``_cuda_src``) does
+    not yet (unverified on a GPU; only a table already poisoned through
+    ``check_finite=False`` is concerned).
 ``estimate_all(table, d, keys, version) -> values``
     ``query`` of ``0..d-1``.
 ``topk(table, d, k, keys, version) -> (indices int64, values)``
-    The k largest ``|estimate|``, by ``|estimate|`` descending.
+    The k largest ``|estimate|``, by ``|estimate|`` descending, ties by index
+    ascending.  Order is that of the float bits of ``|v|`` (sign cleared) read
+    as unsigned integers: NaN ranks above +inf (as a radix select on those
+    bits does), so every backend agrees on tables holding NaN/inf.
 ``unsketch_topk(table, d, k, keys, version) -> d-vector``
     Those k estimates in place, zeros elsewhere.
 ``heavy(table, d, threshold, keys, version) -> (indices int64, values)``
     Every coordinate with ``|estimate| >= threshold`` (compared in the table
-    dtype), indices ascending.
+    dtype) or NaN, i.e. ``not |estimate| < threshold``; indices ascending.
 ``zero_buckets(table, indices, keys, version)``
     Zero, in each row, the bucket of each index (n >= 1).
 ``l2_estimate(table) -> float``

@@ -6,7 +6,7 @@ replace a former ``ImportError`` or ``TypeError`` derive from that too.
 """
 
 __all__ = ["SketchError", "IncompatibleSketches", "SerializationError", "MissingDependency",
-           "BackendUnavailable", "UnknownBackend", "UnsupportedArray"]
+           "BackendUnavailable", "UnknownBackend", "UnsupportedArray", "UnsupportedOperand"]
 
 
 class SketchError(ValueError):
@@ -41,3 +41,7 @@ class UnknownBackend(SketchError):
 
 class UnsupportedArray(SketchError, TypeError):
     """An array of a library no registered backend holds (also a ``TypeError``)."""
+
+
+class UnsupportedOperand(SketchError, TypeError):
+    """An operator applied to a sketch and something it does not combine with (``sketch + 1``); also a ``TypeError``."""

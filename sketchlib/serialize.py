@@ -15,7 +15,16 @@ Layout (little-endian)::
 
 Anything else (truncated, corrupted, foreign, newer versions) raises
 :class:`~sketchlib.errors.SerializationError`; no partial sketch is returned.
+A table holding NaN/inf is refused too unless ``allow_nonfinite=True`` (only
+``check_finite=False`` inserts make one).
+
+:func:`save` writes ``.tmp-<name>.<pid>.<random>.sketch`` next to the target
+and renames it; a process killed in between leaves that file, and the next
+save to the same target removes the ones whose process is dead.  Saving onto
+a symbolic link writes through to the link's target.
 """
+import errno
+import logging
 import os
 import struct
 import tempfile
@@ -34,6 +43,7 @@ _HEADER = struct.Struct("<8sHHB3xQIIQQ")
 _CRC = struct.Struct("<I")
 _DTYPE_CODES = {"float32": 1, "float64": 2}
 _CODE_DTYPES = {v: k for k, v in _DTYPE_CODES.items()}
+_log = logging.getLogger("sketchlib")
 
 
 def sketch_to_bytes(sketch):
@@ -60,7 +70,7 @@ def sketch_to_bytes(sketch):
     return header + payload + _CRC.pack(crc)
 
 
-def sketch_from_bytes(data, *, backend="auto"):
+def sketch_from_bytes(data, *, backend="auto", allow_nonfinite=False):
     """Rebuild a sketch from :func:`sketch_to_bytes` output.
 
     Parameters
@@ -68,6 +78,9 @@ def sketch_from_bytes(data, *, backend="auto"):
     data : bytes-like
     backend : str, default "auto"
         Backend of the new sketch.
+    allow_nonfinite : bool, default False
+        Accept a table holding NaN or infinity (refused by default: a valid
+        CRC over a poisoned table is still a poisoned table).
 
     Returns
     -------
@@ -76,7 +89,8 @@ def sketch_from_bytes(data, *, backend="auto"):
     Raises
     ------
     SerializationError
-        For truncated, corrupted or foreign bytes, or unsupported versions.
+        For truncated, corrupted or foreign bytes, unsupported versions, or
+        (without ``allow_nonfinite``) a table holding NaN/inf.
     UnknownBackend, BackendUnavailable
         For a ``backend`` that is not registered or cannot run here.
     """
@@ -110,9 +124,43 @@ def sketch_from_bytes(data, *, backend="auto"):
     except SketchError as exc:
         raise SerializationError(f"header holds invalid parameters: {exc}") from exc
     table = np.frombuffer(data, dtype=dtype, count=rows * cols, offset=_HEADER.size).reshape(rows, cols)
+    if not allow_nonfinite and not np.isfinite(table).all():
+        raise SerializationError("the table holds NaN or infinity (a sketch poisoned by check_finite=False); "
+                                 "pass allow_nonfinite=True to load it anyway")
     # from_numpy copies (host backends: into a 64-byte aligned table); the byte swap, if any, happens here.
     sketch._table = sketch._backend.from_numpy(table.astype(sketch.dtype, copy=False))
+    sketch._bound = float(np.abs(table).max()) if rows * cols else 0.0
     return sketch
+
+
+def _alive(pid):
+    """Whether a process with this pid exists (on this machine)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError as exc:          # EPERM: it exists, owned by someone else
+        return exc.errno == errno.EPERM
+    return True
+
+
+def _remove_stale(folder, name):
+    """Remove temporaries of earlier saves to ``name`` whose writing process is dead."""
+    prefix = f".tmp-{name}."
+    try:
+        entries = os.listdir(folder)
+    except OSError:
+        return
+    for entry in entries:
+        if not (entry.startswith(prefix) and entry.endswith(".sketch")):
+            continue
+        pid = entry[len(prefix):].split(".", 1)[0]
+        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+            try:
+                os.unlink(os.path.join(folder, entry))
+                _log.info("removed %s, left by a save killed in process %s", entry, pid)
+            except OSError:
+                pass
 
 
 def save(sketch, path):
@@ -127,11 +175,19 @@ def save(sketch, path):
     ------
     OSError
         If the folder cannot be written (no partial file is left behind).
+
+    Notes
+    -----
+    ``path`` may be a symbolic link: the file it points to is replaced (the
+    link stays).  The temporary is named after the target and the writer's
+    pid; one left by a killed process is removed by the next save to the same
+    target (only when that process is gone: a live writer's file is kept).
     """
     data = sketch_to_bytes(sketch)
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".sketch", dir=folder)
+    path = os.path.realpath(os.fspath(path))
+    folder, name = os.path.split(path)
+    _remove_stale(folder, name)
+    fd, tmp = tempfile.mkstemp(prefix=f".tmp-{name}.{os.getpid()}.", suffix=".sketch", dir=folder)
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
@@ -144,13 +200,15 @@ def save(sketch, path):
         raise
 
 
-def load(path, *, backend="auto"):
+def load(path, *, backend="auto", allow_nonfinite=False):
     """Read a sketch written by :func:`save`.
 
     Parameters
     ----------
     path : str or os.PathLike
     backend : str, default "auto"
+    allow_nonfinite : bool, default False
+        As :func:`sketch_from_bytes`.
 
     Returns
     -------
@@ -159,9 +217,9 @@ def load(path, *, backend="auto"):
     Raises
     ------
     SerializationError
-        For a file that does not hold a valid sketch.
+        For a file that does not hold a valid sketch (or, by default, a table with NaN/inf).
     OSError
         If the file cannot be read.
     """
     with open(path, "rb") as fh:
-        return sketch_from_bytes(fh.read(), backend=backend)
+        return sketch_from_bytes(fh.read(), backend=backend, allow_nonfinite=allow_nonfinite)

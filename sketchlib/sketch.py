@@ -5,13 +5,18 @@ Every table operation lives in a backend (the contract is documented in
 edge, so a bad call raises before anything is modified, and then calls the
 backend, whose functions trust what they get.  No array arithmetic happens here.
 """
+import contextlib
+import functools
+import math
 import numbers
+import sys
+import threading
 
 import numpy as np
 
 from . import _backends
 from ._hash import BLOCKED_WIDTH, HASH_VERSIONS, auto_hash_version, row_keys
-from .errors import IncompatibleSketches, SketchError
+from .errors import IncompatibleSketches, SketchError, UnsupportedOperand
 from .validation import finite_scalar, positive_int
 
 __all__ = ["CountSketch", "MAX_ROWS", "SUPPORTED_DTYPES"]
@@ -19,6 +24,63 @@ __all__ = ["CountSketch", "MAX_ROWS", "SUPPORTED_DTYPES"]
 from ._backends._cuda_src import MAX_ROWS  # noqa: E402  (one source for Python and CUDA)
 MAX_COLS = 2**31 - 1
 SUPPORTED_DTYPES = ("float32", "float64")
+# abs_stats may sum |x| in x's dtype: its relative error is below this (contract).
+_SUM_SLACK = 1e-3
+
+
+def _locked(method):
+    """Run a method under the sketch's lock (one table operation at a time)."""
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        with self._lock:
+            return method(self, *args, **kwargs)
+    return wrapper
+
+
+class _Both:
+    """Hold the locks of two sketches, taken in a global order (no deadlock between a.merge(b), b.merge(a))."""
+
+    def __init__(self, a, b):
+        self._locks = [a._lock] if a is b else [s._lock for s in sorted((a, b), key=id)]
+
+    def __enter__(self):
+        for lock in self._locks:
+            lock.acquire()
+
+    def __exit__(self, *exc):
+        for lock in reversed(self._locks):
+            lock.release()
+
+
+def _adds(mass):
+    """The bound update of an insert that adds at most ``mass`` to any bucket (None: unchecked)."""
+    return None if mass is None else (lambda bound: bound + mass)
+
+
+def _plain(x, what):
+    """Refuse masked arrays; view other ndarray subclasses (np.matrix, memmap subclasses...) as ndarray."""
+    ma = sys.modules.get("numpy.ma")
+    if ma is not None and isinstance(x, ma.MaskedArray):
+        raise SketchError(f"{what} is a masked array; sketches do not guess what a mask means: pass "
+                          f"{what}.filled(0) (or the value you mean) explicitly")
+    if isinstance(x, np.ndarray) and type(x) is not np.ndarray:
+        return x.view(np.ndarray)
+    return x
+
+
+def _restore(params, backend, host_table, bound):
+    """Unpickle a sketch: its table copied onto ``backend`` (see ``CountSketch.__reduce__``)."""
+    d, rows, cols, seed, hv, dtype = params
+    try:
+        target = _backends.get_backend(backend)
+    except SketchError as exc:
+        raise type(exc)(f"cannot unpickle a sketch of backend {backend!r} here: {exc}; pickle "
+                        f"sketch.to('numpy') instead, and move it with .to(...) after loading") from None
+    new = object.__new__(CountSketch)
+    new._d, new._rows, new._cols, new._seed, new._dtype = d, rows, cols, seed, np.dtype(dtype)
+    new._keys, new._hv, new._backend = row_keys(seed, rows), hv, target
+    new._table, new._bound, new._lock = target.from_numpy(host_table), bound, threading.RLock()
+    return new
 
 
 class CountSketch:
@@ -71,9 +133,20 @@ class CountSketch:
     even number of rows it is the mean of the two middle values.  Inputs with
     NaN or infinity are rejected (``SketchError``) unless ``check_finite=False``
     is passed to the insert, in which case they poison the buckets they touch.
+
+    Guarantees: every method is atomic with respect to the others (a
+    per-sketch lock: concurrent inserts from several threads give the serial
+    result, readers never see half an insert; only direct use of
+    :attr:`table` bypasses it); a mutating call that raises, a bad argument or
+    a ``KeyboardInterrupt``, leaves the table as before or fully updated; a
+    finite input or factor whose result would overflow the table dtype is
+    refused with ``SketchError`` (the table is unchanged) unless
+    ``check_finite=False``.  Copies (``copy.copy`` included) never share the
+    table; pickling copies the table to the host and back.
     """
 
-    __slots__ = ("_d", "_rows", "_cols", "_seed", "_dtype", "_backend", "_keys", "_hv", "_table")
+    __slots__ = ("_d", "_rows", "_cols", "_seed", "_dtype", "_backend", "_keys", "_hv", "_table",
+                 "_bound", "_lock")
 
     def __init__(self, d, rows, cols, *, seed=0, dtype="float32", hash_version="auto", backend="auto"):
         d = positive_int(d, "d", upper=2**62)
@@ -87,6 +160,7 @@ class CountSketch:
             raise SketchError(f"dtype must be one of {SUPPORTED_DTYPES}, got {dtype!r}") from exc
         if dtype.name not in SUPPORTED_DTYPES:
             raise SketchError(f"dtype must be one of {SUPPORTED_DTYPES}, got {dtype.name!r}")
+        dtype = np.dtype(dtype.name)    # native byte order: tables always are
         if isinstance(hash_version, str) and hash_version == "auto":
             hash_version = auto_hash_version(cols)
         if isinstance(hash_version, bool) or hash_version not in HASH_VERSIONS:
@@ -98,6 +172,10 @@ class CountSketch:
         self._d, self._rows, self._cols, self._seed, self._dtype = d, rows, cols, int(seed), dtype
         self._keys, self._hv = row_keys(self._seed, rows), int(hash_version)
         self._table = self._backend.zeros((rows, cols), dtype)
+        # An upper bound on max|table| kept by every operation (None: unknown, read when needed);
+        # it makes the overflow check of an insert cost no pass over the table.
+        self._bound = 0.0
+        self._lock = threading.RLock()
 
     # ------------------------------------------------------------------ identity
     d = property(lambda self: self._d, doc="Dimension of the sketched vectors.")
@@ -118,10 +196,32 @@ class CountSketch:
         """The ``(rows, cols)`` table as an array of the backend, without a copy."""
         return self._table
 
+    @_locked
     def __dlpack__(self, *, stream=None, max_version=None, dl_device=None, copy=None):
         """Export the table through DLPack without a copy (``torch.from_dlpack(sketch)``)."""
         kwargs = {"stream": stream, "max_version": max_version, "dl_device": dl_device, "copy": copy}
         return self._table.__dlpack__(**{k: v for k, v in kwargs.items() if v is not None})
+
+    @contextlib.contextmanager
+    def writing_table(self):
+        """Context manager for writing into the table from outside the sketch.
+
+        For code that changes :attr:`table` directly (a collective through a
+        DLPack view, another library's kernel): it holds the sketch's lock,
+        so no sketch operation runs meanwhile, and on exit makes the sketch
+        forget its bound on ``max |table|``, so the overflow check of the
+        next operation reads the table again.
+
+        Yields
+        ------
+        array
+            The table (no copy).
+        """
+        with self._lock:
+            try:
+                yield self._table
+            finally:
+                self._bound = None
 
     def __dlpack_device__(self):
         """DLPack ``(device type, index)`` of the table."""
@@ -154,14 +254,27 @@ class CountSketch:
                 f"dtype={self._dtype.name!r}, hash_version={self._hv}, backend={self.backend!r}, device={self.device!r})")
 
     # -------------------------------------------------------------- construction
-    def _with_table(self, table, backend=None):
+    def _with_table(self, table, backend=None, bound=None):
         """A sketch with this one's parameters over ``table`` (no copy, no check)."""
         new = object.__new__(CountSketch)
         new._d, new._rows, new._cols, new._seed = self._d, self._rows, self._cols, self._seed
         new._dtype, new._keys, new._hv = self._dtype, self._keys, self._hv
         new._backend = backend or self._backend
-        new._table = table
+        new._table, new._bound, new._lock = table, bound, threading.RLock()
         return new
+
+    def __reduce__(self):
+        """Pickle the parameters, the backend name and a host copy of the table (never the lock)."""
+        with self._lock:
+            host = np.array(self._backend.to_numpy(self._table), copy=True)
+            return _restore, (self.signature(), self.backend, host, self._bound)
+
+    def __copy__(self):
+        """A deep copy: a shallow one would share the mutable table."""
+        return self.copy()
+
+    def __deepcopy__(self, memo):
+        return self.copy()
 
     def _keep(self, updated):
         """Adopt the table a backend returns (immutable arrays); None means it updated in place."""
@@ -175,16 +288,17 @@ class CountSketch:
         -------
         CountSketch
         """
-        return self._with_table(self._backend.zeros((self._rows, self._cols), self._dtype))
+        return self._with_table(self._backend.zeros((self._rows, self._cols), self._dtype), bound=0.0)
 
+    @_locked
     def copy(self):
-        """A deep copy (same backend).
+        """A deep copy (same backend); ``copy.copy`` and ``copy.deepcopy`` make the same.
 
         Returns
         -------
         CountSketch
         """
-        return self._with_table(self._backend.copy_table(self._table))
+        return self._with_table(self._backend.copy_table(self._table), bound=self._bound)
 
     def to(self, backend):
         """A copy of this sketch on another backend (``"numpy"``, ``"numba"``, ``"cupy"``, ...).
@@ -207,7 +321,8 @@ class CountSketch:
             As :func:`sketchlib.backends.get_backend`.
         """
         target = _backends.get_backend(backend)
-        return self._with_table(target.from_numpy(self._backend.to_numpy(self._table)), target)
+        with self._lock:
+            return self._with_table(target.from_numpy(self._backend.to_numpy(self._table)), target, self._bound)
 
     @classmethod
     def from_table(cls, table, d, *, seed=0, hash_version="auto", backend=None):
@@ -234,9 +349,10 @@ class CountSketch:
         ------
         SketchError
             A table of another library than the backend's, not 2-D, not
-            C-contiguous, or bad parameters (``UnsupportedArray`` for an array
-            no backend holds).
+            C-contiguous, read-only, of non-native byte order, a masked array,
+            or bad parameters (``UnsupportedArray`` for an array no backend holds).
         """
+        table = _plain(table, "table")
         name = backend or _backends.backend_for_array(table)
         lib = _backends.array_library_of(table)
         if _backends.library_of_backend(name) != lib:
@@ -247,12 +363,18 @@ class CountSketch:
         new = cls(d, rows, cols, seed=seed, dtype=table.dtype, hash_version=hash_version, backend=name)
         if not table.flags.c_contiguous:
             raise SketchError("table must be C-contiguous")
-        new._table = table
+        if not getattr(table.flags, "writeable", True):
+            raise SketchError("table is read-only; the sketch writes into it (pass a writeable copy)")
+        if not table.dtype.isnative:
+            raise SketchError(f"table has non-native byte order ({table.dtype.str}); pass "
+                              f"table.astype({table.dtype.name!r}) (native) instead")
+        new._table, new._bound = table, None
         return new
 
     # ----------------------------------------------------------------- validation
     def _check_array(self, x, what):
-        """Reject arrays of another library or device than the table's."""
+        """Reject arrays of another library or device than the table's; return ``x`` (ndarray subclasses as ndarray)."""
+        x = _plain(x, what)
         lib = _backends.array_library_of(x)
         mine = self._backend.ARRAY_LIBRARY
         if not (hasattr(x, "shape") and hasattr(x, "dtype")):
@@ -263,21 +385,93 @@ class CountSketch:
                 f"({mine} arrays, device {self.device}); move one explicitly (sketch.to(...))")
         if self._backend.device_of(x) != self.device:
             raise SketchError(f"{what} is on {self._backend.device_of(x)} but the sketch is on {self.device}")
+        return x
 
     def _floating(self, x, what, shape, check_finite):
-        """Validate a floating input of the given shape; return it in the table dtype."""
-        self._check_array(x, what)
+        """Validate a floating input of the given shape.
+
+        Returns ``(x in the table dtype, mass)``: ``mass`` bounds what any bucket
+        can gain (``sum |x|``, None when unchecked); the table's max ``|T|`` is
+        read in the same host transfer when :attr:`_bound` is unknown.
+        """
+        x = self._check_array(x, what)
         if x.dtype.kind != "f":
             raise SketchError(f"{what} must have a floating dtype, got {x.dtype}")
-        if tuple(x.shape) != tuple(shape):
+        if len(shape) != x.ndim or tuple(x.shape) != tuple(shape):
             raise SketchError(f"{what} must have shape {tuple(shape)}, got {tuple(x.shape)}")
-        if check_finite and not self._backend.all_finite(x):
-            raise SketchError(f"{what} contains NaN or infinity; the sketch is unchanged")
-        return self._backend.as_input(x, self._dtype)
+        mass = None
+        if check_finite:
+            mass, tmax = self._backend.abs_stats(x, self._table if self._bound is None else None)
+            if not math.isfinite(mass):
+                if not self._backend.all_finite(x):
+                    raise SketchError(f"{what} contains NaN or infinity; the sketch is unchanged")
+                mass = math.inf                 # finite but huge: the exact check decides
+            mass *= 1.0 + _SUM_SLACK
+            if self._bound is None:
+                self._bound = tmax
+        return self._backend.as_input(x, self._dtype), mass
+
+    def _stack_shape(self, stack, what="stack"):
+        """The ``(n, d)`` shape a stack must have (any n), or raise for a non-2-D one."""
+        shape = getattr(stack, "shape", None)
+        if shape is None or len(shape) != 2:
+            raise SketchError(f"{what} must be a 2-D (n, d={self._d}) array, got shape {shape}")
+        return (shape[0], self._d)
+
+    # ------------------------------------------------------------------ overflow
+    def _limit(self):
+        """Largest table magnitude the overflow check allows without an exact look (2x margin for rounding)."""
+        return float(np.finfo(self._dtype).max) / 2
+
+    def _table_max(self, table=None):
+        """Exact ``max |T|`` (one host read); sets :attr:`_bound` when it is this sketch's table."""
+        value = self._backend.abs_stats(None, self._table if table is None else table)[1]
+        if table is None:
+            self._bound = value
+        return value
+
+    def _overflow(self, what):
+        """The error of a refused operation."""
+        return SketchError(f"{what} would overflow the {self._dtype.name} table (|values| beyond "
+                           f"{np.finfo(self._dtype).max:.3g}); the sketch is unchanged")
+
+    def _apply(self, op, grow, what):
+        """Run ``op(table)`` (returns None or the new table) unless its result would overflow.
+
+        ``grow(bound)`` bounds ``max |T|`` after the operation given a bound
+        before it (None: the caller chose not to check, ``check_finite=False``).
+        Cheap path: the tracked bound says nothing can overflow.  Else the
+        exact max is read; if still in doubt, ``op`` runs on a copy first and
+        the table is updated only if that copy is finite.  A table that
+        already holds NaN/inf has nothing left to protect.
+        """
+        if grow is None:
+            self._bound = None
+            self._keep(op(self._table))
+            return
+        limit = self._limit()
+        bound = self._table_max() if self._bound is None else self._bound
+        if not math.isfinite(bound):
+            self._bound = None
+            self._keep(op(self._table))
+            return
+        new_bound = grow(bound)
+        if not new_bound <= limit:
+            new_bound = grow(self._table_max())   # the tracked bound may be loose: read the exact one
+            if not new_bound <= limit:
+                trial = self._backend.copy_table(self._table)
+                with np.errstate(over="ignore", invalid="ignore"):   # the overflow is what we look for
+                    result = op(trial)
+                new_bound = self._table_max(result if result is not None else trial)
+                if not math.isfinite(new_bound):
+                    raise self._overflow(what)
+        self._bound = None                        # unknown while the table changes (interrupts)
+        self._keep(op(self._table))
+        self._bound = new_bound
 
     def _indices(self, indices, what="indices"):
         """Validate coordinate indices; return them as contiguous int64."""
-        self._check_array(indices, what)
+        indices = self._check_array(indices, what)
         if indices.ndim != 1:
             raise SketchError(f"{what} must be 1-D, got shape {tuple(indices.shape)}")
         if indices.dtype.kind not in "iu":
@@ -302,6 +496,7 @@ class CountSketch:
                 f"{other.backend} on {other.device}); move one with .to(...)")
 
     # -------------------------------------------------------------------- inserts
+    @_locked
     def insert(self, x, *, check_finite=True):
         """Add the sketch of a dense vector: ``S += S(x)``.
 
@@ -321,12 +516,14 @@ class CountSketch:
         ------
         SketchError
             An array of another library or device, a wrong shape, a
-            non-floating dtype, or (with ``check_finite``) NaN/inf; nothing is modified.
+            non-floating dtype, or (with ``check_finite``) NaN/inf or a result that
+            would overflow the table dtype; nothing is modified.
         """
-        x = self._floating(x, "x", (self._d,), check_finite)
-        self._keep(self._backend.insert_dense(self._table, x, self._keys, self._hv))
+        x, mass = self._floating(x, "x", (self._d,), check_finite)
+        self._apply(lambda t: self._backend.insert_dense(t, x, self._keys, self._hv), _adds(mass), "this insert")
         return self
 
+    @_locked
     def insert_sparse(self, indices, values, *, check_finite=True):
         """Add the sketch of a sparse vector given as ``(indices, values)``.
 
@@ -352,11 +549,13 @@ class CountSketch:
         if getattr(indices, "shape", None) is None or getattr(values, "shape", None) is None:
             raise SketchError("indices and values must be arrays")
         idx = self._indices(indices)
-        vals = self._floating(values, "values", (idx.shape[0],), check_finite)
+        vals, mass = self._floating(values, "values", (idx.shape[0],), check_finite)
         if idx.shape[0]:
-            self._keep(self._backend.insert_sparse(self._table, idx, vals, self._keys, self._hv))
+            self._apply(lambda t: self._backend.insert_sparse(t, idx, vals, self._keys, self._hv), _adds(mass),
+                        "this insert")
         return self
 
+    @_locked
     def insert_batch(self, stack, *, check_finite=True):
         """Add the sketch of the sum of the rows of an ``(n, d)`` stack, in one call.
 
@@ -376,12 +575,15 @@ class CountSketch:
         ------
         SketchError
             An array of another library or device, a wrong shape, a
-            non-floating dtype, or (with ``check_finite``) NaN/inf; nothing is modified.
+            non-floating dtype, or (with ``check_finite``) NaN/inf or a result that
+            would overflow the table dtype; nothing is modified.
         """
-        stack = self._floating(stack, "stack", (getattr(stack, "shape", (0,))[0], self._d), check_finite)
-        self._keep(self._backend.insert_stack_sum(self._table, stack, self._keys, self._hv))
+        stack, mass = self._floating(stack, "stack", self._stack_shape(stack), check_finite)
+        self._apply(lambda t: self._backend.insert_stack_sum(t, stack, self._keys, self._hv), _adds(mass),
+                    "this insert")
         return self
 
+    @_locked
     def sketch_each(self, stack, *, check_finite=True):
         """Sketch each row of an ``(n, d)`` stack into its own new sketch, in one call.
 
@@ -401,13 +603,18 @@ class CountSketch:
         SketchError
             As :meth:`insert_batch`.
         """
-        stack = self._floating(stack, "stack", (getattr(stack, "shape", (0,))[0], self._d), check_finite)
+        stack, mass = self._floating(stack, "stack", self._stack_shape(stack), check_finite)
         tables = self._backend.zeros_tables(stack.shape[0], self._rows, self._cols, self._dtype)
         filled = self._backend.insert_stack_each(tables, stack, self._keys, self._hv)
         tables = tables if filled is None else filled
-        return [self._with_table(table) for table in tables]
+        if mass is not None and not mass <= self._limit() and stack.shape[0]:
+            mass = self._table_max(tables)       # each table gains at most sum|x|; if in doubt, look
+            if not math.isfinite(mass):
+                raise self._overflow("sketching this stack")
+        return [self._with_table(table, bound=mass) for table in tables]
 
     # ---------------------------------------------------------- linear algebra
+    @_locked
     def zero(self):
         """Set every bucket to zero (in place).
 
@@ -417,6 +624,7 @@ class CountSketch:
             ``self``.
         """
         self._keep(self._backend.fill_zero(self._table))
+        self._bound = 0.0
         return self
 
     def merge(self, other):
@@ -439,7 +647,7 @@ class CountSketch:
         """
         return self.add_scaled(other, 1.0)
 
-    def add_scaled(self, other, alpha):
+    def add_scaled(self, other, alpha):   # both locks, in a global order (_Both)
         """``S += alpha * other`` in place.
 
         Parameters
@@ -459,12 +667,20 @@ class CountSketch:
         IncompatibleSketches
             If ``other`` cannot be combined with this sketch.
         SketchError
-            If ``alpha`` is not a finite real number.
+            If ``alpha`` is not a finite real number (in the table dtype), or the
+            result would overflow the table dtype (the sketch is unchanged).
         """
         self._same_kind(other)
-        self._keep(self._backend.add_scaled(self._table, other._table, finite_scalar(alpha)))
+        alpha = self._factor(alpha)
+        with _Both(self, other):
+            grow = lambda b: b + abs(alpha) * (other._table_max() if other._bound is None else other._bound)  # noqa: E731
+            if other is self:
+                grow = lambda b: b * (1.0 + abs(alpha))  # noqa: E731
+            self._apply(lambda t: self._backend.add_scaled(t, other._table, alpha), grow,
+                        f"adding {alpha!r} times that sketch")
         return self
 
+    @_locked
     def scale(self, alpha):
         """``S *= alpha`` in place.
 
@@ -481,54 +697,78 @@ class CountSketch:
         Raises
         ------
         SketchError
-            If ``alpha`` is not a finite real number.
+            If ``alpha`` is not a finite real number (in the table dtype), or the
+            result would overflow the table dtype (the sketch is unchanged).
         """
-        self._keep(self._backend.scale(self._table, finite_scalar(alpha)))
+        alpha = self._factor(alpha)
+        self._apply(lambda t: self._backend.scale(t, alpha), lambda b: b * abs(alpha), f"scaling by {alpha!r}")
         return self
+
+    def _factor(self, alpha):
+        """A finite scalar that stays finite in the table dtype (the backends cast it)."""
+        alpha = finite_scalar(alpha)
+        if not math.isfinite(float(self._dtype.type(alpha))):
+            raise self._overflow(f"the factor {alpha!r}")
+        return alpha
 
     def _combined(self, other, alpha):
         """New sketch ``self + alpha * other`` (``alpha`` = 1 or -1: exactly ``a + b``, ``a - b``)."""
         self._same_kind(other)
-        new = self.copy()
-        new._keep(self._backend.add_scaled(new._table, other._table, alpha))
-        return new
+        return self.copy().add_scaled(other, alpha)
+
+    # NumPy must not broadcast over a sketch (``array + sketch``): let our operators answer.
+    __array_ufunc__ = None
+
+    def _refuse(self, op, other):
+        """The error for an operand a sketch does not combine with."""
+        return UnsupportedOperand(
+            f"unsupported operand for {op}: CountSketch and {type(other).__name__}; a sketch adds to or "
+            f"subtracts sketches of the same signature (+, -, +=, -=, merge, add_scaled) and multiplies "
+            f"only by a real scalar (*, *=, scale)")
 
     def __add__(self, other):
         if not isinstance(other, CountSketch):
-            return NotImplemented
+            raise self._refuse("+", other)
         return self._combined(other, 1.0)
+
+    def __radd__(self, other):
+        raise self._refuse("+", other)
 
     def __sub__(self, other):
         if not isinstance(other, CountSketch):
-            return NotImplemented
+            raise self._refuse("-", other)
         return self._combined(other, -1.0)
+
+    def __rsub__(self, other):
+        raise self._refuse("-", other)
 
     def __iadd__(self, other):
         if not isinstance(other, CountSketch):
-            return NotImplemented
+            raise self._refuse("+=", other)
         return self.merge(other)
 
     def __isub__(self, other):
         if not isinstance(other, CountSketch):
-            return NotImplemented
+            raise self._refuse("-=", other)
         return self.add_scaled(other, -1.0)
 
     def __mul__(self, alpha):
-        if not isinstance(alpha, numbers.Real):
-            return NotImplemented
+        if isinstance(alpha, bool) or not isinstance(alpha, numbers.Real):
+            raise self._refuse("*", alpha)
         return self.copy().scale(alpha)
 
     __rmul__ = __mul__
 
     def __imul__(self, alpha):
-        if not isinstance(alpha, numbers.Real):
-            return NotImplemented
+        if isinstance(alpha, bool) or not isinstance(alpha, numbers.Real):
+            raise self._refuse("*=", alpha)
         return self.scale(alpha)
 
     def __neg__(self):
         return self * -1.0
 
     # ------------------------------------------------------------------ queries
+    @_locked
     def query(self, indices):
         """Point estimates of the given coordinates (median over rows).
 
@@ -548,6 +788,7 @@ class CountSketch:
         idx = self._indices(indices)
         return self._backend.query(self._table, idx, self._keys, self._hv)
 
+    @_locked
     def estimate_all(self):
         """Estimates of all d coordinates as one d-length array.
 
@@ -570,6 +811,7 @@ class CountSketch:
             raise SketchError(f"threshold must be a finite number >= 0, got {threshold!r}")
         return float(threshold)
 
+    @_locked
     def topk(self, k):
         """The k coordinates with the largest ``|estimate|``.
 
@@ -592,6 +834,7 @@ class CountSketch:
         """
         return self._backend.topk(self._table, self._d, self._k(k), self._keys, self._hv)
 
+    @_locked
     def heavy_hitters(self, threshold):
         """Coordinates with ``|estimate| >= threshold``, as ``(indices, values)``.
 
@@ -614,6 +857,7 @@ class CountSketch:
         """
         return self._backend.heavy(self._table, self._d, self._threshold(threshold), self._keys, self._hv)
 
+    @_locked
     def unsketch(self, k=None, *, threshold=None):
         """Dense d-vector holding only the heavy hitters (top-k or by threshold).
 
@@ -641,6 +885,7 @@ class CountSketch:
         idx, vals = self.heavy_hitters(threshold)
         return self._backend.scatter_dense(self._d, idx, vals, self._dtype)
 
+    @_locked
     def l2_estimate(self):
         """Estimate of the l2 norm of the sketched vector: ``sqrt(median_j sum_b T[j,b]^2)``.
 
@@ -650,6 +895,7 @@ class CountSketch:
         """
         return self._backend.l2_estimate(self._table)
 
+    @_locked
     def zero_coordinates(self, indices):
         """Zero, in every row, each bucket that one of ``indices`` hashes to (in place).
 
@@ -677,6 +923,7 @@ class CountSketch:
         return self
 
     # ------------------------------------------------------------ serialization
+    @_locked
     def to_bytes(self):
         """Serialize to bytes (versioned header, table, CRC32). See ``sketchlib.serialize``.
 
@@ -688,13 +935,15 @@ class CountSketch:
         return sketch_to_bytes(self)
 
     @classmethod
-    def from_bytes(cls, data, *, backend="auto"):
+    def from_bytes(cls, data, *, backend="auto", allow_nonfinite=False):
         """Rebuild a sketch from :meth:`to_bytes` output.
 
         Parameters
         ----------
         data : bytes-like
         backend : str, default "auto"
+        allow_nonfinite : bool, default False
+            Accept a table holding NaN/inf (refused by default).
 
         Returns
         -------
@@ -703,15 +952,16 @@ class CountSketch:
         Raises
         ------
         SerializationError
-            Truncated, corrupted or foreign bytes.
+            Truncated, corrupted or foreign bytes, or a table with NaN/inf.
         UnknownBackend, BackendUnavailable
             A bad ``backend``.
         """
         from .serialize import sketch_from_bytes
-        return sketch_from_bytes(data, backend=backend)
+        return sketch_from_bytes(data, backend=backend, allow_nonfinite=allow_nonfinite)
 
+    @_locked
     def save(self, path):
-        """Write the sketch to a file atomically (temporary file + rename).
+        """Write the sketch to a file atomically (temporary file + rename; a symlink is written through).
 
         Parameters
         ----------
@@ -726,13 +976,15 @@ class CountSketch:
         save(self, path)
 
     @classmethod
-    def load(cls, path, *, backend="auto"):
+    def load(cls, path, *, backend="auto", allow_nonfinite=False):
         """Read a sketch written by :meth:`save`.
 
         Parameters
         ----------
         path : str or os.PathLike
         backend : str, default "auto"
+        allow_nonfinite : bool, default False
+            Accept a table holding NaN/inf (refused by default).
 
         Returns
         -------
@@ -744,4 +996,4 @@ class CountSketch:
             A file that does not hold a valid sketch.
         """
         from .serialize import load
-        return load(path, backend=backend)
+        return load(path, backend=backend, allow_nonfinite=allow_nonfinite)

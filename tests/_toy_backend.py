@@ -75,6 +75,13 @@ def all_finite(x):
     return bool(to_host_scalars(np.isfinite(x).all())[0])
 
 
+def abs_stats(x, table):
+    """``(sum |x|, max |table|)``, one read."""
+    total = 0.0 if x is None else np.abs(x).sum(dtype=np.float64)
+    tmax = 0.0 if table is None else np.abs(table).max()
+    return to_host_scalars(np.array([total, tmax], dtype=np.float64))
+
+
 def index_range(indices):
     """Minimum and maximum, one read."""
     return to_host_scalars(np.array([indices.min(), indices.max()]))
@@ -156,9 +163,11 @@ def estimate_all(table, d, keys, version):
 
 
 def topk(table, d, k, keys, version):
-    """A full sort by (|estimate| descending, index ascending)."""
+    """A full sort by (|estimate| bits descending, NaN above inf, index ascending)."""
     est = estimate_all(table, d, keys, version)
-    order = np.argsort(-np.abs(est), kind="stable")[:k].astype(np.int64)
+    bits = np.abs(est).view(np.uint32 if est.dtype == np.float32 else np.uint64).copy()
+    bits[np.isnan(est)] = np.abs(np.array(np.nan, est.dtype)).view(bits.dtype)   # one key for every NaN
+    order = np.argsort(~bits, kind="stable")[:k].astype(np.int64)
     return order, est[order]
 
 
@@ -171,7 +180,7 @@ def unsketch_topk(table, d, k, keys, version):
 def heavy(table, d, threshold, keys, version):
     """Every estimate at or above the threshold in magnitude."""
     est = estimate_all(table, d, keys, version)
-    idx = np.flatnonzero(np.abs(est) >= table.dtype.type(threshold)).astype(np.int64)
+    idx = np.flatnonzero(~(np.abs(est) < table.dtype.type(threshold))).astype(np.int64)
     return idx, est[idx]
 
 

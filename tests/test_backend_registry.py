@@ -112,4 +112,4 @@ def test_counters_nest_and_stop_counting_when_closed():
             sk.query(np.array([1, 2]))
     sk.insert(x)
     assert (outer.count, inner.count) == (3, 2)
-    assert inner.nbytes == 1 + 16                                      # a bool flag, two int64 bounds
+    assert inner.nbytes == 16 + 16             # abs_stats: two float64 (sum |x|, max |T|); two int64 bounds

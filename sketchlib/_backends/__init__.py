@@ -37,7 +37,7 @@ CONTRACT = (
     "NAME", "ARRAY_LIBRARY",
     # plumbing
     "available", "array_module", "device_of", "zeros", "zeros_tables", "from_numpy", "to_numpy",
-    "to_host_scalars", "as_input", "all_finite", "index_range",
+    "to_host_scalars", "as_input", "all_finite", "abs_stats", "index_range",
     # table arithmetic
     "fill_zero", "scale", "add_scaled", "copy_table", "scatter_dense",
     # sketch kernels

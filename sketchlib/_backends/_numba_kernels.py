@@ -220,9 +220,14 @@ def zero_buckets(table, indices, keys, hv):
 # ----------------------------------------------------------------- estimates
 @njit(cache=True)
 def _median_col(scratch, k, rows, tmp):
-    """numpy.median of ``scratch[:rows, k]`` (mean of the middle two if rows is even)."""
+    """numpy.median of ``scratch[:rows, k]`` (mean of the middle two if rows is even; NaN if any is NaN)."""
     if rows == 1:
         return scratch[0, k]
+    nan = False
+    for j in range(rows):
+        nan |= scratch[j, k] != scratch[j, k]
+    if nan:                 # as numpy.median; min/max networks and the sort would drop it
+        return np.nan
     if rows == 3:
         x, y, z = scratch[0, k], scratch[1, k], scratch[2, k]
         return max(min(x, y), min(max(x, y), z))
@@ -386,7 +391,7 @@ def count_above(table, keys, hv, d, ntasks, est, store, threshold):
             n = min(BLOCK, hi - c0)
             _estimate_block(table, keys, hv, dummy, False, c0, n, vals, 0, scratch, codes, tmp)
             for k in range(n):
-                c += abs(vals[k]) >= threshold
+                c += not abs(vals[k]) < threshold   # NaN counts (the contract's order)
             if store:
                 for k in range(n):
                     est[c0 + k] = vals[k]
@@ -405,7 +410,7 @@ def gather_above(table, keys, hv, d, ntasks, est, stored, threshold, offsets, ou
         pos = offsets[t]
         if stored:
             for i in range(lo, hi):
-                if abs(est[i]) >= threshold:
+                if not abs(est[i]) < threshold:
                     out_idx[pos] = i
                     out_val[pos] = est[i]
                     pos += 1
@@ -418,7 +423,7 @@ def gather_above(table, keys, hv, d, ntasks, est, stored, threshold, offsets, ou
                 n = min(BLOCK, hi - c0)
                 _estimate_block(table, keys, hv, dummy, False, c0, n, vals, 0, scratch, codes, tmp)
                 for k in range(n):
-                    if abs(vals[k]) >= threshold:
+                    if not abs(vals[k]) < threshold:
                         out_idx[pos] = c0 + k
                         out_val[pos] = vals[k]
                         pos += 1

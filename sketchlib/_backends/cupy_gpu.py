@@ -557,3 +557,13 @@ def scatter_dense(d, indices, values, dtype):
         out = _cp().zeros(d, dtype=dtype)
         out[indices] = values
         return out
+
+
+def abs_stats(x, table):
+    """``(sum |x|, max |table|)`` reduced on the device and read back together: one host read."""
+    cp = _cp()
+    ref = x if x is not None else table
+    with ref.device:
+        total = cp.zeros((), dtype=cp.float64) if x is None else cp.abs(x).sum(dtype=cp.float64)
+        tmax = cp.zeros((), dtype=cp.float64) if table is None else cp.abs(table).max().astype(cp.float64)
+        return to_host_scalars(cp.stack((total, tmax)))

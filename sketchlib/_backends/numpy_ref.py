@@ -10,8 +10,8 @@ import numpy as np
 from .._hash import buckets_and_signs
 
 from ._host import (  # noqa: F401  (the shared part of the contract)
-    add_scaled, array_module, as_input, copy_table, dense_from_topk, device_of, fill_zero, from_numpy, index_range,
-    scale, scatter_dense, to_host_scalars, to_numpy, zeros, zeros_tables)
+    abs_stats, add_scaled, array_module, as_input, copy_table, dense_from_topk, device_of, fill_zero, from_numpy, index_range,
+    first_k, scale, scatter_dense, to_host_scalars, to_numpy, zeros, zeros_tables)
 
 NAME = "numpy"
 ARRAY_LIBRARY = "numpy"
@@ -34,38 +34,57 @@ def _chunks(n):
         yield start, min(n, start + CHUNK)
 
 
-def _scatter(table_row, indices, values, key, cols, version):
-    """Add ``sign * value`` of each coordinate into its bucket of one row."""
+def _scatter(acc_row, indices, values, key, cols, version):
+    """Add ``sign * value`` of each coordinate into its bucket of one float64 scratch row."""
     buckets, signs = buckets_and_signs(indices, key[0], key[1], cols, version)
-    table_row += np.bincount(buckets, weights=signs * values.astype(np.float64),
-                             minlength=cols).astype(table_row.dtype)
+    acc_row += np.bincount(buckets, weights=signs * values.astype(np.float64), minlength=cols)
+
+
+def _accumulate_dense(acc, x, keys, version):
+    """``acc += S(x)`` into a float64 scratch table."""
+    rows, cols = acc.shape
+    for start, stop in _chunks(x.shape[0]):
+        idx = np.arange(start, stop, dtype=np.int64)
+        for j in range(rows):
+            _scatter(acc[j], idx, x[start:stop], keys[j], cols, version)
+
+
+def _commit(table, acc):
+    """``table += acc`` rounded to the table dtype: the one step that changes the table.
+
+    Everything before it only fills the scratch, so an exception (a
+    KeyboardInterrupt between chunks) leaves the table as it was.
+    """
+    table += acc.astype(table.dtype)
 
 
 def insert_dense(table, x, keys, version):
     """``table += S(x)`` for a dense vector ``x`` of length d."""
-    rows, cols = table.shape
-    for start, stop in _chunks(x.shape[0]):
-        idx = np.arange(start, stop, dtype=np.int64)
-        for j in range(rows):
-            _scatter(table[j], idx, x[start:stop], keys[j], cols, version)
+    acc = np.zeros(table.shape, dtype=np.float64)
+    _accumulate_dense(acc, x, keys, version)
+    _commit(table, acc)
 
 
 def insert_sparse(table, indices, values, keys, version):
     """``table += S(v)`` where ``v`` is zero except ``v[indices] += values``."""
     rows, cols = table.shape
+    acc = np.zeros(table.shape, dtype=np.float64)
     for start, stop in _chunks(indices.shape[0]):
         for j in range(rows):
-            _scatter(table[j], indices[start:stop], values[start:stop], keys[j], cols, version)
+            _scatter(acc[j], indices[start:stop], values[start:stop], keys[j], cols, version)
+    _commit(table, acc)
 
 
 def insert_stack_sum(table, stack, keys, version):
-    """``table += S(stack[0] + ... + stack[n-1])``, one vector at a time."""
+    """``table += S(stack[0] + ... + stack[n-1])``, one vector at a time into one scratch."""
+    acc = np.zeros(table.shape, dtype=np.float64)
     for x in stack:
-        insert_dense(table, x, keys, version)
+        _accumulate_dense(acc, x, keys, version)
+    _commit(table, acc)
 
 
 def insert_stack_each(tables, stack, keys, version):
-    """``tables[i] += S(stack[i])`` for every i."""
+    """``tables[i] += S(stack[i])`` for every i (new tables: nobody sees a partial one)."""
     for table, x in zip(tables, stack):
         insert_dense(table, x, keys, version)
 
@@ -95,17 +114,10 @@ def estimate_all(table, d, keys, version):
     return out
 
 
-def _order_by_magnitude(indices, values):
-    """Sort by |value| descending, ties by index ascending."""
-    order = np.lexsort((indices, -np.abs(values)))
-    return indices[order], values[order]
-
-
 def topk(table, d, k, keys, version):
-    """The k coordinates of largest |estimate|, by |estimate| descending."""
+    """The k coordinates of largest |estimate| (NaN above inf), by |estimate| descending."""
     est = estimate_all(table, d, keys, version)
-    idx = np.argpartition(-np.abs(est), k - 1)[:k].astype(np.int64)
-    return _order_by_magnitude(idx, est[idx])
+    return first_k(np.arange(d, dtype=np.int64), est, k)
 
 
 def unsketch_topk(table, d, k, keys, version):
@@ -116,16 +128,16 @@ def unsketch_topk(table, d, k, keys, version):
 def heavy(table, d, threshold, keys, version):
     """Coordinates with ``|estimate| >= threshold``, ascending."""
     est = estimate_all(table, d, keys, version)
-    idx = np.flatnonzero(np.abs(est) >= threshold).astype(np.int64)
+    idx = np.flatnonzero(~(np.abs(est) < threshold)).astype(np.int64)   # NaN is heavy
     return idx, est[idx]
 
 
 def zero_buckets(table, indices, keys, version):
     """Zero, in every row, each bucket that one of ``indices`` hashes to."""
     rows, cols = table.shape
-    for j in range(rows):
-        buckets, _ = buckets_and_signs(indices, keys[j, 0], keys[j, 1], cols, version)
-        table[j, buckets] = 0
+    flat = np.concatenate([buckets_and_signs(indices, keys[j, 0], keys[j, 1], cols, version)[0] + j * cols
+                           for j in range(rows)])
+    table.reshape(-1)[flat] = 0      # one assignment: an interrupt cannot leave some rows zeroed
 
 
 def l2_estimate(table):
