@@ -121,10 +121,10 @@ Sketch kernels
 ``query(table, indices, keys, version) -> values``
     Median over rows of ``s_j(i) * T[j, h_j(i)]`` (mean of the two middle
     values for an even number of rows), in the table dtype; NaN when any of
-    those values is NaN (as ``numpy.median``).  NumPy, Numba and the toy
-    backend follow this; the CUDA kernels' median network (``_cuda_src``) does
-    not yet (unverified on a GPU; only a table already poisoned through
-    ``check_finite=False`` is concerned).
+    those values is NaN (as ``numpy.median``).  Every backend follows this
+    (the CUDA median network is checked through the CPU emulation of its
+    kernels; only a table already poisoned through ``check_finite=False`` is
+    concerned).
 ``estimate_all(table, d, keys, version) -> values``
     ``query`` of ``0..d-1``.
 ``topk(table, d, k, keys, version) -> (indices int64, values)``

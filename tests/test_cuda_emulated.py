@@ -526,3 +526,19 @@ def test_emulated_backend_equals_reference(backend, lib, dtype, monkeypatch):
         want_b, want_s = buckets_and_signs(idx, keys[j, 0], keys[j, 1], cols, hv)
         np.testing.assert_array_equal(buckets[j], want_b)
         np.testing.assert_array_equal(signs[j], want_s)
+
+
+@pytest.mark.parametrize("rows", [3, 4, 9])   # odd and even register medians, and the generic one
+def test_emulated_median_propagates_nan_like_the_reference(backend, lib, rows):
+    """A NaN in any row makes the CUDA estimate NaN, as numpy.median and the host backends give."""
+    hv = lib.version
+    d, cols = 999, 32
+    rng = np.random.default_rng(rows)
+    table = rng.standard_normal((rows, cols)).astype(np.float32)
+    table[rng.random((rows, cols)) < 0.05] = np.nan
+    table[0, 1], table[-1, 2] = np.inf, -np.inf
+    ref = CountSketch.from_table(table.copy(), d, seed=3, hash_version=hv, backend="numpy")
+    est = np.asarray(backend.estimate_all(_dev(table), d, ref.keys, hv))
+    want = ref.estimate_all()
+    assert np.isnan(want).any() and not np.isnan(want).all()
+    np.testing.assert_array_equal(est, want)

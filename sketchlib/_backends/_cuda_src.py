@@ -399,8 +399,14 @@ __global__ void sk_deinterleave_at(float* __restrict__ scratch, i64 m, float* __
 // Median over rows of s_j(i) * T[j, h_j(i)]: for even rows the mean of the two middle
 // values computed as (lo + hi) * 0.5 in T, which is what numpy.median gives.
 // Median of R values in registers: insertion sort as a fixed network of compare-exchanges.
+// A NaN in any row makes the estimate NaN, as numpy.median and the host backends give
+// (the compare network alone would move NaNs around and return a finite middle value).
 template <typename T, int R>
 __device__ __forceinline__ T sk_median_regs(T* v) {
+    bool has_nan = false;
+    T nan_value = T(0);
+#pragma unroll
+    for (int j = 0; j < R; ++j) if (v[j] != v[j]) { has_nan = true; nan_value = v[j]; }
 #pragma unroll
     for (int a = 1; a < R; ++a) {
 #pragma unroll
@@ -410,6 +416,7 @@ __device__ __forceinline__ T sk_median_regs(T* v) {
             v[b - 1] = lo; v[b] = hi;
         }
     }
+    if (has_nan) return nan_value;
     return (R & 1) ? v[R / 2] : (v[R / 2 - 1] + v[R / 2]) * T(0.5);
 }
 
@@ -429,14 +436,18 @@ template <typename T>
 __device__ __forceinline__ T sk_median_any(const T* __restrict__ table, const u32* sk, int rows,
                                            u32 cols, i64 i) {
     T v[SK_MAX_ROWS];
+    bool has_nan = false;
+    T nan_value = T(0);
     for (int j = 0; j < rows; ++j) {
         const SkLoc l = sk_locate(i, sk[2 * j], sk[2 * j + 1], cols);
         const T t = __ldg(table + (i64)j * cols + l.bucket);
         T x = l.neg ? -t : t;
+        if (x != x) { has_nan = true; nan_value = x; }
         int b = j;
         while (b > 0 && x < v[b - 1]) { v[b] = v[b - 1]; --b; }
         v[b] = x;
     }
+    if (has_nan) return nan_value;
     return (rows & 1) ? v[rows / 2] : (v[rows / 2 - 1] + v[rows / 2]) * T(0.5);
 }
 
