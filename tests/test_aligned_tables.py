@@ -45,3 +45,19 @@ def test_every_way_of_making_a_sketch_gives_an_aligned_table(host_backend, cols,
     # the padded sketch_each tables hold the right sketches (each equals its own insert)
     for row, each in zip(stack, sk.sketch_each(stack)):
         np.testing.assert_allclose(each.table, sk.empty_like().insert(row).table, rtol=1e-5, atol=1e-6)
+
+
+def test_jax_sees_the_table_itself_without_a_copy():
+    """``jnp.from_dlpack(export_table(sketch), copy=False)`` imports the aligned table zero-copy, so
+    JAX sees every later insert (a copy would go stale)."""
+    jnp = pytest.importorskip("jax.numpy", reason="JAX is not installed (pip install jax)")
+    from adapters import dlpack
+
+    sk = CountSketch(1000, 3, 64, backend="numpy")
+    view = jnp.from_dlpack(dlpack.export_table(sk), copy=False)
+    assert view.unsafe_buffer_pointer() == sk.table.ctypes.data
+    x = np.zeros(1000, np.float32)
+    x[7] = 5.0
+    sk.insert(x)
+    np.testing.assert_array_equal(np.asarray(view), sk.table)
+    assert float(jnp.abs(view).sum()) == 15.0
