@@ -3,6 +3,7 @@ import torch
 
 from ._streams import LOCAL_ORDER, stream
 from .errors import ClientUpdateError
+from .host import read_host
 
 __all__ = ["RoundContext"]
 
@@ -12,7 +13,8 @@ class RoundContext:
 
     Every client result passes a finiteness check (agreed by all ranks) before
     the rule gets it, so a NaN update raises :class:`ClientUpdateError` before
-    any server state changes.
+    any server state changes.  Each check costs one host read (through
+    :func:`fedsim.host.read_host`): the count of bad results summed over ranks.
 
     Parameters
     ----------
@@ -72,11 +74,18 @@ class RoundContext:
         """
         return self.comm.allreduce_(tensor)
 
-    def _check(self, bad_clients, what):
-        """Raise on every rank if any rank saw a non-finite client result."""
-        flag = torch.tensor([float(len(bad_clients))], device=self.params.device)
+    def _check(self, bad, what, diagnose):
+        """Raise on every rank if any rank saw a non-finite client result.
+
+        ``bad`` counts this rank's bad results on the device; the sum over ranks
+        is the one host read; ``diagnose()`` (this rank's bad client ids) runs
+        only after a failure.
+        """
+        flag = bad.reshape(1).to(device=self.params.device, dtype=torch.float32)
         self.comm.allreduce_(flag)
-        if float(flag.item()) > 0:
+        (total,), = read_host(flag)
+        if total > 0:
+            bad_clients = diagnose()
             who = (f"client(s) {sorted(int(c) for c in bad_clients)}" if bad_clients
                    else "a client on another rank")
             biggest = float(self.params.abs().max())
@@ -90,7 +99,7 @@ class RoundContext:
     def _bad_in_shard(self):
         """Clients of this rank whose gradient is non-finite (diagnosis after a bad sum)."""
         grads = self.engine.gradients(self.model, self.params, self.my_batches)
-        return [c for c, g in zip(self.my_ids, grads) if not bool(torch.isfinite(g).all())]
+        return _bad_rows(self.my_ids, grads)
 
     def gradient_sum(self):
         """This rank's weighted gradient sum (weight decay added once, on rank 0).
@@ -109,8 +118,9 @@ class RoundContext:
             g = self.engine.gradient_sum(self.model, self.params, self.my_batches, self.my_weights)
         else:
             g = torch.zeros_like(self.params)
-        bad = [] if bool(torch.isfinite(g).all()) else (self._bad_in_shard() or list(self.my_ids))
-        self._check(bad, "the gradient")
+        bad = ~torch.isfinite(g).all()
+        self._check(bad, "the gradient",
+                    lambda: (self._bad_in_shard() or list(self.my_ids)) if read_host(bad)[0][0] else [])
         if self.weight_decay and self.comm.rank == 0:
             g = g + self.weight_decay * self.params
         return g
@@ -132,8 +142,8 @@ class RoundContext:
             grads = self.engine.gradients(self.model, self.params, self.my_batches)
         else:
             grads = torch.zeros((0, self.params.shape[0]), device=self.params.device)
-        finite = torch.isfinite(grads).all(dim=1).tolist()
-        self._check([c for c, ok in zip(self.my_ids, finite) if not ok], "the gradient")
+        self._check((~torch.isfinite(grads).all(dim=1)).sum(), "the gradient",
+                    lambda: _bad_rows(self.my_ids, grads))
         if self.weight_decay:
             grads = grads + self.weight_decay * self.params
         return grads
@@ -167,6 +177,12 @@ class RoundContext:
         deltas = self.engine.local_train(self.model, self.params, data, lr=float(self.lr), epochs=int(epochs),
                                          batch_size=batch_size, orders=orders,
                                          weight_decay=float(self.weight_decay))
-        finite = torch.isfinite(deltas).all(dim=1).tolist()
-        self._check([c for c, ok in zip(self.my_ids, finite) if not ok], "the local model change")
+        self._check((~torch.isfinite(deltas).all(dim=1)).sum(), "the local model change",
+                    lambda: _bad_rows(self.my_ids, deltas))
         return deltas
+
+
+def _bad_rows(ids, rows):
+    """The ids whose row of ``rows`` holds a NaN or infinity (one host read)."""
+    (finite,) = read_host(torch.isfinite(rows).all(dim=1))
+    return [c for c, ok in zip(ids, finite) if not ok]

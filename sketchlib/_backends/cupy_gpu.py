@@ -49,7 +49,6 @@ __all__ = []
 
 NAME = "cupy"
 ARRAY_LIBRARY = "cupy"
-DEVICE_KIND = "cuda"
 
 INSERT_VARIANTS = ("simple", "rowy", "vec", "vec2x", "veccs", "vec2xcs", "dsmem")
 EACH_VARIANTS = ("simple", "v4", "v4rows", "v4rows1")
@@ -210,11 +209,11 @@ def all_finite(x):
     cp = _cp()
     with x.device:
         if x.dtype.name not in _SUFFIX or not x.flags.c_contiguous:
-            return bool(cp.isfinite(x).all())
+            return bool(to_host_scalars(cp.isfinite(x).all())[0])
         bad = cp.zeros(1, dtype=np.int32)
         if x.size:
             _launch("sk_all_finite_" + _sfx(x), x.size, (x, np.int64(x.size), bad))
-        return not bool(bad.get()[0])
+        return not bool(to_host_scalars(bad)[0])
 
 
 # -------------------------------------------------------------------------- inserts
@@ -395,7 +394,7 @@ def estimate_all(table, d, keys, version):
 def _pick(hist, width, need, state, version):
     """Find, on the device, the bin where the count from the top reaches ``need``; read it back."""
     _fn("sk_radix_pick", version)((1,), (1024,), (hist, np.int32(1 << width), np.uint64(need), state))
-    b, above, eq = (int(v) for v in state.get())
+    b, above, eq = (int(v) for v in to_host_scalars(state))
     return b, above, eq
 
 
@@ -540,7 +539,7 @@ def heavy(table, d, threshold, keys, version):
         est = cp.empty(d, dtype=dt)
         count = cp.zeros(1, dtype=np.uint64)
         _estimates(table, keys, version, None, d, est, count=count, thr=thr)
-        m = int(count.get()[0])
+        m = int(to_host_scalars(count)[0])
         out_idx, out_val = cp.empty(m, np.int64), cp.empty(m, dt)
         if m == 0:
             return out_idx, out_val
@@ -565,7 +564,7 @@ def l2_estimate(table):
     cp = _cp()
     with table.device:
         t = table.astype(cp.float64)
-        row_sq = cp.asnumpy((t * t).sum(axis=1))
+        row_sq = np.asarray(to_host_scalars((t * t).sum(axis=1)))
         return float(np.sqrt(np.median(row_sq)))
 
 
