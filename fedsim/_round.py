@@ -88,7 +88,7 @@ class RoundContext:
             bad_clients = diagnose()
             who = (f"client(s) {sorted(int(c) for c in bad_clients)}" if bad_clients
                    else "a client on another rank")
-            biggest = float(self.params.abs().max())
+            (biggest,), = read_host(self.params.abs().max())
             raise ClientUpdateError(
                 f"{self._run_name}: round {self.round + 1} of {self._rounds}: "
                 f"{what} of {who} is NaN or infinite; it was rejected before reaching the server state. "

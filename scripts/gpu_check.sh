@@ -83,3 +83,5 @@ if os.path.exists(path):
         goal = "-" if r["goal_ms"] is None else f"{r['goal_ms']:.2f}"
         print(f"  {r['size']:8} {r['op']:40} ours {r['ours_ms']:8.3f}  base {base:>8}  goal {goal:>6}")
 EOF
+# Issue 11: the whole FetchSGD server step at d = 6.57M and 124M (goal <= 3 ms at 124M on an H100).
+echo "== bench/bench_fetchsgd_step.py --device cuda"; timeout "${GPU_STEP_TIMEOUT:-150}" $PY bench/bench_fetchsgd_step.py --device cuda --markdown 2>&1 | tee "$LOG/bench_fetchsgd_step.log" | tail -n 12
