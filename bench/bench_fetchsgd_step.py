@@ -190,7 +190,8 @@ def main():
     widths = [max(len(str(r[i])) for r in rows_out + [header]) for i in range(len(header))]
     print()
     print(machine(device))
-    print(f"median of {reps} runs after a warm-up (ours and checked alternated); ratio = checked / ours; goal: <= 3 ms at d = 124M on an H100")
+    print(f"median of {reps} runs after a warm-up (ours and checked alternated); ratio = checked / ours; "
+          "goal: <= 3 ms at d = 124M on an H100")
     for r in [header] + rows_out:
         print("  ".join(str(c).rjust(w) for c, w in zip(r, widths)))
     if args.markdown:
