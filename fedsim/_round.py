@@ -4,6 +4,7 @@ import torch
 from ._clip import clip_rows
 from ._streams import LOCAL_ORDER, stream
 from .errors import ClientUpdateError, NonFiniteError
+from .host import read_host
 
 __all__ = ["RoundContext"]
 
@@ -79,26 +80,38 @@ class RoundContext:
         """
         return self.comm.allreduce_(tensor)
 
-    def _check(self, bad_clients, what, decay_bad=False):
-        """Raise on every rank if any rank saw a non-finite client result (or weight-decay term)."""
-        flag = torch.tensor([float(len(bad_clients) or decay_bad)], device=self.params.device)
-        self.comm.allreduce_(flag)
-        if float(flag.item()) > 0:
-            if not bad_clients and decay_bad:
-                raise NonFiniteError(
-                    f"{self._run_name}: round {self.round + 1} of {self._rounds}: the gradient plus "
-                    f"train.weight_decay ({self.weight_decay:g}) times the weights is NaN or infinite; it was "
-                    f"rejected before reaching the server state. Lower train.weight_decay. Last good "
-                    f"checkpoint: {self._last_checkpoint or 'none (no checkpoint was written)'}")
+    def _check(self, bad, what, diagnose, decay_bad=None):
+        """Raise on every rank if any rank saw a non-finite client result or weight-decay term.
+
+        ``bad`` counts this rank's bad client results on the device and
+        ``decay_bad`` says whether adding the weight decay made the result
+        non-finite; both are summed over ranks in one all-reduce and read back in
+        one host read.  ``diagnose()`` (this rank's bad client ids) runs only
+        after a failure.
+        """
+        zero = torch.zeros((), device=self.params.device)
+        flags = torch.stack([bad.reshape(()).to(device=self.params.device, dtype=torch.float32),
+                             zero if decay_bad is None else decay_bad.reshape(()).to(self.params.device,
+                                                                                     torch.float32)])
+        self.comm.allreduce_(flags)
+        ((total, decay),) = read_host(flags)
+        if total > 0:
+            bad_clients = diagnose()
             who = (f"client(s) {sorted(int(c) for c in bad_clients)}" if bad_clients
                    else "a client on another rank")
-            biggest = float(self.params.abs().max())
+            ((biggest,),) = read_host(self.params.abs().max())
             raise ClientUpdateError(
                 f"{self._run_name}: round {self.round + 1} of {self._rounds}: "
                 f"{what} of {who} is NaN or infinite; it was rejected before reaching the server state. "
                 f"Largest weight magnitude: {biggest:.3g} (a huge value means the run diverged: lower "
                 f"train.lr); otherwise check the client's data. Last good checkpoint: "
                 f"{self._last_checkpoint or 'none (no checkpoint was written)'}")
+        if decay > 0:
+            raise NonFiniteError(
+                f"{self._run_name}: round {self.round + 1} of {self._rounds}: the gradient plus "
+                f"train.weight_decay ({self.weight_decay:g}) times the weights is NaN or infinite; it was "
+                f"rejected before reaching the server state. Lower train.weight_decay. Last good "
+                f"checkpoint: {self._last_checkpoint or 'none (no checkpoint was written)'}")
 
     def _bad_in_shard(self):
         """Clients of this rank whose gradient is non-finite (diagnosis after a bad sum)."""
@@ -123,19 +136,20 @@ class RoundContext:
         if self.clip_norm is not None:
             # Clipping is per client, so the one backward over the round's union batch (exact only
             # for the plain sum) gives way to per-client gradients: an (n, d) stack.
-            grads = self._clipped_gradients()
+            grads, bad = self._loss_gradients()
             g = self.my_weights.to(grads.dtype) @ grads if grads.shape[0] else torch.zeros_like(self.params)
-            bad = []
+            diagnose = lambda: _bad_rows(self.my_ids, grads)  # noqa: E731
         else:
             if len(self.my_ids):
                 g = self.engine.gradient_sum(self.model, self.params, self.my_batches, self.my_weights)
             else:
                 g = torch.zeros_like(self.params)
-            bad = [] if bool(torch.isfinite(g).all()) else (self._bad_in_shard() or list(self.my_ids))
+            bad = ~torch.isfinite(g).all()
+            diagnose = lambda: (self._bad_in_shard() or list(self.my_ids)) if read_host(bad)[0][0] else []  # noqa: E731
         if self.weight_decay and self.comm.rank == 0:
             g = g + self.weight_decay * self.params
-        # The decay term can overflow on its own; every rank must learn it in the same collective.
-        self._check(bad, "the gradient", decay_bad=not bad and not bool(torch.isfinite(g).all()))
+        # The decay term can overflow on its own: checked in the same collective and host read.
+        self._check(bad, "the gradient", diagnose, decay_bad=~torch.isfinite(g).all())
         return g
 
     def gradients(self):
@@ -153,23 +167,25 @@ class RoundContext:
         NonFiniteError
             The weight-decay term made a gradient NaN or infinite.
         """
-        grads = self._clipped_gradients()
+        grads, bad = self._loss_gradients()
+        decay_bad = None
         if self.weight_decay:
             grads = grads + self.weight_decay * self.params
-            self._check([], "the gradient", decay_bad=not bool(torch.isfinite(grads).all()))
+            decay_bad = ~torch.isfinite(grads).all()
+        self._check(bad, "the gradient", lambda: _bad_rows(self.my_ids, grads), decay_bad=decay_bad)
         return grads
 
-    def _clipped_gradients(self):
-        """Per-client loss gradients of this rank's clients, checked finite, clipped if asked; (n, d)."""
+    def _loss_gradients(self):
+        """Per-client loss gradients of this rank's clients (clipped if asked; unchecked), shape (n, d),
+        and the number of non-finite ones on the device."""
         if len(self.my_ids):
             grads = self.engine.gradients(self.model, self.params, self.my_batches)
         else:
             grads = torch.zeros((0, self.params.shape[0]), device=self.params.device)
-        finite = torch.isfinite(grads).all(dim=1).tolist()
-        self._check([c for c, ok in zip(self.my_ids, finite) if not ok], "the gradient")
+        bad = (~torch.isfinite(grads).all(dim=1)).sum()
         if self.clip_norm is not None:
             grads = clip_rows(grads, self.clip_norm)
-        return grads
+        return grads, bad
 
     def local_train(self, epochs, batch_size):
         """FedAvg local SGD of this rank's clients on all their data.
@@ -207,6 +223,12 @@ class RoundContext:
         deltas = self.engine.local_train(self.model, self.params, data, lr=float(self.lr), epochs=int(epochs),
                                          batch_size=batch_size, orders=orders,
                                          weight_decay=float(self.weight_decay), **extra)
-        finite = torch.isfinite(deltas).all(dim=1).tolist()
-        self._check([c for c, ok in zip(self.my_ids, finite) if not ok], "the local model change")
+        self._check((~torch.isfinite(deltas).all(dim=1)).sum(), "the local model change",
+                    lambda: _bad_rows(self.my_ids, deltas))
         return deltas
+
+
+def _bad_rows(ids, rows):
+    """The ids whose row of ``rows`` holds a NaN or infinity (one host read)."""
+    (finite,) = read_host(torch.isfinite(rows).all(dim=1))
+    return [c for c, ok in zip(ids, finite) if not ok]

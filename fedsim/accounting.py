@@ -8,6 +8,10 @@ sparse (value + index per weight) or dense, whichever is smaller.  To count
 that without a per-client copy of the model, the accountant keeps, per
 coordinate, the last round that changed it, and a histogram of those rounds:
 the number of weights changed since round p is a suffix sum of the histogram.
+Those counters stay on the model's device; the simulator reads the suffix sums
+back once per round, together with its other per-round scalars
+(:meth:`Accountant.changed_since` and the ``changed_since`` / ``changed``
+arguments), so the bookkeeping costs no host synchronisation of its own.
 
 Two ways to count (``train.accounting``): ``"fedsim"`` (default, the honest one)
 charges a sparse weight or a top-k entry its value and its index (4 + 4 bytes,
@@ -24,6 +28,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+
+from .host import read_host
 
 __all__ = ["ACCOUNTINGS", "Accountant", "AccountingState", "reference_bytes", "index_bytes_for"]
 
@@ -92,25 +98,68 @@ class Accountant:
         """Bytes to send ``nnz`` changed weights: sparse or dense, whichever is smaller."""
         return min(self.d * self.value_bytes, nnz * (self.value_bytes + self.index_bytes))
 
-    def download(self, t, client_ids):
-        """Bytes each of ``client_ids`` downloads at the start of round ``t`` (records the visit)."""
-        st = self.state
-        suffix = torch.flip(torch.cumsum(torch.flip(st.hist, [0]), 0), [0]).cpu().numpy()
+    def changed_since(self):
+        """On the device: entry ``p + 1`` counts the weights changed since round ``p`` (entry 0: d).
+
+        Returns
+        -------
+        torch.Tensor
+            int64, shape (rounds + 1,): suffix sums of the histogram.
+        """
         # changed since round p: last_changed >= p  <=>  hist index >= p + 1
-        nnz = suffix[st.last_seen[client_ids] + 1]
+        return torch.flip(torch.cumsum(torch.flip(self.state.hist, [0]), 0), [0])
+
+    def download(self, t, client_ids, changed_since=None):
+        """Bytes each of ``client_ids`` downloads at the start of round ``t`` (records the visit).
+
+        Parameters
+        ----------
+        t : int
+        client_ids : numpy.ndarray
+        changed_since : sequence of numbers, optional
+            :meth:`changed_since` read back by the caller (with its other scalars);
+            default: read here (one host read).
+
+        Returns
+        -------
+        list of int
+        """
+        st = self.state
+        if changed_since is None:
+            (changed_since,) = read_host(self.changed_since())
+        nnz = np.asarray(changed_since, dtype=np.float64)[st.last_seen[client_ids] + 1]
         st.last_seen[client_ids] = t
         return [self.weights_bytes(int(n)) for n in nnz]
 
-    def record_update(self, t, update):
-        """Mark the coordinates that round ``t``'s update changed (nonzero entries)."""
+    def record_update(self, t, update, changed=None):
+        """Mark the coordinates that round ``t``'s update changed (nonzero entries).
+
+        Parameters
+        ----------
+        t : int
+        update : torch.Tensor
+            The d-vector applied this round.
+        changed : int, optional
+            ``torch.count_nonzero(update)`` read back by the caller; default: read
+            here (one host read).  The rest stays on the device.
+
+        Returns
+        -------
+        int
+            The number of changed coordinates.
+        """
         st = self.state
-        idx = torch.nonzero(update, as_tuple=True)[0]
-        if idx.numel():
+        if changed is None:
+            (changed,), = read_host(torch.count_nonzero(update))
+        changed = int(changed)
+        if changed:
+            # A known size and no bincount: neither reads a count back from a GPU.
+            idx = torch.nonzero_static(update, size=changed)[:, 0]
             old = st.last_changed[idx]
-            st.hist.sub_(torch.bincount(old + 1, minlength=st.hist.shape[0]))
+            st.hist.scatter_add_(0, old + 1, torch.full_like(old, -1))
             st.last_changed[idx] = t
-            st.hist[t + 1] += idx.numel()
-        return int(idx.numel())
+            st.hist[t + 1] += changed
+        return changed
 
     def add(self, up, down):
         """Add one round's totals."""

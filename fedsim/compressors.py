@@ -104,11 +104,11 @@ class IdentitySketch:
             raise SketchError(f"{what} contains NaN or infinity; the sketch is unchanged")
         return x.astype(self._dtype, copy=False)
 
-    def _idx(self, idx):
-        """Validate coordinate indices."""
+    def _idx(self, idx, check_bounds=True):
+        """Validate coordinate indices (their range only with ``check_bounds``)."""
         if getattr(idx, "ndim", None) != 1 or idx.dtype.kind not in "iu":
             raise SketchError("indices must be a 1-D integer array")
-        if idx.shape[0]:
+        if check_bounds and idx.shape[0]:
             lo, hi = self._be.index_range(idx)
             if lo < 0 or hi >= self._d:
                 raise SketchError(f"indices must lie in [0, {self._d})")
@@ -141,7 +141,7 @@ class IdentitySketch:
         self._table[0] += self._vec(x, (self._d,), check_finite)
         return self
 
-    def insert_sparse(self, indices, values, *, check_finite=True):
+    def insert_sparse(self, indices, values, *, check_finite=True, check_bounds=True):
         """``v[indices] += values`` (duplicates accumulate).
 
         Parameters
@@ -149,6 +149,8 @@ class IdentitySketch:
         indices : integer array of shape (n,)
         values : floating array of shape (n,)
         check_finite : bool, default True
+        check_bounds : bool, default True
+            False skips the index range check (indices valid by construction), as in CountSketch.
 
         Returns
         -------
@@ -160,7 +162,7 @@ class IdentitySketch:
         SketchError
             A wrong shape, a non-floating dtype, or (with ``check_finite``) NaN/inf, or bad indices; nothing is modified.
         """
-        idx = self._idx(indices)
+        idx = self._idx(indices, check_bounds)
         vals = self._vec(values, (idx.shape[0],), check_finite, "values")
         if self._xp is np:
             np.add.at(self._table[0], idx, vals)
@@ -266,12 +268,14 @@ class IdentitySketch:
         return self
 
     # ---------------------------------------------------------------- queries
-    def query(self, indices):
+    def query(self, indices, *, check_bounds=True):
         """Exact values at ``indices``.
 
         Parameters
         ----------
         indices : integer array of shape (n,)
+        check_bounds : bool, default True
+            False skips the range check (indices valid by construction).
 
         Returns
         -------
@@ -282,7 +286,7 @@ class IdentitySketch:
         SketchError
             Indices that are not a 1-D integer array in ``[0, d)``.
         """
-        return self._table[0][self._idx(indices)].copy()
+        return self._table[0][self._idx(indices, check_bounds)].copy()
 
     def estimate_all(self):
         """The whole vector (a copy).
@@ -320,12 +324,14 @@ class IdentitySketch:
         idx = part[order].astype(self._xp.int64)
         return idx, v[idx].copy()
 
-    def zero_coordinates(self, indices):
+    def zero_coordinates(self, indices, *, check_bounds=True):
         """Zero exactly the given coordinates (the exact analogue of bucket zeroing).
 
         Parameters
         ----------
         indices : integer array of shape (n,)
+        check_bounds : bool, default True
+            False skips the range check (indices valid by construction).
 
         Returns
         -------
@@ -337,7 +343,7 @@ class IdentitySketch:
         SketchError
             Indices that are not a 1-D integer array in ``[0, d)``.
         """
-        self._table[0][self._idx(indices)] = 0
+        self._table[0][self._idx(indices, check_bounds)] = 0
         return self
 
     def l2_estimate(self):

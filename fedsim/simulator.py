@@ -43,6 +43,7 @@ from .clients import make_engine
 from .comm import Communicator, LocalCommunicator
 from .errors import (ConfigError, DataFileMissing, MissingDependency, NonFiniteError, OutputFolderBusy,
                      RunFileError)
+from .host import read_host
 from ._round import RoundContext
 from .layout import (CHECKPOINT_NAME, FINAL_PARAMS_NAME, PROVENANCE_NAME, SUMMARY_NAME, TENSORBOARD_DIR,
                      experiment_dir, run_dir)
@@ -371,21 +372,26 @@ class Simulation:
                 f"{self.last_checkpoint or 'none (no checkpoint was written)'}. Lower the learning rate "
                 f"(train.lr) or see bench/FEDSIM_STUDY.md for this rule's knobs.") from exc
         new = self.params - update
-        if not bool(torch.isfinite(new).all()):
+        acc = self.accountant
+        # The round's one host read of bookkeeping: the divergence flag, the train loss, the
+        # changed count and the download counts together (nothing changes before the flag is seen).
+        (finite,), (loss,), (changed,), since = read_host(
+            torch.isfinite(new).all(), train_loss, torch.count_nonzero(update), acc.changed_since())
+        if not finite:
             where = self.last_checkpoint or "none (no checkpoint was written)"
             raise NonFiniteError(
                 f"{self.spec.label} ({self.spec.rule.name}): the weights became NaN/inf in round {t + 1} "
                 f"of {tr.rounds}; the run stopped. Last good checkpoint: {where}. Lower the learning "
                 f"rate (train.lr) or see bench/FEDSIM_STUDY.md for this rule's knobs.")
-        down_each = self.accountant.download(t, ids)
+        down_each = acc.download(t, ids, changed_since=since)
         self.params.copy_(new)
-        changed = self.accountant.record_update(t, update)
+        changed = acc.record_update(t, update, changed=changed)
         up = len(ids) * self.rule.upload_bytes()
         down = sum(down_each) + len(ids) * self.rule.extra_download_bytes()
-        self.accountant.add(up, down)
-        st = self.accountant.state
+        acc.add(up, down)
+        st = acc.state
         ref_up, ref_down = reference_bytes(self.d, tr.clients_per_round, t + 1)
-        row = {"round": t + 1, "lr": lr, "train_loss": float(train_loss.item()), "test_loss": None,
+        row = {"round": t + 1, "lr": lr, "train_loss": loss, "test_loss": None,
                "test_acc": None, "up_bytes": up, "down_bytes": down, "total_up": st.up, "total_down": st.down,
                "changed": changed, "compression": (ref_up + ref_down) / (st.up + st.down)}
         if (t + 1) % tr.eval_every == 0 or t + 1 == tr.rounds:

@@ -84,7 +84,7 @@ if os.path.exists(path):
         print(f"  {r['size']:8} {r['op']:40} ours {r['ours_ms']:8.3f}  base {base:>8}  goal {goal:>6}")
 EOF
 
-# ============================================================================================
+# =====================================================================================
 # Issue 12: tiny Shakespeare / character transformer (appended block; separate from the above).
 # bench/bench_shakespeare_gpu.py (gpt2_deep, d = 120.7M: s per FetchSGD round and peak memory,
 # vmap vs loop engine) already ran in the bench loop above. Here: the d = 10.7M study config,
@@ -104,3 +104,6 @@ if [ "${SHAKESPEARE_ALL:-0}" = 1 ]; then
     echo "shakespeare_gpu all rc=$? $(( $(date +%s) - SH_T0 )) s"
     tail -n 10 "$LOG/shakespeare_gpu_all.log"
 fi
+=======
+# Issue 11: the whole FetchSGD server step at d = 6.57M and 124M (goal <= 3 ms at 124M on an H100).
+echo "== bench/bench_fetchsgd_step.py --device cuda"; timeout "${GPU_STEP_TIMEOUT:-150}" $PY bench/bench_fetchsgd_step.py --device cuda --markdown 2>&1 | tee "$LOG/bench_fetchsgd_step.log" | tail -n 12

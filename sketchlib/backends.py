@@ -152,7 +152,12 @@ record (through ``to_host_scalars``) inside a block: the number of host
 synchronisations a step costs on a GPU, measurable on a CPU.  Built-in
 backends record the finiteness flag of a checked input, the index range of
 validated indices, the row sums of ``l2_estimate`` and, where an output is
-sized by a count, that count (Numba's and CuPy's heavy hitters).
+sized by a count, that count (Numba's and CuPy's heavy hitters), and CuPy's
+"sync" top-k reads one radix pass's counts per pass (1 to 3; its "dev" top-k
+reads nothing).  Internal callers whose inputs are valid by construction skip
+the first two with ``check_finite=False`` and ``check_bounds=False``
+(``CountSketch.insert*``, ``insert_sparse``, ``query``, ``zero_coordinates``):
+a FetchSGD server step then reads nothing back from a host backend.
 """
 from ._backends import (
     CONTRACT,

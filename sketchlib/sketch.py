@@ -143,6 +143,11 @@ class CountSketch:
     refused with ``SketchError`` (the table is unchanged) unless
     ``check_finite=False``.  Copies (``copy.copy`` included) never share the
     table; pickling copies the table to the host and back.
+
+    ``check_bounds=False`` (``insert_sparse``, ``query``,
+    ``zero_coordinates``) skips the index range check, for internal callers
+    whose indices are valid by construction; types, shapes and devices are
+    always checked.
     """
 
     __slots__ = ("_d", "_rows", "_cols", "_seed", "_dtype", "_backend", "_keys", "_hv", "_table",
@@ -469,14 +474,14 @@ class CountSketch:
         self._keep(op(self._table))
         self._bound = new_bound
 
-    def _indices(self, indices, what="indices"):
-        """Validate coordinate indices; return them as contiguous int64."""
+    def _indices(self, indices, what="indices", check_bounds=True):
+        """Validate coordinate indices (their range only with ``check_bounds``); return contiguous int64."""
         indices = self._check_array(indices, what)
         if indices.ndim != 1:
             raise SketchError(f"{what} must be 1-D, got shape {tuple(indices.shape)}")
         if indices.dtype.kind not in "iu":
             raise SketchError(f"{what} must have an integer dtype, got {indices.dtype}")
-        if indices.shape[0]:
+        if check_bounds and indices.shape[0]:
             lo, hi = self._backend.index_range(indices)
             if lo < 0 or hi >= self._d:
                 raise SketchError(f"{what} must lie in [0, {self._d}), got values in [{lo}, {hi}]")
@@ -524,7 +529,7 @@ class CountSketch:
         return self
 
     @_locked
-    def insert_sparse(self, indices, values, *, check_finite=True):
+    def insert_sparse(self, indices, values, *, check_finite=True, check_bounds=True):
         """Add the sketch of a sparse vector given as ``(indices, values)``.
 
         Duplicated indices accumulate, as ``numpy.add.at`` would.
@@ -535,6 +540,11 @@ class CountSketch:
             Coordinates in ``[0, d)``.
         values : floating array of shape (n,)
         check_finite : bool, default True
+        check_bounds : bool, default True
+            Check that the indices lie in ``[0, d)`` (one host read on a GPU).
+            Pass False only for indices valid by construction (e.g. from
+            :meth:`topk` of a sketch of the same ``d``): an index out of range
+            is then undefined behaviour (a wrong bucket or a memory error).
 
         Returns
         -------
@@ -544,11 +554,12 @@ class CountSketch:
         Raises
         ------
         SketchError
-            As :meth:`insert`, and for indices that are not 1-D integers in ``[0, d)``.
+            As :meth:`insert`, and for indices that are not 1-D integers (with
+            ``check_bounds``, not in ``[0, d)``).
         """
         if getattr(indices, "shape", None) is None or getattr(values, "shape", None) is None:
             raise SketchError("indices and values must be arrays")
-        idx = self._indices(indices)
+        idx = self._indices(indices, check_bounds=check_bounds)
         vals, mass = self._floating(values, "values", (idx.shape[0],), check_finite)
         if idx.shape[0]:
             self._apply(lambda t: self._backend.insert_sparse(t, idx, vals, self._keys, self._hv), _adds(mass),
@@ -769,12 +780,15 @@ class CountSketch:
 
     # ------------------------------------------------------------------ queries
     @_locked
-    def query(self, indices):
+    def query(self, indices, *, check_bounds=True):
         """Point estimates of the given coordinates (median over rows).
 
         Parameters
         ----------
         indices : integer array of shape (n,)
+        check_bounds : bool, default True
+            As in :meth:`insert_sparse`: False skips the range check (one host
+            read on a GPU) for indices valid by construction.
 
         Returns
         -------
@@ -783,9 +797,10 @@ class CountSketch:
         Raises
         ------
         SketchError
-            Indices that are not a 1-D integer array of this sketch's library and device in ``[0, d)``.
+            Indices that are not a 1-D integer array of this sketch's library and device
+            (with ``check_bounds``, in ``[0, d)``).
         """
-        idx = self._indices(indices)
+        idx = self._indices(indices, check_bounds=check_bounds)
         return self._backend.query(self._table, idx, self._keys, self._hv)
 
     @_locked
@@ -896,7 +911,7 @@ class CountSketch:
         return self._backend.l2_estimate(self._table)
 
     @_locked
-    def zero_coordinates(self, indices):
+    def zero_coordinates(self, indices, *, check_bounds=True):
         """Zero, in every row, each bucket that one of ``indices`` hashes to (in place).
 
         This is the reference FetchSGD code's way of removing an update from the
@@ -906,6 +921,9 @@ class CountSketch:
         ----------
         indices : integer array of shape (n,)
             In ``[0, d)``.
+        check_bounds : bool, default True
+            As in :meth:`insert_sparse`: False skips the range check (one host
+            read on a GPU) for indices valid by construction.
 
         Returns
         -------
@@ -917,7 +935,7 @@ class CountSketch:
         SketchError
             As :meth:`query`.
         """
-        idx = self._indices(indices)
+        idx = self._indices(indices, check_bounds=check_bounds)
         if idx.shape[0]:
             self._keep(self._backend.zero_buckets(self._table, idx, self._keys, self._hv))
         return self
