@@ -712,6 +712,11 @@ class CountSketch:
             result would overflow the table dtype (the sketch is unchanged).
         """
         alpha = self._factor(alpha)
+        if abs(alpha) <= 1.0:  # |alpha T| <= |T| cannot overflow: no bound needed (no host read)
+            bound, self._bound = self._bound, None
+            self._keep(self._backend.scale(self._table, alpha))
+            self._bound = None if bound is None else bound * abs(alpha)
+            return self
         self._apply(lambda t: self._backend.scale(t, alpha), lambda b: b * abs(alpha), f"scaling by {alpha!r}")
         return self
 
