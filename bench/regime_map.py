@@ -53,7 +53,7 @@ RIVALS = ("local_topk", "fedavg")
 RUN_FIELDS = ["point", "task", "phase", "method", "knob", "seed", "lr", "status", "final_acc",
               "compression", "up_bytes", "down_bytes", "ref_up_bytes", "ref_down_bytes", "rounds",
               "d", "W", "num_clients", "seconds"]
-POINT_FIELDS = ["point", "task", "d", "W", "num_clients", "participation", "k_fetchsgd", "cols",
+POINT_FIELDS = ["point", "task", "d", "W", "num_clients", "participation", "k_fetchsgd", "rows", "cols",
                 "wk_over_d", "target", "method", "knob", "wk_over_d_method", "lr", "acc_mean",
                 "acc_std", "accs", "diverged", "compression_mean", "ratio_min", "ratio_max",
                 "matched", "up_MB", "down_MB", "up_compression", "down_compression",
@@ -84,13 +84,15 @@ def load_study(path, *, grid="full", smoke=False, seeds=None, jobs=None, device=
         study["seeds"] = seeds
     if jobs is not None:
         study["jobs"] = jobs
-    if grid not in raw["grids"]:
-        raise StudyError(f"{path}: no grid {grid!r}; grids: {sorted(raw['grids'])}")
+    grids = grid.split(",")  # "full,paper_shape": the union of the grids' points
+    for g in grids:
+        if g not in raw["grids"]:
+            raise StudyError(f"{path}: no grid {g!r}; grids: {sorted(raw['grids'])}")
     if int(study["seeds"]) < 1 or int(study["jobs"]) < 1:
         raise StudyError("seeds and jobs must be positive")
     tasks = raw["tasks"]
     points = []
-    for i, p in enumerate(raw["grids"][grid]):
+    for i, p in enumerate(p for g in grids for p in raw["grids"][g]):
         if p.get("task") not in tasks:
             raise StudyError(f"grid {grid!r} point {i}: unknown task {p.get('task')!r}; tasks: {sorted(tasks)}")
         for key in ("W", "k"):
@@ -98,7 +100,7 @@ def load_study(path, *, grid="full", smoke=False, seeds=None, jobs=None, device=
                 raise StudyError(f"grid {grid!r} point {i}: {key} must be a positive integer, got {p.get(key)!r}")
         task = dict(tasks[p["task"]], name=p["task"])
         task["options"] = dict(task.get("options", {}), **p.get("options", {}))
-        pid = f"{p['task']}_W{p['W']}_k{p['k']}"
+        pid = f"{p['task']}_W{p['W']}_k{p['k']}" + "".join(f"_{n[0]}{p[n]}" for n in ("rows", "cols_per_k") if n in p)
         points.append(dict(p, id=pid, task=task))
     base = list(raw["base"]["overrides"])
     if device != "cpu":
@@ -136,12 +138,13 @@ def make_spec(setup, point, method, knob, seed, lr):
     """The fedsim RunSpec of one run (public API: load_config + overrides + a methods entry)."""
     import fedsim
 
-    task, fs = point["task"], setup["study"]["fetchsgd"]
+    task = point["task"]
     ov = list(setup["base"]) + list(task["overrides"]) + list(point.get("overrides", [])) + [
         f"data.num_clients={task['num_clients']}", f"train.clients_per_round={point['W']}",
         f"train.seed={seed}", f"train.lr={lr}"]
     if method == "fetchsgd":
-        ov += [f"rule.k={point['k']}", f"rule.cols={fs['cols_per_k'] * point['k']}", f"rule.rows={fs['rows']}"]
+        rows, cpk = _shape(setup, point)
+        ov += [f"rule.k={point['k']}", f"rule.cols={cpk * point['k']}", f"rule.rows={rows}"]
     elif method == "local_topk":
         ov += [f"rule.k={knob}"]
     cfg = fedsim.load_config(None, ov, single_rule=method)
@@ -243,6 +246,12 @@ def choose_lrs(setup, point):
     return best, rows
 
 
+def _shape(setup, point):
+    """FetchSGD's (rows, cols_per_k) at a point: the point's own, else the study's."""
+    fs = setup["study"]["fetchsgd"]
+    return int(point.get("rows", fs["rows"])), int(point.get("cols_per_k", fs["cols_per_k"]))
+
+
 def _base_lr(setup, point):
     """train.lr of the task (after its overrides)."""
     for item in reversed(list(setup["base"]) + list(point["task"]["overrides"]) + list(point.get("overrides", []))):
@@ -293,7 +302,6 @@ def run_point(setup, point, lrs):
 def summarize(setup, rows):
     """One row per point and method (final runs only)."""
     tol = float(setup["study"]["tolerance"])
-    fs = setup["study"]["fetchsgd"]
     out = []
     for point in setup["points"]:
         prow = [r for r in rows if r["point"] == point["id"] and r["phase"] == "final"]
@@ -317,7 +325,7 @@ def summarize(setup, rows):
             per[method] = {
                 "point": point["id"], "task": point["task"]["name"], "d": d, "W": point["W"],
                 "num_clients": n, "participation": point["W"] / n, "k_fetchsgd": point["k"],
-                "cols": fs["cols_per_k"] * point["k"], "wk_over_d": point["W"] * point["k"] / d,
+                "rows": _shape(setup, point)[0], "cols": _shape(setup, point)[1] * point["k"], "wk_over_d": point["W"] * point["k"] / d,
                 "target": target, "method": method, "knob": mr[0]["knob"],
                 "wk_over_d_method": point["W"] * k_m / d if k_m else float("nan"), "lr": mr[0]["lr"],
                 "acc_mean": mean, "acc_std": std, "accs": " ".join(f"{a:.4f}" for a in accs),
@@ -512,11 +520,12 @@ def _store(out_dir, name, key, value):
     os.replace(tmp, path)
 
 
-def run_study(setup, out_dir, log=print, resume=False):
+def run_study(setup, out_dir, log=print, resume=False, only=None):
     """Run the grid; write runs.csv, points.csv, summary.md and the plots; returns the summary rows.
 
     With `resume`, pilots and points finished by an earlier call with the same settings (cached
-    under ``out_dir/cache``) are not run again.
+    under ``out_dir/cache``) are not run again. `only` (point ids) runs just those points (the
+    grid's pilots still run, or come from the cache).
     """
     start = time.perf_counter()
     out_dir = Path(out_dir)
@@ -526,12 +535,17 @@ def run_study(setup, out_dir, log=print, resume=False):
     for p in setup["points"]:
         why = _available(p)
         (skipped.append(why) if why else points.append(p))
-    setup = dict(setup, points=points)
     pilots = {}
     for p in points:
         t = p["task"]
         if p.get("pilot") and t["name"] not in pilots:
             pilots[t["name"]] = p
+    if only:
+        unknown = sorted(set(only) - {p["id"] for p in points})
+        if unknown:
+            raise StudyError(f"--points names unknown points {unknown}")
+        points = [p for p in points if p["id"] in only]
+    setup = dict(setup, points=points)
     rows, lrs = [], {}
     jobs = int(study["jobs"])
     # spawn: a worker must not inherit a parent's CUDA context (--device cuda).
@@ -636,6 +650,7 @@ def main(argv=None):
     ap.add_argument("--jobs", type=int)
     ap.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     ap.add_argument("--out")
+    ap.add_argument("--points", help="comma-separated point ids: run only these")
     ap.add_argument("--resume", action="store_true", help="reuse the pilots and points already finished in --out")
     ap.add_argument("--replot", metavar="DIR", help="redraw the figures of a finished study from its points.csv")
     args = ap.parse_args(argv)
@@ -650,7 +665,8 @@ def main(argv=None):
         return 2
     out = args.out or str(ROOT / "runs" / ("regime_map_smoke" if args.smoke else f"regime_map_{setup['grid']}"))
     _malloc_keep()
-    run_study(setup, out, log=lambda m: print(m, flush=True), resume=args.resume)
+    run_study(setup, out, log=lambda m: print(m, flush=True), resume=args.resume,
+              only=args.points.split(",") if args.points else None)
     return 0
 
 
