@@ -208,7 +208,9 @@ def calibrate(run_at, knob0, target, *, aim, tries, lo, hi, slope0=-1.0):
             s = (err[best] - err[other]) / (math.log(best) - math.log(other))
             slope = s if s < -0.05 else slope0
         nxt = int(min(max(round(math.exp(math.log(best) - err[best] / slope)), lo), hi))
-        if opposite and not min(best, other) < nxt < max(best, other):
+        # Compression vs k has plateaus (a dense download) and cliffs, where interpolation
+        # crawls: once bracketed, every other step bisects in log space.
+        if opposite and (len(tried) % 2 == 0 or not min(best, other) < nxt < max(best, other)):
             nxt = int(round(math.sqrt(best * other)))
         if nxt in tried:
             if not opposite or abs(best - other) <= 1:
@@ -496,9 +498,14 @@ def _available(point):
     return None
 
 
+_NOT_IN_KEY = ("jobs", "calibration_tries", "aim")
+
+
 def _cache_key(setup, obj):
     """What a cached pilot or point depends on (study settings, shared overrides, the point)."""
-    blob = {"study": setup["study"], "base": setup["base"], "obj": obj}
+    # Settings that change how a result is found, not what it is, are left out.
+    study = {k: v for k, v in setup["study"].items() if k not in _NOT_IN_KEY}
+    blob = {"study": study, "base": setup["base"], "obj": obj}
     return json.dumps(blob, sort_keys=True, default=str)
 
 
