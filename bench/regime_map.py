@@ -206,7 +206,8 @@ def calibrate(run_at, knob0, target, *, aim, tries, lo, hi, slope0=-1.0):
         slope = slope0
         if other is not None and err[other] != err[best]:
             s = (err[best] - err[other]) / (math.log(best) - math.log(other))
-            slope = s if s < -0.05 else slope0
+            # A plateau (flat slope) far from the target: step boldly (a factor e per 0.3 of log-error).
+            slope = s if s < -0.3 else (slope0 if opposite else -0.3)
         nxt = int(min(max(round(math.exp(math.log(best) - err[best] / slope)), lo), hi))
         # Compression vs k has plateaus (a dense download) and cliffs, where interpolation
         # crawls: once bracketed, every other step bisects in log space.
