@@ -374,7 +374,10 @@ def point_diffs(summary):
     for r in summary:
         if r["method"] == "fetchsgd":
             continue
-        entry = out.setdefault(r["point"], {"x": r["wk_over_d"], "y": r["participation"], "task": r["task"],
+        # A point with another sketch shape at the same place is drawn a little to the right.
+        shift = 1.0 if int(r.get("rows", 3)) == 3 else 2.0
+        entry = out.setdefault(r["point"], {"x": r["wk_over_d"] * shift, "y": r["participation"],
+                                            "task": r["task"] + ("" if shift == 1.0 else f", {int(r['rows'])} row(s)"),
                                             "unmatched": []})
         entry[r["method"]] = -r["acc_minus_fetchsgd"]
         if not r["matched"]:
@@ -400,17 +403,17 @@ def plot(summary, out_dir, title):
     vmax = max(0.02, max(abs(e.get(m, 0.0)) for e in diffs.values() for m, _ in panels
                          if math.isfinite(e.get(m, 0.0))))
     fig, axes = plt.subplots(1, 3, figsize=(16, 5), sharey=True)
-    markers = {"digits": "s", "highdim": "o", "highdim_1m": "D", "mnist": "^"}
+    markers = {"digits": "s", "highdim": "o", "highdim_1m": "D", "mnist": "^", "highdim, 1 row(s)": "h"}
     for ax, (m, name) in zip(axes, panels):
         for pid, e in diffs.items():
             if m not in e:
                 continue
             v = e[m]
-            sc = ax.scatter([e["x"]], [e["y"]], c=[v], cmap="RdBu", vmin=-vmax, vmax=vmax, s=700,
+            sc = ax.scatter([e["x"]], [e["y"]], c=[v], cmap="RdBu", vmin=-vmax, vmax=vmax, s=420,
                             marker=markers.get(e["task"], "P"),
                             edgecolors="red" if (m in e["unmatched"] or (m == "best" and e["unmatched"])) else "k",
                             linewidths=2.5 if e["unmatched"] else 0.8)
-            ax.annotate(f"{v:+.3f}", (e["x"], e["y"]), ha="center", va="center", fontsize=7)
+            ax.annotate(f"{v:+.2f}", (e["x"], e["y"]), ha="center", va="center", fontsize=6.5)
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.margins(0.25)
@@ -425,8 +428,8 @@ def plot(summary, out_dir, title):
                if any(e["task"] == t for e in diffs.values())]
     handles.append(plt.Line2D([], [], marker="o", ls="", mfc="none", mec="red", mew=2.5,
                               label="compression not matched within tolerance"))
-    axes[2].legend(handles=handles, loc="lower right", fontsize=7)
-    fig.suptitle(title)
+    axes[2].legend(handles=handles, loc="upper left", fontsize=7, framealpha=0.6)
+    fig.suptitle(title + "; a point with another sketch shape is drawn at 2x its W·k/d")
     fig.savefig(Path(out_dir) / "heatmap.png", dpi=110)
     plt.close(fig)
 
