@@ -100,7 +100,8 @@ def load_study(path, *, grid="full", smoke=False, seeds=None, jobs=None, device=
                 raise StudyError(f"grid {grid!r} point {i}: {key} must be a positive integer, got {p.get(key)!r}")
         task = dict(tasks[p["task"]], name=p["task"])
         task["options"] = dict(task.get("options", {}), **p.get("options", {}))
-        pid = f"{p['task']}_W{p['W']}_k{p['k']}" + "".join(f"_{n[0]}{p[n]}" for n in ("rows", "cols_per_k") if n in p)
+        pid = f"{p['task']}_W{p['W']}_k{p['k']}" + "".join(f"_{n[0]}{p[n]}" for n in ("rows", "cols_per_k", "num_clients")
+                                                           if n in p)
         points.append(dict(p, id=pid, task=task))
     base = list(raw["base"]["overrides"])
     if device != "cpu":
@@ -140,7 +141,7 @@ def make_spec(setup, point, method, knob, seed, lr):
 
     task = point["task"]
     ov = list(setup["base"]) + list(task["overrides"]) + list(point.get("overrides", [])) + [
-        f"data.num_clients={task['num_clients']}", f"train.clients_per_round={point['W']}",
+        f"data.num_clients={_clients(point)}", f"train.clients_per_round={point['W']}",
         f"train.seed={seed}", f"train.lr={lr}"]
     if method == "fetchsgd":
         rows, cpk = _shape(setup, point)
@@ -175,7 +176,7 @@ def run_one(setup, point, method, knob, seed, lr, phase):
             "final_acc": res.final_acc if status == "ok" else float("nan"), "compression": comp,
             "up_bytes": res.up_bytes, "down_bytes": res.down_bytes, "ref_up_bytes": res.ref_up_bytes,
             "ref_down_bytes": res.ref_down_bytes, "rounds": spec.train.rounds, "d": res.d,
-            "W": point["W"], "num_clients": point["task"]["num_clients"],
+            "W": point["W"], "num_clients": _clients(point),
             "seconds": round(time.perf_counter() - start, 2)}
 
 
@@ -249,6 +250,11 @@ def choose_lrs(setup, point):
     return best, rows
 
 
+def _clients(point):
+    """Clients of a point: its own ``num_clients`` (participation = W / clients), else the task's."""
+    return int(point.get("num_clients", point["task"]["num_clients"]))
+
+
 def _shape(setup, point):
     """FetchSGD's (rows, cols_per_k) at a point: the point's own, else the study's."""
     fs = setup["study"]["fetchsgd"]
@@ -311,7 +317,7 @@ def summarize(setup, rows):
         if not prow:
             continue
         target = prow[0]["target"]
-        d, n = prow[0]["d"], point["task"]["num_clients"]
+        d, n = prow[0]["d"], _clients(point)
         per = {}
         for method in setup["study"]["methods"]:
             mr = [r for r in prow if r["method"] == method]
