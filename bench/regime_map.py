@@ -36,10 +36,6 @@ import time
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from pathlib import Path
 
-# Numba kernels next to torch: passive OpenMP waits, one thread (the study runs one process a core).
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-os.environ.setdefault("NUMBA_NUM_THREADS", "1")
-
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - Python 3.10
@@ -688,4 +684,8 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
+    # Numba kernels next to torch: passive OpenMP waits, one thread (one process a core). Set
+    # only when run as a script (workers inherit it): importing this module changes nothing.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    os.environ.setdefault("NUMBA_NUM_THREADS", "1")
     sys.exit(main())
