@@ -36,10 +36,6 @@ import time
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from pathlib import Path
 
-# Numba kernels next to torch: passive OpenMP waits, one thread (the study runs one process a core).
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-os.environ.setdefault("NUMBA_NUM_THREADS", "1")
-
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - Python 3.10
@@ -53,7 +49,7 @@ RIVALS = ("local_topk", "fedavg")
 RUN_FIELDS = ["point", "task", "phase", "method", "knob", "seed", "lr", "status", "final_acc",
               "compression", "up_bytes", "down_bytes", "ref_up_bytes", "ref_down_bytes", "rounds",
               "d", "W", "num_clients", "seconds"]
-POINT_FIELDS = ["point", "task", "d", "W", "num_clients", "participation", "k_fetchsgd", "cols",
+POINT_FIELDS = ["point", "task", "d", "W", "num_clients", "participation", "k_fetchsgd", "rows", "cols",
                 "wk_over_d", "target", "method", "knob", "wk_over_d_method", "lr", "acc_mean",
                 "acc_std", "accs", "diverged", "compression_mean", "ratio_min", "ratio_max",
                 "matched", "up_MB", "down_MB", "up_compression", "down_compression",
@@ -84,13 +80,15 @@ def load_study(path, *, grid="full", smoke=False, seeds=None, jobs=None, device=
         study["seeds"] = seeds
     if jobs is not None:
         study["jobs"] = jobs
-    if grid not in raw["grids"]:
-        raise StudyError(f"{path}: no grid {grid!r}; grids: {sorted(raw['grids'])}")
+    grids = grid.split(",")  # "full,paper_shape": the union of the grids' points
+    for g in grids:
+        if g not in raw["grids"]:
+            raise StudyError(f"{path}: no grid {g!r}; grids: {sorted(raw['grids'])}")
     if int(study["seeds"]) < 1 or int(study["jobs"]) < 1:
         raise StudyError("seeds and jobs must be positive")
     tasks = raw["tasks"]
     points = []
-    for i, p in enumerate(raw["grids"][grid]):
+    for i, p in enumerate(p for g in grids for p in raw["grids"][g]):
         if p.get("task") not in tasks:
             raise StudyError(f"grid {grid!r} point {i}: unknown task {p.get('task')!r}; tasks: {sorted(tasks)}")
         for key in ("W", "k"):
@@ -98,7 +96,8 @@ def load_study(path, *, grid="full", smoke=False, seeds=None, jobs=None, device=
                 raise StudyError(f"grid {grid!r} point {i}: {key} must be a positive integer, got {p.get(key)!r}")
         task = dict(tasks[p["task"]], name=p["task"])
         task["options"] = dict(task.get("options", {}), **p.get("options", {}))
-        pid = f"{p['task']}_W{p['W']}_k{p['k']}"
+        pid = f"{p['task']}_W{p['W']}_k{p['k']}" + "".join(f"_{n[0]}{p[n]}" for n in ("rows", "cols_per_k", "num_clients")
+                                                           if n in p)
         points.append(dict(p, id=pid, task=task))
     base = list(raw["base"]["overrides"])
     if device != "cpu":
@@ -136,12 +135,13 @@ def make_spec(setup, point, method, knob, seed, lr):
     """The fedsim RunSpec of one run (public API: load_config + overrides + a methods entry)."""
     import fedsim
 
-    task, fs = point["task"], setup["study"]["fetchsgd"]
+    task = point["task"]
     ov = list(setup["base"]) + list(task["overrides"]) + list(point.get("overrides", [])) + [
-        f"data.num_clients={task['num_clients']}", f"train.clients_per_round={point['W']}",
+        f"data.num_clients={_clients(point)}", f"train.clients_per_round={point['W']}",
         f"train.seed={seed}", f"train.lr={lr}"]
     if method == "fetchsgd":
-        ov += [f"rule.k={point['k']}", f"rule.cols={fs['cols_per_k'] * point['k']}", f"rule.rows={fs['rows']}"]
+        rows, cpk = _shape(setup, point)
+        ov += [f"rule.k={point['k']}", f"rule.cols={cpk * point['k']}", f"rule.rows={rows}"]
     elif method == "local_topk":
         ov += [f"rule.k={knob}"]
     cfg = fedsim.load_config(None, ov, single_rule=method)
@@ -172,7 +172,7 @@ def run_one(setup, point, method, knob, seed, lr, phase):
             "final_acc": res.final_acc if status == "ok" else float("nan"), "compression": comp,
             "up_bytes": res.up_bytes, "down_bytes": res.down_bytes, "ref_up_bytes": res.ref_up_bytes,
             "ref_down_bytes": res.ref_down_bytes, "rounds": spec.train.rounds, "d": res.d,
-            "W": point["W"], "num_clients": point["task"]["num_clients"],
+            "W": point["W"], "num_clients": _clients(point),
             "seconds": round(time.perf_counter() - start, 2)}
 
 
@@ -203,9 +203,12 @@ def calibrate(run_at, knob0, target, *, aim, tries, lo, hi, slope0=-1.0):
         slope = slope0
         if other is not None and err[other] != err[best]:
             s = (err[best] - err[other]) / (math.log(best) - math.log(other))
-            slope = s if s < -0.05 else slope0
+            # A plateau (flat slope) far from the target: step boldly (a factor e per 0.3 of log-error).
+            slope = s if s < -0.3 else (slope0 if opposite else -0.3)
         nxt = int(min(max(round(math.exp(math.log(best) - err[best] / slope)), lo), hi))
-        if opposite and not min(best, other) < nxt < max(best, other):
+        # Compression vs k has plateaus (a dense download) and cliffs, where interpolation
+        # crawls: once bracketed, every other step bisects in log space.
+        if opposite and (len(tried) % 2 == 0 or not min(best, other) < nxt < max(best, other)):
             nxt = int(round(math.sqrt(best * other)))
         if nxt in tried:
             if not opposite or abs(best - other) <= 1:
@@ -241,6 +244,17 @@ def choose_lrs(setup, point):
                   for r in runs]
         best[method] = max(scores)[2]
     return best, rows
+
+
+def _clients(point):
+    """Clients of a point: its own ``num_clients`` (participation = W / clients), else the task's."""
+    return int(point.get("num_clients", point["task"]["num_clients"]))
+
+
+def _shape(setup, point):
+    """FetchSGD's (rows, cols_per_k) at a point: the point's own, else the study's."""
+    fs = setup["study"]["fetchsgd"]
+    return int(point.get("rows", fs["rows"])), int(point.get("cols_per_k", fs["cols_per_k"]))
 
 
 def _base_lr(setup, point):
@@ -293,14 +307,13 @@ def run_point(setup, point, lrs):
 def summarize(setup, rows):
     """One row per point and method (final runs only)."""
     tol = float(setup["study"]["tolerance"])
-    fs = setup["study"]["fetchsgd"]
     out = []
     for point in setup["points"]:
         prow = [r for r in rows if r["point"] == point["id"] and r["phase"] == "final"]
         if not prow:
             continue
         target = prow[0]["target"]
-        d, n = prow[0]["d"], point["task"]["num_clients"]
+        d, n = prow[0]["d"], _clients(point)
         per = {}
         for method in setup["study"]["methods"]:
             mr = [r for r in prow if r["method"] == method]
@@ -317,7 +330,7 @@ def summarize(setup, rows):
             per[method] = {
                 "point": point["id"], "task": point["task"]["name"], "d": d, "W": point["W"],
                 "num_clients": n, "participation": point["W"] / n, "k_fetchsgd": point["k"],
-                "cols": fs["cols_per_k"] * point["k"], "wk_over_d": point["W"] * point["k"] / d,
+                "rows": _shape(setup, point)[0], "cols": _shape(setup, point)[1] * point["k"], "wk_over_d": point["W"] * point["k"] / d,
                 "target": target, "method": method, "knob": mr[0]["knob"],
                 "wk_over_d_method": point["W"] * k_m / d if k_m else float("nan"), "lr": mr[0]["lr"],
                 "acc_mean": mean, "acc_std": std, "accs": " ".join(f"{a:.4f}" for a in accs),
@@ -363,7 +376,10 @@ def point_diffs(summary):
     for r in summary:
         if r["method"] == "fetchsgd":
             continue
-        entry = out.setdefault(r["point"], {"x": r["wk_over_d"], "y": r["participation"], "task": r["task"],
+        # A point with another sketch shape at the same place is drawn a little to the right.
+        shift = 1.0 if int(r.get("rows", 3)) == 3 else 2.0
+        entry = out.setdefault(r["point"], {"x": r["wk_over_d"] * shift, "y": r["participation"],
+                                            "task": r["task"] + ("" if shift == 1.0 else f", {int(r['rows'])} row(s)"),
                                             "unmatched": []})
         entry[r["method"]] = -r["acc_minus_fetchsgd"]
         if not r["matched"]:
@@ -389,17 +405,17 @@ def plot(summary, out_dir, title):
     vmax = max(0.02, max(abs(e.get(m, 0.0)) for e in diffs.values() for m, _ in panels
                          if math.isfinite(e.get(m, 0.0))))
     fig, axes = plt.subplots(1, 3, figsize=(16, 5), sharey=True)
-    markers = {"digits": "s", "highdim": "o", "highdim_1m": "D", "mnist": "^"}
+    markers = {"digits": "s", "highdim": "o", "highdim_1m": "D", "mnist": "^", "highdim, 1 row(s)": "h"}
     for ax, (m, name) in zip(axes, panels):
         for pid, e in diffs.items():
             if m not in e:
                 continue
             v = e[m]
-            sc = ax.scatter([e["x"]], [e["y"]], c=[v], cmap="RdBu", vmin=-vmax, vmax=vmax, s=700,
+            sc = ax.scatter([e["x"]], [e["y"]], c=[v], cmap="RdBu", vmin=-vmax, vmax=vmax, s=420,
                             marker=markers.get(e["task"], "P"),
                             edgecolors="red" if (m in e["unmatched"] or (m == "best" and e["unmatched"])) else "k",
                             linewidths=2.5 if e["unmatched"] else 0.8)
-            ax.annotate(f"{v:+.3f}", (e["x"], e["y"]), ha="center", va="center", fontsize=7)
+            ax.annotate(f"{v:+.2f}", (e["x"], e["y"]), ha="center", va="center", fontsize=6.5)
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.margins(0.25)
@@ -414,8 +430,8 @@ def plot(summary, out_dir, title):
                if any(e["task"] == t for e in diffs.values())]
     handles.append(plt.Line2D([], [], marker="o", ls="", mfc="none", mec="red", mew=2.5,
                               label="compression not matched within tolerance"))
-    axes[2].legend(handles=handles, loc="lower right", fontsize=7)
-    fig.suptitle(title)
+    axes[2].legend(handles=handles, loc="upper left", fontsize=7, framealpha=0.6)
+    fig.suptitle(title + "; a point with another sketch shape is drawn at 2x its W·k/d")
     fig.savefig(Path(out_dir) / "heatmap.png", dpi=110)
     plt.close(fig)
 
@@ -488,9 +504,14 @@ def _available(point):
     return None
 
 
+_NOT_IN_KEY = ("jobs", "calibration_tries", "aim")
+
+
 def _cache_key(setup, obj):
     """What a cached pilot or point depends on (study settings, shared overrides, the point)."""
-    blob = {"study": setup["study"], "base": setup["base"], "obj": obj}
+    # Settings that change how a result is found, not what it is, are left out.
+    study = {k: v for k, v in setup["study"].items() if k not in _NOT_IN_KEY}
+    blob = {"study": study, "base": setup["base"], "obj": obj}
     return json.dumps(blob, sort_keys=True, default=str)
 
 
@@ -512,11 +533,12 @@ def _store(out_dir, name, key, value):
     os.replace(tmp, path)
 
 
-def run_study(setup, out_dir, log=print, resume=False):
+def run_study(setup, out_dir, log=print, resume=False, only=None):
     """Run the grid; write runs.csv, points.csv, summary.md and the plots; returns the summary rows.
 
     With `resume`, pilots and points finished by an earlier call with the same settings (cached
-    under ``out_dir/cache``) are not run again.
+    under ``out_dir/cache``) are not run again. `only` (point ids) runs just those points (the
+    grid's pilots still run, or come from the cache).
     """
     start = time.perf_counter()
     out_dir = Path(out_dir)
@@ -526,12 +548,17 @@ def run_study(setup, out_dir, log=print, resume=False):
     for p in setup["points"]:
         why = _available(p)
         (skipped.append(why) if why else points.append(p))
-    setup = dict(setup, points=points)
     pilots = {}
     for p in points:
         t = p["task"]
         if p.get("pilot") and t["name"] not in pilots:
             pilots[t["name"]] = p
+    if only:
+        unknown = sorted(set(only) - {p["id"] for p in points})
+        if unknown:
+            raise StudyError(f"--points names unknown points {unknown}")
+        points = [p for p in points if p["id"] in only]
+    setup = dict(setup, points=points)
     rows, lrs = [], {}
     jobs = int(study["jobs"])
     # spawn: a worker must not inherit a parent's CUDA context (--device cuda).
@@ -636,6 +663,7 @@ def main(argv=None):
     ap.add_argument("--jobs", type=int)
     ap.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     ap.add_argument("--out")
+    ap.add_argument("--points", help="comma-separated point ids: run only these")
     ap.add_argument("--resume", action="store_true", help="reuse the pilots and points already finished in --out")
     ap.add_argument("--replot", metavar="DIR", help="redraw the figures of a finished study from its points.csv")
     args = ap.parse_args(argv)
@@ -650,9 +678,14 @@ def main(argv=None):
         return 2
     out = args.out or str(ROOT / "runs" / ("regime_map_smoke" if args.smoke else f"regime_map_{setup['grid']}"))
     _malloc_keep()
-    run_study(setup, out, log=lambda m: print(m, flush=True), resume=args.resume)
+    run_study(setup, out, log=lambda m: print(m, flush=True), resume=args.resume,
+              only=args.points.split(",") if args.points else None)
     return 0
 
 
 if __name__ == "__main__":
+    # Numba kernels next to torch: passive OpenMP waits, one thread (one process a core). Set
+    # only when run as a script (workers inherit it): importing this module changes nothing.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    os.environ.setdefault("NUMBA_NUM_THREADS", "1")
     sys.exit(main())
