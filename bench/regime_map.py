@@ -12,7 +12,7 @@ Learning rates come from one procedure applied to every method alike (see the co
 
 Usage::
 
-    python bench/regime_map.py [--config fedsim/configs/regime_map.toml] [--grid full]
+    python bench/regime_map.py [--config bench/regime_map.toml] [--grid full]
                                [--smoke] [--seeds N] [--jobs J] [--device cpu|cuda] [--out DIR]
                                [--resume] [--replot DIR]
 
@@ -44,7 +44,7 @@ else:  # pragma: no cover - Python 3.10
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
-DEFAULT_CONFIG = ROOT / "fedsim" / "configs" / "regime_map.toml"
+DEFAULT_CONFIG = ROOT / "bench" / "regime_map.toml"
 RIVALS = ("local_topk", "fedavg")
 RUN_FIELDS = ["point", "task", "phase", "method", "knob", "seed", "lr", "status", "final_acc",
               "compression", "up_bytes", "down_bytes", "ref_up_bytes", "ref_down_bytes", "rounds",
