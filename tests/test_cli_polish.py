@@ -72,6 +72,10 @@ def _raw_config(draw):
         else:
             keys = draw(st.lists(st.sampled_from([f.name for f in dataclasses.fields(cls)]), unique=True))
             raw[name] = {k: draw(_value(name, cls, k)) for k in keys}
+            if name == "data" and any(raw[name].get(k) is not None for k in C.TEXT_KEYS):
+                raw[name]["dataset"] = "shakespeare"   # the text keys belong to the text dataset
+                if raw[name].get("max_chars_per_client") is not None:   # a client needs one window
+                    raw[name]["max_chars_per_client"] += raw[name].get("seq_len") or 80
         raw[name] = {k: v for k, v in raw[name].items() if v is not None}  # TOML has no null: absent = default
     methods = []
     for label in draw(st.lists(_label, unique=True, max_size=4)):
