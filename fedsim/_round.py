@@ -115,8 +115,7 @@ class RoundContext:
 
     def _bad_in_shard(self):
         """Clients of this rank whose gradient is non-finite (diagnosis after a bad sum)."""
-        grads = self.engine.gradients(self.model, self.params, self.my_batches)
-        return [c for c, g in zip(self.my_ids, grads) if not bool(torch.isfinite(g).all())]
+        return _bad_rows(self.my_ids, self.engine.gradients(self.model, self.params, self.my_batches))
 
     def gradient_sum(self):
         """This rank's weighted gradient sum (weight decay added once, on rank 0).

@@ -440,19 +440,22 @@ class CountSketch:
         return SketchError(f"{what} would overflow the {self._dtype.name} table (|values| beyond "
                            f"{np.finfo(self._dtype).max:.3g}); the sketch is unchanged")
 
-    def _apply(self, op, grow, what):
+    def _apply(self, op, grow, what, shrinks=False):
         """Run ``op(table)`` (returns None or the new table) unless its result would overflow.
 
         ``grow(bound)`` bounds ``max |T|`` after the operation given a bound
         before it (None: the caller chose not to check, ``check_finite=False``).
+        ``shrinks``: the operation never increases ``max |T|`` (e.g. scaling by
+        ``|alpha| <= 1``), so it cannot overflow and needs no bound (no host read).
         Cheap path: the tracked bound says nothing can overflow.  Else the
         exact max is read; if still in doubt, ``op`` runs on a copy first and
         the table is updated only if that copy is finite.  A table that
         already holds NaN/inf has nothing left to protect.
         """
-        if grow is None:
-            self._bound = None
+        if grow is None or shrinks:
+            bound, self._bound = self._bound, None   # unknown while the table changes (interrupts)
             self._keep(op(self._table))
+            self._bound = grow(bound) if shrinks and bound is not None else None
             return
         limit = self._limit()
         bound = self._table_max() if self._bound is None else self._bound
@@ -712,12 +715,8 @@ class CountSketch:
             result would overflow the table dtype (the sketch is unchanged).
         """
         alpha = self._factor(alpha)
-        if abs(alpha) <= 1.0:  # |alpha T| <= |T| cannot overflow: no bound needed (no host read)
-            bound, self._bound = self._bound, None
-            self._keep(self._backend.scale(self._table, alpha))
-            self._bound = None if bound is None else bound * abs(alpha)
-            return self
-        self._apply(lambda t: self._backend.scale(t, alpha), lambda b: b * abs(alpha), f"scaling by {alpha!r}")
+        self._apply(lambda t: self._backend.scale(t, alpha), lambda b: b * abs(alpha), f"scaling by {alpha!r}",
+                    shrinks=abs(alpha) <= 1.0)
         return self
 
     def _factor(self, alpha):
